@@ -1,0 +1,408 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * podshaper's BPF shaper: per-cgroup egress and ingress bandwidth limits.
+ *
+ * One loaded object serves every limited cgroup. Limits and counters live in
+ * maps keyed by cgroup id, so a limit changes with one map update.
+ *
+ * Egress has two layers (docs/shaping.md explains why):
+ *  1. TCP pacing. Every TCP socket of a limited cgroup is paced
+ *     (SO_MAX_PACING_RATE, set from the sockops program) at the cgroup's
+ *     "fair share": a level the egress program steers every few milliseconds
+ *     so that the cgroup's measured aggregate matches its limit. Flows that
+ *     send less than the share leave room for the others (max-min fairness),
+ *     and TCP never has to lose a packet to find the limit.
+ *  2. A token bucket behind it that holds UDP and anything unpaced to the
+ *     limit. TCP in deficit is passed with a congestion notification to the
+ *     local stack (cwnd reduction, no loss) as long as the deficit stays
+ *     under one burst; past that, and for other protocols, packets are dropped.
+ *
+ * Ingress is a token-bucket policer: ECN-capable packets are marked CE while
+ * the bucket is less than half full, and packets that find it empty are
+ * dropped.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+
+#include "shaper.h"
+
+#define SOL_SOCKET 1
+#define SO_MAX_PACING_RATE 47
+
+/* cgroup_skb verdicts (egress may add a congestion notification). */
+#define VERDICT_DROP 0
+#define VERDICT_PASS 1
+#define VERDICT_DROP_CN 2
+#define VERDICT_PASS_CN 3
+
+#define NSEC_PER_SEC 1000000000ULL
+/* cgroup v2 nesting we look through for a limited ancestor */
+#define MAX_CGROUP_LEVEL 16
+/* the fair share is re-steered after at least this many bytes at the limit ... */
+#define SHARE_WINDOW_BYTES (64ULL * 1024)
+/* ... bounded to this window length */
+#define SHARE_WINDOW_MIN_NS (10ULL * 1000 * 1000)
+#define SHARE_WINDOW_MAX_NS (200ULL * 1000 * 1000)
+/* fixed point for the steering ratio */
+#define RATIO_ONE 1024ULL
+
+struct bucket {
+	/* configuration this state was built for; a change is detected and absorbed */
+	__u64 rate;
+	__u64 burst;
+	/* time to fill an empty bucket, and the share-steering window */
+	__u64 fill_ns;
+	__u64 window_ns;
+	/* token bucket: may go negative by up to one burst (TCP deficit) */
+	__s64 tokens;
+	__u64 last_ns;
+	/* fair-share steering (egress only) */
+	__u64 window_start_ns;
+	__u64 window_bytes;
+	__u64 share;
+};
+
+struct state {
+	struct bpf_spin_lock lock;
+	struct bucket dir[PS_DIRECTIONS];
+};
+
+/* What the egress program wants the sockops program to apply to a socket. */
+struct sock_pacing {
+	__u64 want;    /* bytes per second, 0 = unpaced */
+	__u64 applied; /* what was last set on the socket */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct ps_limit);
+} limits SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct state);
+} states SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct ps_counters);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_pacing);
+} pacing SEC(".maps");
+
+/*
+ * The limited cgroup that governs a packet: its socket's cgroup if limited,
+ * else the deepest limited ancestor (a pod's limit covers its containers).
+ */
+static __always_inline struct ps_limit *find_limit(struct __sk_buff *skb, __u64 *cgid)
+{
+	__u64 leaf = bpf_skb_cgroup_id(skb);
+	struct ps_limit *found = bpf_map_lookup_elem(&limits, &leaf);
+
+	if (found) {
+		*cgid = leaf;
+		return found;
+	}
+	for (int level = 0; level < MAX_CGROUP_LEVEL; level++) {
+		__u64 id = bpf_skb_ancestor_cgroup_id(skb, level);
+		struct ps_limit *lim;
+
+		if (id == 0 || id == leaf)
+			break;
+		lim = bpf_map_lookup_elem(&limits, &id);
+		if (lim) {
+			found = lim;
+			*cgid = id;
+		}
+	}
+	return found;
+}
+
+static __always_inline struct state *get_state(__u64 cgid)
+{
+	struct state *st = bpf_map_lookup_elem(&states, &cgid);
+
+	if (!st) {
+		struct state fresh = {};
+
+		bpf_map_update_elem(&states, &cgid, &fresh, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&states, &cgid);
+	}
+	return st;
+}
+
+static __always_inline struct ps_dir_counters *get_counters(__u64 cgid, int dir)
+{
+	struct ps_counters *c = bpf_map_lookup_elem(&counters, &cgid);
+
+	if (!c) {
+		struct ps_counters fresh = {};
+
+		bpf_map_update_elem(&counters, &cgid, &fresh, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&counters, &cgid);
+		if (!c)
+			return 0;
+	}
+	return dir == PS_EGRESS ? &c->dir[PS_EGRESS] : &c->dir[PS_INGRESS];
+}
+
+static __always_inline void count(__u64 cgid, int dir, __u64 len, int verdict, int marked)
+{
+	struct ps_dir_counters *c = get_counters(cgid, dir);
+
+	if (!c)
+		return;
+	if (verdict == VERDICT_PASS || verdict == VERDICT_PASS_CN) {
+		c->bytes += len;
+		c->packets += 1;
+	} else {
+		c->dropped += 1;
+	}
+	if (marked)
+		c->marked += 1;
+}
+
+/* Takes a new or changed limit into a bucket. Called with the lock held. */
+static __always_inline void configure(struct bucket *b, __u64 rate, __u64 burst, __u64 now)
+{
+	if (b->rate == 0) {
+		/* new: start full, with every flow allowed the whole rate */
+		b->tokens = (__s64)burst;
+		b->last_ns = now;
+		b->window_start_ns = now;
+		b->window_bytes = 0;
+		b->share = rate;
+	}
+	b->rate = rate;
+	b->burst = burst;
+	b->fill_ns = burst * NSEC_PER_SEC / rate;
+	b->window_ns = SHARE_WINDOW_BYTES * NSEC_PER_SEC / rate;
+	if (b->window_ns < SHARE_WINDOW_MIN_NS)
+		b->window_ns = SHARE_WINDOW_MIN_NS;
+	if (b->window_ns > SHARE_WINDOW_MAX_NS)
+		b->window_ns = SHARE_WINDOW_MAX_NS;
+	if (b->tokens > (__s64)burst)
+		b->tokens = (__s64)burst;
+	if (b->share > rate || b->share == 0)
+		b->share = rate;
+}
+
+/* Adds the tokens earned since the last packet. Called with the lock held. */
+static __always_inline void refill(struct bucket *b, __u64 now)
+{
+	__u64 elapsed = now > b->last_ns ? now - b->last_ns : 0;
+
+	b->last_ns = now;
+	/* elapsed < fill_ns keeps elapsed * rate < burst * 1e9: no overflow */
+	if (elapsed >= b->fill_ns) {
+		b->tokens = (__s64)b->burst;
+		return;
+	}
+	b->tokens += (__s64)(elapsed * b->rate / NSEC_PER_SEC);
+	if (b->tokens > (__s64)b->burst)
+		b->tokens = (__s64)b->burst;
+}
+
+/*
+ * Steers the fair share so that the measured aggregate approaches the rate:
+ * share *= sqrt-ish(rate / measured), clamped to halve or double at most per
+ * window. With N flows all paced at the share, one full step lands on rate/N;
+ * the half step damps noise. Called with the lock held.
+ */
+static __always_inline void steer_share(struct bucket *b, __u64 now)
+{
+	__u64 span = now - b->window_start_ns;
+	__u64 measured, ratio, next, floor;
+
+	if (span < b->window_ns)
+		return;
+	measured = b->window_bytes * NSEC_PER_SEC / span;
+	b->window_start_ns = now;
+	b->window_bytes = 0;
+
+	if (measured == 0) {
+		ratio = 2 * RATIO_ONE;
+	} else {
+		ratio = b->rate * RATIO_ONE / measured;
+		if (ratio > 2 * RATIO_ONE)
+			ratio = 2 * RATIO_ONE;
+		if (ratio < RATIO_ONE / 2)
+			ratio = RATIO_ONE / 2;
+	}
+	next = (b->share + b->share * ratio / RATIO_ONE) / 2;
+	floor = b->rate >> 12;
+	if (floor < 1000)
+		floor = 1000;
+	if (next < floor)
+		next = floor;
+	if (next > b->rate)
+		next = b->rate;
+	b->share = next;
+}
+
+/* The packet's full TCP socket, or NULL (UDP, raw, request and timewait sockets). */
+static __always_inline struct bpf_sock *tcp_fullsock(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+
+	if (!sk)
+		return 0;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->protocol != IPPROTO_TCP)
+		return 0;
+	return sk;
+}
+
+SEC("cgroup_skb/egress")
+int podshaper_egress(struct __sk_buff *skb)
+{
+	__u64 cgid = 0, len = skb->len, now, share = 0;
+	struct ps_limit *lim = find_limit(skb, &cgid);
+	struct bpf_sock *tcp;
+	struct state *st;
+	struct bucket *b;
+	__u64 rate, burst;
+	int verdict = VERDICT_PASS, marked = 0;
+
+	if (!lim)
+		return VERDICT_PASS;
+	rate = lim->dir[PS_EGRESS].rate_bytes_per_sec;
+	burst = lim->dir[PS_EGRESS].burst_bytes;
+	if (rate == 0 || burst == 0) {
+		count(cgid, PS_EGRESS, len, VERDICT_PASS, 0);
+		return VERDICT_PASS;
+	}
+	st = get_state(cgid);
+	if (!st) {
+		count(cgid, PS_EGRESS, len, VERDICT_PASS, 0);
+		return VERDICT_PASS;
+	}
+	tcp = tcp_fullsock(skb);
+	now = bpf_ktime_get_ns();
+
+	bpf_spin_lock(&st->lock);
+	b = &st->dir[PS_EGRESS];
+	if (b->rate != rate || b->burst != burst)
+		configure(b, rate, burst, now);
+	refill(b, now);
+	if (b->tokens >= (__s64)len) {
+		b->tokens -= (__s64)len;
+	} else if (tcp && b->tokens + (__s64)b->burst >= (__s64)len) {
+		/* TCP over the limit: let it through but tell it to slow down */
+		b->tokens -= (__s64)len;
+		verdict = VERDICT_PASS_CN;
+		marked = 1;
+	} else {
+		verdict = VERDICT_DROP_CN;
+	}
+	if (verdict != VERDICT_DROP_CN)
+		b->window_bytes += len;
+	steer_share(b, now);
+	share = b->share;
+	bpf_spin_unlock(&st->lock);
+
+	if (tcp) {
+		struct sock_pacing *p =
+			bpf_sk_storage_get(&pacing, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+
+		if (p)
+			p->want = share;
+	}
+	count(cgid, PS_EGRESS, len, verdict, marked);
+	return verdict;
+}
+
+SEC("cgroup_skb/ingress")
+int podshaper_ingress(struct __sk_buff *skb)
+{
+	__u64 cgid = 0, len = skb->len, now;
+	struct ps_limit *lim = find_limit(skb, &cgid);
+	struct state *st;
+	struct bucket *b;
+	__u64 rate, burst;
+	int verdict = VERDICT_PASS, congested = 0, marked = 0;
+
+	if (!lim)
+		return VERDICT_PASS;
+	rate = lim->dir[PS_INGRESS].rate_bytes_per_sec;
+	burst = lim->dir[PS_INGRESS].burst_bytes;
+	if (rate == 0 || burst == 0) {
+		count(cgid, PS_INGRESS, len, VERDICT_PASS, 0);
+		return VERDICT_PASS;
+	}
+	st = get_state(cgid);
+	if (!st) {
+		count(cgid, PS_INGRESS, len, VERDICT_PASS, 0);
+		return VERDICT_PASS;
+	}
+	now = bpf_ktime_get_ns();
+
+	bpf_spin_lock(&st->lock);
+	b = &st->dir[PS_INGRESS];
+	if (b->rate != rate || b->burst != burst)
+		configure(b, rate, burst, now);
+	refill(b, now);
+	if (b->tokens >= (__s64)len) {
+		b->tokens -= (__s64)len;
+		congested = b->tokens < (__s64)(b->burst / 2);
+	} else {
+		verdict = VERDICT_DROP;
+	}
+	bpf_spin_unlock(&st->lock);
+
+	/* early, loss-free signal for flows that negotiated ECN */
+	if (congested && bpf_skb_ecn_set_ce(skb))
+		marked = 1;
+	count(cgid, PS_INGRESS, len, verdict, marked);
+	return verdict;
+}
+
+/*
+ * Applies the pacing rate the egress program chose for a socket. Runs when a
+ * connection is established and on every RTT sample (every ACK), so a new
+ * share reaches every active flow within one round trip.
+ */
+SEC("sockops")
+int podshaper_sockops(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk;
+	struct sock_pacing *p;
+	__u32 rate;
+
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+							 BPF_SOCK_OPS_RTT_CB_FLAG);
+		break;
+	case BPF_SOCK_OPS_RTT_CB:
+		break;
+	default:
+		return 1;
+	}
+	sk = skops->sk;
+	if (!sk)
+		return 1;
+	p = bpf_sk_storage_get(&pacing, sk, 0, 0);
+	if (!p || p->want == p->applied)
+		return 1;
+	/* SO_MAX_PACING_RATE takes a u32 in bytes per second; ~0U is "unpaced" */
+	rate = p->want == 0 || p->want >= 0xffffffffULL ? ~0U : (__u32)p->want;
+	if (bpf_setsockopt(skops, SOL_SOCKET, SO_MAX_PACING_RATE, &rate, sizeof(rate)) == 0)
+		p->applied = p->want;
+	return 1;
+}
+
+char LICENSE[] SEC("license") = "GPL";

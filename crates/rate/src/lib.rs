@@ -1,0 +1,299 @@
+//! Rates and sizes as operators write them.
+//!
+//! A [`Rate`] is a bandwidth in **bits per second**, written either as a
+//! Kubernetes quantity (what the `kubernetes.io/*-bandwidth` annotations hold:
+//! `10M`, `1G`, `500k`, `2Mi`, `1.5e6`) or in tc's units (`10mbit`, `1gbit`,
+//! `500kbit`, `10mbps` = 10 megabytes per second). Bounds are the kubelet's:
+//! at least `1k`, at most `1P` bit/s.
+//!
+//! A [`ByteSize`] is a burst in **bytes**, written as a Kubernetes quantity
+//! (`64Ki`, `1Mi`, `100k`) or in tc's size units (`64kb` = 64 KiB, `1mb`).
+
+use std::fmt;
+use std::str::FromStr;
+
+mod number;
+
+use number::Decimal;
+
+/// The kubelet's lower bound for the bandwidth annotations: 1k bit/s.
+pub const MIN_RATE_BITS: u64 = 1_000;
+/// The kubelet's upper bound for the bandwidth annotations: 1P bit/s.
+pub const MAX_RATE_BITS: u64 = 1_000_000_000_000_000;
+/// The smallest burst accepted: below one full-size packet nothing would pass.
+pub const MIN_BURST_BYTES: u64 = 4 * 1024;
+/// The largest burst accepted (keeps the shaper's arithmetic exact).
+pub const MAX_BURST_BYTES: u64 = 1 << 30;
+/// The default burst never goes below this: a few GSO packets.
+pub const DEFAULT_MIN_BURST_BYTES: u64 = 128 * 1024;
+
+const RATE_FORMS: &str = "a Kubernetes quantity in bit/s (10M, 1G, 500k, 2Mi) or a tc rate \
+                          (10mbit, 1gbit, 500kbit, 10mbps)";
+const SIZE_FORMS: &str = "a size in bytes (65536, 64Ki, 1Mi, 100k, 64kb, 1mb)";
+
+/// Why a rate or size was refused. Every message names the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("invalid rate {value:?}: {reason}; expected {RATE_FORMS}")]
+    MalformedRate { value: String, reason: String },
+    #[error(
+        "rate {value:?} is {actual} bit/s, outside the accepted range 1k..=1P bit/s \
+         (1000 to 1000000000000000 bit/s){hint}"
+    )]
+    RateOutOfBounds {
+        value: String,
+        actual: String,
+        hint: &'static str,
+    },
+    #[error("invalid size {value:?}: {reason}; expected {SIZE_FORMS}")]
+    MalformedSize { value: String, reason: String },
+    #[error("size {value:?} is {actual} bytes, outside the accepted range 4Ki..=1Gi bytes")]
+    SizeOutOfBounds { value: String, actual: String },
+}
+
+/// A bandwidth in bits per second, within the kubelet's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rate(u64);
+
+impl Rate {
+    /// A rate from bits per second, checked against the bounds.
+    pub fn from_bits_per_sec(bits: u64) -> Result<Self, ParseError> {
+        if !(MIN_RATE_BITS..=MAX_RATE_BITS).contains(&bits) {
+            return Err(ParseError::RateOutOfBounds {
+                value: bits.to_string(),
+                actual: bits.to_string(),
+                hint: "",
+            });
+        }
+        Ok(Self(bits))
+    }
+
+    pub fn bits_per_sec(self) -> u64 {
+        self.0
+    }
+
+    /// Bytes per second, rounded down (what the BPF shaper counts in).
+    pub fn bytes_per_sec(self) -> u64 {
+        self.0 / 8
+    }
+
+    /// The burst used when none is given: 25 ms at this rate (as long as the
+    /// queue tc's tbf allows in the CNI bandwidth plugin), but never less than
+    /// a few GSO packets so that TCP is not starved at low rates.
+    pub fn default_burst(self) -> ByteSize {
+        let bytes = (self.bytes_per_sec() / 40).clamp(DEFAULT_MIN_BURST_BYTES, MAX_BURST_BYTES);
+        ByteSize(bytes)
+    }
+}
+
+impl FromStr for Rate {
+    type Err = ParseError;
+
+    fn from_str(input: &str) -> Result<Self, ParseError> {
+        let malformed = |reason: String| ParseError::MalformedRate {
+            value: input.to_string(),
+            reason,
+        };
+        let (number, unit) = number::split(input).map_err(|e| malformed(e.to_string()))?;
+        let (multiplier, hint) = rate_unit(unit).ok_or_else(|| {
+            malformed(format!("unknown unit {unit:?}"))
+        })?;
+        let bits = number.times(multiplier);
+        match bits.whole() {
+            Some(b) if (MIN_RATE_BITS..=MAX_RATE_BITS).contains(&b) => Ok(Rate(b)),
+            _ => Err(ParseError::RateOutOfBounds {
+                value: input.to_string(),
+                actual: bits.to_string(),
+                hint,
+            }),
+        }
+    }
+}
+
+/// Bits per second per unit, and a hint for units that are easy to confuse.
+fn rate_unit(unit: &str) -> Option<(Multiplier, &'static str)> {
+    const MILLI_HINT: &str = " ('m' means milli in a Kubernetes quantity; did you mean 'M'?)";
+    // Kubernetes quantities are case sensitive: M is mega, m is milli.
+    let quantity = match unit {
+        "" => Some(Multiplier::whole(1)),
+        "m" => return Some((Multiplier::milli(), MILLI_HINT)),
+        "k" => Some(Multiplier::whole(1_000)),
+        "M" => Some(Multiplier::whole(1_000_000)),
+        "G" => Some(Multiplier::whole(1_000_000_000)),
+        "T" => Some(Multiplier::whole(1_000_000_000_000)),
+        "P" => Some(Multiplier::whole(1_000_000_000_000_000)),
+        "E" => Some(Multiplier::whole(1_000_000_000_000_000_000)),
+        "Ki" => Some(Multiplier::whole(1 << 10)),
+        "Mi" => Some(Multiplier::whole(1 << 20)),
+        "Gi" => Some(Multiplier::whole(1 << 30)),
+        "Ti" => Some(Multiplier::whole(1 << 40)),
+        "Pi" => Some(Multiplier::whole(1 << 50)),
+        "Ei" => Some(Multiplier::whole(1 << 60)),
+        _ => None,
+    };
+    if let Some(q) = quantity {
+        return Some((q, ""));
+    }
+    // tc's units are case insensitive: bit, kbit, mibit ...; bps is bytes.
+    let lower = unit.to_ascii_lowercase();
+    let (prefix, per_unit) = if let Some(p) = lower.strip_suffix("bit") {
+        (p, 1)
+    } else if let Some(p) = lower.strip_suffix("bps") {
+        (p, 8)
+    } else {
+        return None;
+    };
+    let scale: u128 = match prefix {
+        "" => 1,
+        "k" => 1_000,
+        "m" => 1_000_000,
+        "g" => 1_000_000_000,
+        "t" => 1_000_000_000_000,
+        "ki" => 1 << 10,
+        "mi" => 1 << 20,
+        "gi" => 1 << 30,
+        "ti" => 1 << 40,
+        _ => return None,
+    };
+    Some((Multiplier::whole(scale * per_unit), ""))
+}
+
+impl fmt::Display for Rate {
+    /// Prints the rate the way people read it: `100Mbit/s`, `1.5Gbit/s`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}bit/s", human_decimal(self.0))
+    }
+}
+
+/// A size in bytes (a burst).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteSize(u64);
+
+impl ByteSize {
+    /// A size from bytes, checked against the bounds.
+    pub fn from_bytes(bytes: u64) -> Result<Self, ParseError> {
+        if !(MIN_BURST_BYTES..=MAX_BURST_BYTES).contains(&bytes) {
+            return Err(ParseError::SizeOutOfBounds {
+                value: bytes.to_string(),
+                actual: bytes.to_string(),
+            });
+        }
+        Ok(Self(bytes))
+    }
+
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = ParseError;
+
+    fn from_str(input: &str) -> Result<Self, ParseError> {
+        let malformed = |reason: String| ParseError::MalformedSize {
+            value: input.to_string(),
+            reason,
+        };
+        let (number, unit) = number::split(input).map_err(|e| malformed(e.to_string()))?;
+        let multiplier = size_unit(unit).ok_or_else(|| malformed(format!("unknown unit {unit:?}")))?;
+        let bytes = number.times(multiplier);
+        match bytes.whole() {
+            Some(b) if (MIN_BURST_BYTES..=MAX_BURST_BYTES).contains(&b) => Ok(ByteSize(b)),
+            _ => Err(ParseError::SizeOutOfBounds {
+                value: input.to_string(),
+                actual: bytes.to_string(),
+            }),
+        }
+    }
+}
+
+/// Bytes per size unit: Kubernetes quantity suffixes, and tc's (1024-based) `kb`, `mb`, `gb`.
+fn size_unit(unit: &str) -> Option<Multiplier> {
+    let bytes: u128 = match unit {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => match unit.to_ascii_lowercase().as_str() {
+            "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "mb" | "mib" => 1 << 20,
+            "gb" | "gib" => 1 << 30,
+            _ => return None,
+        },
+    };
+    Some(Multiplier::whole(bytes))
+}
+
+impl fmt::Display for ByteSize {
+    /// Prints binary units where they are exact (`64KiB`), else bytes (`1500B`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        for (size, name) in UNITS {
+            if self.0 >= size && self.0 % size == 0 {
+                return write!(f, "{}{name}", self.0 / size);
+            }
+        }
+        for (size, name) in UNITS {
+            if self.0 >= size {
+                return write!(f, "{:.1}{name}", self.0 as f64 / size as f64);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+/// `1234567890` -> `1.23G`: at most three significant decimals, SI prefix.
+pub fn human_decimal(value: u64) -> String {
+    const PREFIXES: [(u64, &str); 5] = [
+        (1_000_000_000_000_000, "P"),
+        (1_000_000_000_000, "T"),
+        (1_000_000_000, "G"),
+        (1_000_000, "M"),
+        (1_000, "k"),
+    ];
+    for (size, prefix) in PREFIXES {
+        if value >= size {
+            let scaled = value as f64 / size as f64;
+            let text = format!("{scaled:.2}");
+            let text = text.trim_end_matches('0').trim_end_matches('.');
+            return format!("{text}{prefix}");
+        }
+    }
+    value.to_string()
+}
+
+/// An exact multiplier: a whole number, or one thousandth.
+#[derive(Debug, Clone, Copy)]
+struct Multiplier {
+    numerator: u128,
+    denominator: u128,
+}
+
+impl Multiplier {
+    fn whole(n: u128) -> Self {
+        Self {
+            numerator: n,
+            denominator: 1,
+        }
+    }
+
+    fn milli() -> Self {
+        Self {
+            numerator: 1,
+            denominator: 1_000,
+        }
+    }
+}
+
+impl Decimal {
+    fn times(self, m: Multiplier) -> Decimal {
+        self.scale(m.numerator, m.denominator)
+    }
+}
+
+#[cfg(test)]
+mod tests;
