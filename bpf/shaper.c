@@ -47,27 +47,6 @@
 /* fixed point for the steering ratio */
 #define RATIO_ONE 1024ULL
 
-struct bucket {
-	/* configuration this state was built for; a change is detected and absorbed */
-	__u64 rate;
-	__u64 burst;
-	/* time to fill an empty bucket, and the share-steering window */
-	__u64 fill_ns;
-	__u64 window_ns;
-	/* token bucket: may go negative by up to one burst (TCP deficit) */
-	__s64 tokens;
-	__u64 last_ns;
-	/* fair-share steering (egress only) */
-	__u64 window_start_ns;
-	__u64 window_bytes;
-	__u64 share;
-};
-
-struct state {
-	struct bpf_spin_lock lock;
-	struct bucket dir[PS_DIRECTIONS];
-};
-
 /* What the egress program wants the sockops program to apply to a socket. */
 struct sock_pacing {
 	__u64 want;    /* bytes per second, 0 = unpaced */
@@ -85,7 +64,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, struct state);
+	__type(value, struct ps_state);
 } states SEC(".maps");
 
 struct {
@@ -130,12 +109,12 @@ static __always_inline struct ps_limit *find_limit(struct __sk_buff *skb, __u64 
 	return found;
 }
 
-static __always_inline struct state *get_state(__u64 cgid)
+static __always_inline struct ps_state *get_state(__u64 cgid)
 {
-	struct state *st = bpf_map_lookup_elem(&states, &cgid);
+	struct ps_state *st = bpf_map_lookup_elem(&states, &cgid);
 
 	if (!st) {
-		struct state fresh = {};
+		struct ps_state fresh = {};
 
 		bpf_map_update_elem(&states, &cgid, &fresh, BPF_NOEXIST);
 		st = bpf_map_lookup_elem(&states, &cgid);
@@ -175,7 +154,7 @@ static __always_inline void count(__u64 cgid, int dir, __u64 len, int verdict, i
 }
 
 /* Takes a new or changed limit into a bucket. Called with the lock held. */
-static __always_inline void configure(struct bucket *b, __u64 rate, __u64 burst, __u64 now)
+static __always_inline void configure(struct ps_bucket *b, __u64 rate, __u64 burst, __u64 now)
 {
 	if (b->rate == 0) {
 		/* new: start full, with every flow allowed the whole rate */
@@ -200,7 +179,7 @@ static __always_inline void configure(struct bucket *b, __u64 rate, __u64 burst,
 }
 
 /* Adds the tokens earned since the last packet. Called with the lock held. */
-static __always_inline void refill(struct bucket *b, __u64 now)
+static __always_inline void refill(struct ps_bucket *b, __u64 now)
 {
 	__u64 elapsed = now > b->last_ns ? now - b->last_ns : 0;
 
@@ -221,7 +200,7 @@ static __always_inline void refill(struct bucket *b, __u64 now)
  * window. With N flows all paced at the share, one full step lands on rate/N;
  * the half step damps noise. Called with the lock held.
  */
-static __always_inline void steer_share(struct bucket *b, __u64 now)
+static __always_inline void steer_share(struct ps_bucket *b, __u64 now)
 {
 	__u64 span = now - b->window_start_ns;
 	__u64 measured, ratio, next, floor;
@@ -271,8 +250,8 @@ int podshaper_egress(struct __sk_buff *skb)
 	__u64 cgid = 0, len = skb->len, now, share = 0;
 	struct ps_limit *lim = find_limit(skb, &cgid);
 	struct bpf_sock *tcp;
-	struct state *st;
-	struct bucket *b;
+	struct ps_state *st;
+	struct ps_bucket *b;
 	__u64 rate, burst;
 	int verdict = VERDICT_PASS, marked = 0;
 
@@ -329,8 +308,8 @@ int podshaper_ingress(struct __sk_buff *skb)
 {
 	__u64 cgid = 0, len = skb->len, now;
 	struct ps_limit *lim = find_limit(skb, &cgid);
-	struct state *st;
-	struct bucket *b;
+	struct ps_state *st;
+	struct ps_bucket *b;
 	__u64 rate, burst;
 	int verdict = VERDICT_PASS, congested = 0, marked = 0;
 

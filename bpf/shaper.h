@@ -8,6 +8,7 @@
 #ifndef PODSHAPER_SHAPER_H
 #define PODSHAPER_SHAPER_H
 
+#include <linux/bpf.h>
 #include <linux/types.h>
 
 #define PS_EGRESS 0
@@ -37,6 +38,30 @@ struct ps_dir_counters {
 /* Value of the per-CPU `counters` map, keyed by cgroup id. */
 struct ps_counters {
 	struct ps_dir_counters dir[PS_DIRECTIONS];
+};
+
+/* One direction's shaping state. */
+struct ps_bucket {
+	/* configuration this state was built for; a change is detected and absorbed */
+	__u64 rate;
+	__u64 burst;
+	/* time to fill an empty bucket, and the share-steering window */
+	__u64 fill_ns;
+	__u64 window_ns;
+	/* token bucket: may go negative by up to one burst (TCP deficit) */
+	__s64 tokens;
+	__u64 last_ns;
+	/* fair-share steering (egress only) */
+	__u64 window_start_ns;
+	__u64 window_bytes;
+	__u64 share;
+};
+
+/* Value of the `states` map, keyed by cgroup id: owned by BPF, created on a
+ * cgroup's first packet; user space only reads and deletes it. */
+struct ps_state {
+	struct bpf_spin_lock lock;
+	struct ps_bucket dir[PS_DIRECTIONS];
 };
 
 #endif

@@ -1,1 +1,13 @@
+//! A small network lab: network namespaces joined by veth pairs, and a
+//! traffic source and sink that measure what got through.
+//!
+//! Used by `podshaper demo`, `podshaper bench` and the integration tests.
+//! Only addresses from the benchmarking ranges are used (198.18.0.0/15 and
+//! 2001:2::/48), and only inside namespaces this crate made.
 
+pub mod meter;
+pub mod netns;
+pub mod traffic;
+
+pub use meter::Meter;
+pub use netns::{NetnsError, NetnsPair};

@@ -1,1 +1,15 @@
+//! podshaper's core: the BPF shaper and what it needs from the kernel.
+//!
+//! Knows cgroups, BPF programs and maps, and rates; knows nothing of gRPC or
+//! Kubernetes (those are thin layers over this crate).
 
+pub mod abi;
+pub mod cgroup;
+pub mod counters;
+pub mod limits;
+pub mod shaper;
+
+pub use cgroup::{cgroup2_mount, Cgroup, CgroupError, TransientCgroup};
+pub use counters::{CgroupCounters, DirectionCounters};
+pub use limits::{DirectionLimit, Limits};
+pub use shaper::{Attachment, Shaper, ShaperError};

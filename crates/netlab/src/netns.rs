@@ -1,0 +1,135 @@
+//! Network namespaces joined by a veth pair, removed on drop.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::sched::{setns, CloneFlags};
+
+/// Why the lab could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("`ip {args}` failed: {stderr}")]
+    Ip { args: String, stderr: String },
+    #[error("cannot run `ip` (install iproute2)")]
+    Spawn(#[source] std::io::Error),
+    #[error("cannot enter network namespace {name}")]
+    Enter {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Two network namespaces, `a` and `b`, joined by one veth pair:
+/// a = 198.18.0.1/30 and 2001:2::1/64, b = 198.18.0.2/30 and 2001:2::2/64.
+#[derive(Debug)]
+pub struct NetnsPair {
+    a: String,
+    b: String,
+}
+
+impl NetnsPair {
+    pub const A_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    pub const B_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    pub const A_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);
+    pub const B_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
+
+    /// Creates the pair with names unique to this process and call:
+    /// `ps-<tag>-<pid>-<n>-a` and `...-b`.
+    pub fn create(tag: &str) -> Result<Self, NetnsError> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let base = format!("ps-{tag}-{}-{n}", std::process::id());
+        let pair = Self {
+            a: format!("{base}-a"),
+            b: format!("{base}-b"),
+        };
+        // From here on, Drop removes whatever was made.
+        ip(&["netns", "add", &pair.a])?;
+        ip(&["netns", "add", &pair.b])?;
+        ip(&[
+            "-n", &pair.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0",
+            "netns", &pair.b,
+        ])?;
+        for (ns, v4, v6) in [
+            (&pair.a, Self::A_V4, Self::A_V6),
+            (&pair.b, Self::B_V4, Self::B_V6),
+        ] {
+            ip(&["-n", ns, "addr", "add", &format!("{v4}/30"), "dev", "veth0"])?;
+            ip(&["-n", ns, "addr", "add", &format!("{v6}/64"), "dev", "veth0", "nodad"])?;
+            ip(&["-n", ns, "link", "set", "veth0", "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(pair)
+    }
+
+    pub fn a(&self) -> &str {
+        &self.a
+    }
+
+    pub fn b(&self) -> &str {
+        &self.b
+    }
+
+    /// The address of side `a` or `b` in the family of `like`.
+    pub fn addr_b(v6: bool) -> IpAddr {
+        if v6 {
+            IpAddr::V6(Self::B_V6)
+        } else {
+            IpAddr::V4(Self::B_V4)
+        }
+    }
+
+    pub fn addr_a(v6: bool) -> IpAddr {
+        if v6 {
+            IpAddr::V6(Self::A_V6)
+        } else {
+            IpAddr::V4(Self::A_V4)
+        }
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        // Deleting a namespace removes its end of the veth, and with it the pair.
+        for ns in [&self.a, &self.b] {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                tracing::warn!(error = %e, netns = %ns, "could not delete network namespace");
+            }
+        }
+    }
+}
+
+/// The bind-mounted handle `ip netns add` made.
+pub fn netns_path(name: &str) -> PathBuf {
+    PathBuf::from("/run/netns").join(name)
+}
+
+/// Moves the calling thread into a named network namespace. Sockets it opens
+/// afterwards belong there; other threads are unaffected.
+pub fn enter(name: &str) -> Result<(), NetnsError> {
+    let enter_error = |source| NetnsError::Enter {
+        name: name.to_string(),
+        source,
+    };
+    let file = File::open(netns_path(name)).map_err(enter_error)?;
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| enter_error(std::io::Error::from(e)))
+}
+
+fn ip(args: &[&str]) -> Result<(), NetnsError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(NetnsError::Spawn)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetnsError::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}

@@ -1,0 +1,196 @@
+//! A traffic source and sink: TCP (any number of flows) and UDP at a set rate.
+//! Sinks count what they receive into a [`Meter`]; sources stop at a deadline
+//! or when told to.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::meter::Meter;
+use crate::netns;
+
+const TCP_CHUNK: usize = 128 * 1024;
+/// UDP payload: fits a 1500-byte MTU with IPv6 and UDP headers.
+pub const UDP_PAYLOAD: usize = 1400;
+/// How often blocked calls wake up to look at the deadline and stop flag.
+const POLL: Duration = Duration::from_millis(100);
+
+/// When a source or sink should stop: at the deadline, or once `stop` is set.
+#[derive(Debug, Clone)]
+pub struct Until {
+    pub deadline: Instant,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Until {
+    pub fn after(duration: Duration) -> Self {
+        Self {
+            deadline: Instant::now() + duration,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn reached(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || Instant::now() >= self.deadline
+    }
+}
+
+/// Runs `f` on a new thread inside network namespace `ns` (or the current one).
+pub fn spawn_in<T: Send + 'static>(
+    ns: Option<String>,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> JoinHandle<io::Result<T>> {
+    thread::spawn(move || {
+        if let Some(ns) = ns {
+            netns::enter(&ns).map_err(io::Error::other)?;
+        }
+        f()
+    })
+}
+
+/// Sends as fast as TCP allows on `flows` connections until `until`.
+/// Returns the bytes written.
+pub fn tcp_send(to: SocketAddr, flows: usize, until: &Until) -> io::Result<u64> {
+    let mut handles = Vec::with_capacity(flows);
+    for _ in 0..flows.max(1) {
+        let stream = connect_retrying(to, until)?;
+        let until = until.clone();
+        handles.push(thread::spawn(move || send_until(stream, &until)));
+    }
+    let mut total = 0;
+    for h in handles {
+        total += h.join().map_err(|_| io::Error::other("sender thread panicked"))??;
+    }
+    Ok(total)
+}
+
+/// The sink may not be listening yet when the source starts.
+fn connect_retrying(to: SocketAddr, until: &Until) -> io::Result<TcpStream> {
+    loop {
+        match TcpStream::connect_timeout(&to, POLL * 10) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && !until.reached() => {
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn send_until(mut stream: TcpStream, until: &Until) -> io::Result<u64> {
+    stream.set_write_timeout(Some(POLL))?;
+    let buf = vec![0x5a_u8; TCP_CHUNK];
+    let mut sent = 0u64;
+    while !until.reached() {
+        match stream.write(&buf) {
+            Ok(n) => sent += n as u64,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // the sink went away: that ends this flow, not the run
+            Err(e) if is_peer_gone(&e) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sent)
+}
+
+fn is_peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Accepts connections on `listener` and counts everything they send into
+/// `meter`, until `until`. Returns the number of connections accepted.
+pub fn tcp_sink(listener: TcpListener, meter: Meter, until: &Until) -> io::Result<usize> {
+    listener.set_nonblocking(true)?;
+    let mut readers = Vec::new();
+    while !until.reached() {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                stream.set_read_timeout(Some(POLL))?;
+                let meter = meter.clone();
+                let until = until.clone();
+                readers.push(thread::spawn(move || read_until(stream, &meter, &until)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(e),
+        }
+    }
+    let accepted = readers.len();
+    for r in readers {
+        r.join().map_err(|_| io::Error::other("reader thread panicked"))??;
+    }
+    Ok(accepted)
+}
+
+fn read_until(mut stream: TcpStream, meter: &Meter, until: &Until) -> io::Result<()> {
+    let mut buf = vec![0u8; TCP_CHUNK];
+    while !until.reached() {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => meter.add(n as u64),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_peer_gone(&e) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Sends UDP datagrams of [`UDP_PAYLOAD`] bytes at `bits_per_sec` (counting
+/// payload) until `until`. Returns the datagrams sent.
+pub fn udp_send(to: SocketAddr, bits_per_sec: u64, until: &Until) -> io::Result<u64> {
+    let bind: SocketAddr = if to.is_ipv6() {
+        "[::]:0".parse().map_err(io::Error::other)?
+    } else {
+        "0.0.0.0:0".parse().map_err(io::Error::other)?
+    };
+    let socket = UdpSocket::bind(bind)?;
+    socket.connect(to)?;
+    let buf = vec![0xa5_u8; UDP_PAYLOAD];
+    let per_sec = (bits_per_sec as f64 / 8.0 / UDP_PAYLOAD as f64).max(1.0);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while !until.reached() {
+        let due = (start.elapsed().as_secs_f64() * per_sec) as u64;
+        if sent >= due {
+            thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        match socket.send(&buf) {
+            Ok(_) => sent += 1,
+            // a full socket buffer or a refused datagram: it counts as offered
+            Err(e) if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionRefused
+            ) || e.raw_os_error() == Some(libc::ENOBUFS) =>
+            {
+                sent += 1
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sent)
+}
+
+/// Counts the payload of every datagram arriving on `socket` into `meter`.
+pub fn udp_sink(socket: UdpSocket, meter: Meter, until: &Until) -> io::Result<()> {
+    socket.set_read_timeout(Some(POLL))?;
+    let mut buf = vec![0u8; 65536];
+    while !until.reached() {
+        match socket.recv(&mut buf) {
+            Ok(n) => meter.add(n as u64),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! `podshaper traffic …` (hidden): the lab's traffic source and sink as a
+//! command, so that it can be started inside a limited cgroup.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::ExitCode;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use podshaper_netlab::traffic::{self, Until};
+use podshaper_netlab::{netns, Meter};
+use podshaper_rate::Rate;
+
+#[derive(Debug, Subcommand)]
+pub enum TrafficCommand {
+    /// Send TCP as fast as allowed.
+    TcpSend {
+        #[command(flatten)]
+        common: Common,
+        /// Where to send.
+        #[arg(long)]
+        to: SocketAddr,
+        /// Parallel connections.
+        #[arg(long, default_value_t = 1)]
+        flows: usize,
+    },
+    /// Receive TCP and report the rate.
+    TcpRecv {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Send UDP at a fixed rate (bits/s of payload).
+    UdpSend {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        rate: String,
+    },
+    /// Receive UDP and report the rate.
+    UdpRecv {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Network namespace to run in (by `ip netns` name).
+    #[arg(long)]
+    netns: Option<String>,
+    /// How long to run.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Receivers: seconds at the start left out of the reported rate.
+    #[arg(long, default_value_t = 1.0)]
+    skip: f64,
+}
+
+impl Common {
+    fn enter(&self) -> Result<Until> {
+        if let Some(ns) = &self.netns {
+            // Main thread, before any other exists: every later thread is inside too.
+            netns::enter(ns)?;
+        }
+        Ok(Until::after(secs(self.seconds)?))
+    }
+}
+
+fn secs(s: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("invalid duration {s} s"))
+}
+
+pub fn run(command: TrafficCommand) -> Result<ExitCode> {
+    match command {
+        TrafficCommand::TcpSend { common, to, flows } => {
+            let until = common.enter()?;
+            let sent = traffic::tcp_send(to, flows, &until).with_context(|| format!("sending to {to}"))?;
+            println!("{{\"bytes_sent\":{sent}}}");
+        }
+        TrafficCommand::UdpSend { common, to, rate } => {
+            let rate: Rate = rate.parse()?;
+            let until = common.enter()?;
+            let sent = traffic::udp_send(to, rate.bits_per_sec(), &until)
+                .with_context(|| format!("sending to {to}"))?;
+            println!("{{\"datagrams_sent\":{sent}}}");
+        }
+        TrafficCommand::TcpRecv { common, listen } => {
+            let until = common.enter()?;
+            let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+            let meter = Meter::default();
+            let sink = {
+                let (meter, until) = (meter.clone(), until.clone());
+                thread::spawn(move || traffic::tcp_sink(listener, meter, &until))
+            };
+            report(&meter, &common, &until)?;
+            sink.join().map_err(|_| anyhow::anyhow!("sink panicked"))??;
+        }
+        TrafficCommand::UdpRecv { common, listen } => {
+            let until = common.enter()?;
+            let socket = UdpSocket::bind(listen).with_context(|| format!("listening on {listen}"))?;
+            let meter = Meter::default();
+            let sink = {
+                let (meter, until) = (meter.clone(), until.clone());
+                thread::spawn(move || traffic::udp_sink(socket, meter, &until))
+            };
+            report(&meter, &common, &until)?;
+            sink.join().map_err(|_| anyhow::anyhow!("sink panicked"))??;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits out the run and prints the received rate after the skipped start, as JSON.
+fn report(meter: &Meter, common: &Common, until: &Until) -> Result<()> {
+    let start = Instant::now();
+    thread::sleep(secs(common.skip)?);
+    let first = meter.read();
+    while !until.reached() {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let last = meter.read();
+    println!(
+        "{{\"bytes\":{},\"seconds\":{:.3},\"bits_per_second\":{:.0},\"total_bytes\":{},\"elapsed\":{:.3}}}",
+        last.bytes - first.bytes,
+        last.at.duration_since(first.at).as_secs_f64(),
+        last.bits_per_sec_since(&first),
+        last.bytes,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! Rust mirrors of `bpf/shaper.h`. Change both together; the tests below
+//! check sizes, offsets and field order against the header.
+
+/// Index of the egress half of a per-direction array.
+pub const EGRESS: usize = 0;
+/// Index of the ingress half of a per-direction array.
+pub const INGRESS: usize = 1;
+
+/// `struct ps_dir_limit`: rate 0 means "no limit this way".
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirLimit {
+    pub rate_bytes_per_sec: u64,
+    pub burst_bytes: u64,
+}
+
+/// `struct ps_limit`: the value of the `limits` map.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limit {
+    pub dir: [DirLimit; 2],
+}
+
+/// `struct ps_dir_counters`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirCounters {
+    pub bytes: u64,
+    pub packets: u64,
+    pub dropped: u64,
+    pub marked: u64,
+}
+
+/// `struct ps_counters`: the per-CPU value of the `counters` map.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub dir: [DirCounters; 2],
+}
+
+/// `struct ps_bucket`: one direction's shaping state, owned by BPF.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub rate: u64,
+    pub burst: u64,
+    pub fill_ns: u64,
+    pub window_ns: u64,
+    pub tokens: i64,
+    pub last_ns: u64,
+    pub window_start_ns: u64,
+    pub window_bytes: u64,
+    /// the fair share every TCP flow of the cgroup is paced at, bytes/s
+    pub share: u64,
+}
+
+/// `struct ps_state`: the value of the `states` map.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct State {
+    /// `struct bpf_spin_lock` (a u32), then padding to the buckets.
+    pub lock: u32,
+    pub _pad: u32,
+    pub dir: [Bucket; 2],
+}
+
+// SAFETY: plain `repr(C)` structs of integers with no implicit padding.
+unsafe impl aya::Pod for Limit {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Counters {}
+// SAFETY: as above (the padding after `lock` is an explicit field).
+unsafe impl aya::Pod for State {}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::{offset_of, size_of};
+
+    use super::*;
+
+    /// The C layout, written out: every field a __u64 in declaration order.
+    #[test]
+    fn layout_matches_shaper_h() {
+        assert_eq!(size_of::<DirLimit>(), 16);
+        assert_eq!(offset_of!(DirLimit, burst_bytes), 8);
+        assert_eq!(size_of::<Limit>(), 32);
+        assert_eq!(size_of::<DirCounters>(), 32);
+        assert_eq!(offset_of!(DirCounters, packets), 8);
+        assert_eq!(offset_of!(DirCounters, dropped), 16);
+        assert_eq!(offset_of!(DirCounters, marked), 24);
+        assert_eq!(size_of::<Counters>(), 64);
+        assert_eq!(size_of::<Bucket>(), 72);
+        assert_eq!(offset_of!(Bucket, share), 64);
+        assert_eq!(offset_of!(State, dir), 8);
+        assert_eq!(size_of::<State>(), 152);
+    }
+
+    /// The C header, parsed: the same fields in the same order.
+    #[test]
+    fn fields_match_shaper_h() {
+        let header = include_str!("../../../bpf/shaper.h");
+        let fields = |name: &str| -> Vec<String> {
+            let start = header
+                .find(&format!("struct {name} {{"))
+                .unwrap_or_else(|| panic!("struct {name} missing from shaper.h"));
+            let body = &header[start..];
+            let end = body.find("};").unwrap_or_else(|| panic!("struct {name} unterminated"));
+            body[..end]
+                .lines()
+                .skip(1)
+                .map(str::trim)
+                .filter(|l| l.starts_with("__u64") || l.starts_with("struct"))
+                .map(|l| l.trim_end_matches(';').to_string())
+                .collect()
+        };
+        assert_eq!(fields("ps_dir_limit"), ["__u64 rate_bytes_per_sec", "__u64 burst_bytes"]);
+        assert_eq!(fields("ps_limit"), ["struct ps_dir_limit dir[PS_DIRECTIONS]"]);
+        assert_eq!(
+            fields("ps_dir_counters"),
+            ["__u64 bytes", "__u64 packets", "__u64 dropped", "__u64 marked"]
+        );
+        assert_eq!(fields("ps_counters"), ["struct ps_dir_counters dir[PS_DIRECTIONS]"]);
+        assert_eq!(
+            fields("ps_bucket"),
+            [
+                "__u64 rate",
+                "__u64 burst",
+                "__u64 fill_ns",
+                "__u64 window_ns",
+                "__u64 last_ns",
+                "__u64 window_start_ns",
+                "__u64 window_bytes",
+                "__u64 share"
+            ]
+        );
+        assert!(header.contains("__s64 tokens;"));
+        assert_eq!(
+            fields("ps_state"),
+            ["struct bpf_spin_lock lock", "struct ps_bucket dir[PS_DIRECTIONS]"]
+        );
+        assert!(header.contains("#define PS_EGRESS 0") && header.contains("#define PS_INGRESS 1"));
+    }
+}

@@ -1,0 +1,267 @@
+//! cgroup v2: finding the mount, naming cgroups, and transient cgroups.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Why a cgroup could not be found, made or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot read /proc/self/mountinfo")]
+    MountInfo(#[source] io::Error),
+    #[error("no cgroup2 file system is mounted (looked in /proc/self/mountinfo)")]
+    NoCgroup2,
+    #[error("cgroup {path} does not exist or cannot be opened")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create cgroup {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot remove cgroup {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The mount point of the cgroup v2 hierarchy, read from `/proc/self/mountinfo`
+/// (`/sys/fs/cgroup` on most nodes, `/sys/fs/cgroup/unified` on hybrid ones).
+pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    let info = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+    parse_cgroup2_mount(&info).ok_or(CgroupError::NoCgroup2)
+}
+
+/// The first cgroup2 mount point in mountinfo text.
+fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // "<id> <parent> <maj:min> <root> <mount point> <options> ... - <fstype> <source> ..."
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let mount_point = left.split_whitespace().nth(4)?;
+        Some(PathBuf::from(unescape_mountinfo(mount_point)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let code: String = chars.clone().take(3).collect();
+            if code.len() == 3 {
+                if let Ok(byte) = u8::from_str_radix(&code, 8) {
+                    out.push(char::from(byte));
+                    for _ in 0..3 {
+                        chars.next();
+                    }
+                    continue;
+                }
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A cgroup v2 directory and its id (the id BPF's `bpf_skb_cgroup_id` returns).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    path: PathBuf,
+    id: u64,
+}
+
+impl Cgroup {
+    /// Opens an existing cgroup by absolute path.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, CgroupError> {
+        let path = path.into();
+        let meta = fs::metadata(&path).map_err(|source| CgroupError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(CgroupError::Open {
+                path,
+                source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+            });
+        }
+        // On cgroup2 the directory's inode number is the cgroup id.
+        Ok(Self {
+            path,
+            id: meta.ino(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// An open descriptor of the directory, as BPF attach calls need.
+    pub fn fd(&self) -> Result<File, CgroupError> {
+        File::open(&self.path).map_err(|source| CgroupError::Open {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// The path of `cgroup.procs`, where a pid is written to move a process in.
+    pub fn procs_path(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+
+    /// Makes `command` start inside this cgroup: the child moves itself in
+    /// between fork and exec, so its first packet is already shaped.
+    pub fn spawn_inside(&self, command: &mut Command) -> Result<(), CgroupError> {
+        let procs = OpenOptions::new()
+            .write(true)
+            .open(self.procs_path())
+            .map_err(|source| CgroupError::Open {
+                path: self.procs_path(),
+                source,
+            })?;
+        // The descriptor lives as long as `command`; it is close-on-exec.
+        // SAFETY: the closure makes one async-signal-safe system call (write)
+        // on a descriptor it owns.
+        unsafe {
+            command.pre_exec(move || {
+                // "0" means "the writing process".
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A cgroup made for the life of this value: on drop, every process still in
+/// it is killed and the directory removed.
+#[derive(Debug)]
+pub struct TransientCgroup {
+    cgroup: Cgroup,
+}
+
+impl TransientCgroup {
+    /// Creates `<cgroup2 mount>/<name>`.
+    pub fn create(name: &str) -> Result<Self, CgroupError> {
+        let path = cgroup2_mount()?.join(name);
+        fs::create_dir(&path).map_err(|source| CgroupError::Create {
+            path: path.clone(),
+            source,
+        })?;
+        match Cgroup::open(&path) {
+            Ok(cgroup) => Ok(Self { cgroup }),
+            Err(e) => {
+                let _ = fs::remove_dir(&path);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn cgroup(&self) -> &Cgroup {
+        &self.cgroup
+    }
+
+    /// Kills what is left inside and removes the directory.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        remove_cgroup_tree(self.cgroup.path())
+    }
+}
+
+impl Drop for TransientCgroup {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove() {
+            tracing::warn!(error = %e, "could not remove transient cgroup");
+        }
+    }
+}
+
+/// Kills every process in a cgroup tree and removes its directories, deepest
+/// first. Removal waits (briefly) for killed processes to leave.
+pub fn remove_cgroup_tree(path: &Path) -> Result<(), CgroupError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    // cgroup.kill (Linux 5.14+) kills the whole subtree at once.
+    if fs::write(path.join("cgroup.kill"), "1").is_err() {
+        kill_listed_processes(path);
+    }
+    if let Ok(entries) = fs::read_dir(path) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path())?;
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            // EBUSY while killed processes are still exiting
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, path = %path.display(), "cgroup busy; retrying");
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(source) => {
+                return Err(CgroupError::Remove {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+fn kill_listed_processes(path: &Path) {
+    let Ok(procs) = fs::read_to_string(path.join("cgroup.procs")) else {
+        return;
+    };
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<libc::pid_t>().ok()) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_and_unified_layouts() {
+        let hybrid = "25 1 0:23 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid,relatime shared:5 - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified = "30 1 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(parse_cgroup2_mount(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        let escaped = "30 1 0:26 / /mnt/my\\040cg rw - cgroup2 none rw\n";
+        assert_eq!(parse_cgroup2_mount(escaped), Some(PathBuf::from("/mnt/my cg")));
+        assert_eq!(parse_cgroup2_mount("30 1 0:26 / /sys rw - sysfs sysfs rw\n"), None);
+        assert_eq!(parse_cgroup2_mount("garbage\n\n"), None);
+    }
+}
