@@ -23,6 +23,10 @@
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
 #include "shaper.h"
@@ -44,13 +48,26 @@
 /* ... bounded to this window length */
 #define SHARE_WINDOW_MIN_NS (10ULL * 1000 * 1000)
 #define SHARE_WINDOW_MAX_NS (200ULL * 1000 * 1000)
+/* how far (in bursts) TCP retransmissions may take an ingress bucket below empty */
+#define MAX_DEFICIT_BURSTS 8
+/* ingress: longest a TCP flow goes without a packet let in */
+#define FEEDBACK_GAP_NS (1ULL * 1000 * 1000)
 /* fixed point for the steering ratio */
 #define RATIO_ONE 1024ULL
 
-/* What the egress program wants the sockops program to apply to a socket. */
-struct sock_pacing {
+/* Per-socket state (socket local storage). */
+struct sock_state {
+	/* the pacing rate the egress program wants the sockops program to set */
 	__u64 want;    /* bytes per second, 0 = unpaced */
 	__u64 applied; /* what was last set on the socket */
+	/* ingress: end of the highest TCP sequence seen, to tell retransmissions */
+	__u32 rcv_high;
+	__u32 rcv_high_valid;
+	/* ingress: when this socket last had a packet let in */
+	__u64 rcv_last_pass_ns;
+	/* ingress: the socket's last packet was dropped */
+	__u32 rcv_dropped_last;
+	__u32 _pad;
 };
 
 struct {
@@ -78,8 +95,8 @@ struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct sock_pacing);
-} pacing SEC(".maps");
+	__type(value, struct sock_state);
+} sock_states SEC(".maps");
 
 /*
  * The limited cgroup that governs a packet: its socket's cgroup if limited,
@@ -182,14 +199,21 @@ static __always_inline void configure(struct ps_bucket *b, __u64 rate, __u64 bur
 static __always_inline void refill(struct ps_bucket *b, __u64 now)
 {
 	__u64 elapsed = now > b->last_ns ? now - b->last_ns : 0;
+	__u64 fills;
 
 	b->last_ns = now;
-	/* elapsed < fill_ns keeps elapsed * rate < burst * 1e9: no overflow */
-	if (elapsed >= b->fill_ns) {
+	/*
+	 * Whole bucket-fills first, then the remainder: remainder < fill_ns keeps
+	 * remainder * rate < burst * 1e9, so nothing overflows. A deficit is
+	 * paid back before the bucket counts as full again.
+	 */
+	fills = elapsed / b->fill_ns;
+	if (fills > MAX_DEFICIT_BURSTS + 1) {
 		b->tokens = (__s64)b->burst;
 		return;
 	}
-	b->tokens += (__s64)(elapsed * b->rate / NSEC_PER_SEC);
+	b->tokens += (__s64)(fills * b->burst);
+	b->tokens += (__s64)((elapsed - fills * b->fill_ns) * b->rate / NSEC_PER_SEC);
 	if (b->tokens > (__s64)b->burst)
 		b->tokens = (__s64)b->burst;
 }
@@ -293,14 +317,54 @@ int podshaper_egress(struct __sk_buff *skb)
 	bpf_spin_unlock(&st->lock);
 
 	if (tcp) {
-		struct sock_pacing *p =
-			bpf_sk_storage_get(&pacing, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		struct sock_state *p =
+			bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
 		if (p)
 			p->want = share;
 	}
 	count(cgid, PS_EGRESS, len, verdict, marked);
 	return verdict;
+}
+
+/*
+ * The TCP sequence range a packet carries. cgroup_skb data starts at the IP
+ * header. Returns 0 when the packet is not TCP with payload (or has IPv6
+ * extension headers, which are rare enough to treat as new data).
+ */
+static __always_inline int tcp_payload_range(struct __sk_buff *skb, __u32 *seq, __u32 *end)
+{
+	__u8 first;
+	__u32 l3len, payload;
+	struct tcphdr th;
+
+	if (bpf_skb_load_bytes(skb, 0, &first, 1))
+		return 0;
+	if ((first >> 4) == 4) {
+		__u8 proto;
+
+		if (bpf_skb_load_bytes(skb, offsetof(struct iphdr, protocol), &proto, 1) ||
+		    proto != IPPROTO_TCP)
+			return 0;
+		l3len = (first & 0xf) * 4;
+	} else if ((first >> 4) == 6) {
+		__u8 next;
+
+		if (bpf_skb_load_bytes(skb, offsetof(struct ipv6hdr, nexthdr), &next, 1) ||
+		    next != IPPROTO_TCP)
+			return 0;
+		l3len = sizeof(struct ipv6hdr);
+	} else {
+		return 0;
+	}
+	if (bpf_skb_load_bytes(skb, l3len, &th, sizeof(th)))
+		return 0;
+	if (skb->len <= l3len + th.doff * 4)
+		return 0;
+	payload = skb->len - l3len - th.doff * 4;
+	*seq = bpf_ntohl(th.seq);
+	*end = *seq + payload;
+	return 1;
 }
 
 SEC("cgroup_skb/ingress")
@@ -311,7 +375,10 @@ int podshaper_ingress(struct __sk_buff *skb)
 	struct ps_state *st;
 	struct ps_bucket *b;
 	__u64 rate, burst;
-	int verdict = VERDICT_PASS, congested = 0, marked = 0;
+	int verdict = VERDICT_PASS, congested = 0, marked = 0, retransmission = 0;
+	struct sock_state *ss = 0;
+	struct bpf_sock *tcp;
+	__u32 seq = 0, end = 0;
 
 	if (!lim)
 		return VERDICT_PASS;
@@ -326,7 +393,26 @@ int podshaper_ingress(struct __sk_buff *skb)
 		count(cgid, PS_INGRESS, len, VERDICT_PASS, 0);
 		return VERDICT_PASS;
 	}
+	/*
+	 * A TCP retransmission (data below the highest sequence already seen)
+	 * always passes and is charged: dropping it again would leave the
+	 * sender nothing to do but wait for its retransmission timer, which is
+	 * what collapses TCP under a plain policer. New data pays the deficit.
+	 */
+	tcp = tcp_fullsock(skb);
 	now = bpf_ktime_get_ns();
+	if (tcp && tcp_payload_range(skb, &seq, &end)) {
+		ss = bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (ss && ss->rcv_high_valid && (__s32)(end - ss->rcv_high) <= 0)
+			retransmission = 1;
+		/*
+		 * A flow that has had nothing let in for a while gets one packet
+		 * through, so that its sender hears (by SACK) what was lost and
+		 * recovers fast instead of waiting for a retransmission timeout.
+		 */
+		if (ss && (ss->rcv_dropped_last || now - ss->rcv_last_pass_ns > FEEDBACK_GAP_NS))
+			retransmission = 1;
+	}
 
 	bpf_spin_lock(&st->lock);
 	b = &st->dir[PS_INGRESS];
@@ -336,10 +422,24 @@ int podshaper_ingress(struct __sk_buff *skb)
 	if (b->tokens >= (__s64)len) {
 		b->tokens -= (__s64)len;
 		congested = b->tokens < (__s64)(b->burst / 2);
+	} else if (retransmission && b->tokens + (__s64)(MAX_DEFICIT_BURSTS * b->burst) >= (__s64)len) {
+		b->tokens -= (__s64)len;
+		congested = 1;
 	} else {
 		verdict = VERDICT_DROP;
 	}
 	bpf_spin_unlock(&st->lock);
+
+	if (ss) {
+		if (verdict == VERDICT_PASS)
+			ss->rcv_last_pass_ns = now;
+		ss->rcv_dropped_last = verdict != VERDICT_PASS;
+	}
+	/* highest seen, dropped or not: a dropped tail's resend is a retransmission too */
+	if (ss && (!ss->rcv_high_valid || (__s32)(end - ss->rcv_high) > 0)) {
+		ss->rcv_high = end;
+		ss->rcv_high_valid = 1;
+	}
 
 	/* early, loss-free signal for flows that negotiated ECN */
 	if (congested && bpf_skb_ecn_set_ce(skb))
@@ -357,7 +457,7 @@ SEC("sockops")
 int podshaper_sockops(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk;
-	struct sock_pacing *p;
+	struct sock_state *p;
 	__u32 rate;
 
 	switch (skops->op) {
@@ -374,7 +474,7 @@ int podshaper_sockops(struct bpf_sock_ops *skops)
 	sk = skops->sk;
 	if (!sk)
 		return 1;
-	p = bpf_sk_storage_get(&pacing, sk, 0, 0);
+	p = bpf_sk_storage_get(&sock_states, sk, 0, 0);
 	if (!p || p->want == p->applied)
 		return 1;
 	/* SO_MAX_PACING_RATE takes a u32 in bytes per second; ~0U is "unpaced" */

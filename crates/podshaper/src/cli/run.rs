@@ -70,6 +70,10 @@ pub fn run(args: RunArgs, signals: Signals) -> Result<ExitCode> {
     }
 
     // Cleanup runs whatever happened to the command.
+    match shaper.counters(cgroup.cgroup().id()) {
+        Ok(c) => tracing::info!(?c, "final counters"),
+        Err(e) => tracing::warn!(error = %e, "cannot read counters"),
+    }
     let detached = shaper.detach(attachment);
     drop(shaper);
     let removed = cgroup.remove();
