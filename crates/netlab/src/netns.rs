@@ -63,6 +63,21 @@ impl NetnsPair {
             ip(&["-n", ns, "link", "set", "veth0", "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
+        // Static neighbour entries: no first packet waits for (or loses) a
+        // neighbour solicitation while the fresh link settles.
+        let mac_a = mac(&pair.a)?;
+        let mac_b = mac(&pair.b)?;
+        for (ns, peer_mac, v4, v6) in [
+            (&pair.a, &mac_b, Self::B_V4, Self::B_V6),
+            (&pair.b, &mac_a, Self::A_V4, Self::A_V6),
+        ] {
+            for addr in [v4.to_string(), v6.to_string()] {
+                ip(&[
+                    "-n", ns, "neigh", "replace", &addr, "lladdr", peer_mac, "dev", "veth0", "nud",
+                    "permanent",
+                ])?;
+            }
+        }
         Ok(pair)
     }
 
@@ -119,13 +134,31 @@ pub fn enter(name: &str) -> Result<(), NetnsError> {
     setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| enter_error(std::io::Error::from(e)))
 }
 
+/// The MAC address of `veth0` in namespace `ns`.
+fn mac(ns: &str) -> Result<String, NetnsError> {
+    let args = ["-n", ns, "-o", "link", "show", "veth0"];
+    let out = ip_output(&args)?;
+    out.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .map(str::to_string)
+        .ok_or_else(|| NetnsError::Ip {
+            args: args.join(" "),
+            stderr: format!("no link/ether address in {out:?}"),
+        })
+}
+
 fn ip(args: &[&str]) -> Result<(), NetnsError> {
+    ip_output(args).map(|_| ())
+}
+
+fn ip_output(args: &[&str]) -> Result<String, NetnsError> {
     let out = Command::new("ip")
         .args(args)
         .output()
         .map_err(NetnsError::Spawn)?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(NetnsError::Ip {
             args: args.join(" "),

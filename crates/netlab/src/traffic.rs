@@ -67,12 +67,17 @@ pub fn tcp_send(to: SocketAddr, flows: usize, until: &Until) -> io::Result<u64> 
     Ok(total)
 }
 
-/// The sink may not be listening yet when the source starts.
+/// The sink may not be listening yet when the source starts, and a fresh
+/// link may lose the first neighbour solicitation (the SYN then waits for
+/// the next one, a second later): retry until the deadline.
 fn connect_retrying(to: SocketAddr, until: &Until) -> io::Result<TcpStream> {
     loop {
-        match TcpStream::connect_timeout(&to, POLL * 10) {
+        match TcpStream::connect_timeout(&to, POLL * 30) {
             Ok(s) => return Ok(s),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && !until.reached() => {
+            Err(e)
+                if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::TimedOut)
+                    && !until.reached() =>
+            {
                 thread::sleep(Duration::from_millis(20));
             }
             Err(e) => return Err(e),

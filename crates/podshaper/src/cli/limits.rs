@@ -9,13 +9,13 @@ use podshaper_shaper::{DirectionLimit, Limits};
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
     /// Limit on what the cgroup sends, e.g. 100M, 1G, 500k, 10mbit (bits/s).
-    #[arg(long, value_name = "RATE")]
+    #[arg(long, value_name = "RATE", allow_hyphen_values = true)]
     pub egress: Option<String>,
     /// Limit on what the cgroup receives, e.g. 50M, 10mbit (bits/s).
-    #[arg(long, value_name = "RATE")]
+    #[arg(long, value_name = "RATE", allow_hyphen_values = true)]
     pub ingress: Option<String>,
     /// Bucket depth in bytes, e.g. 256Ki, 1Mi (default: 25 ms at the rate, at least 128Ki).
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub burst: Option<String>,
 }
 

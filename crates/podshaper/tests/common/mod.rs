@@ -1,0 +1,215 @@
+//! Helpers for the tests that drive the real `podshaper` binary on the real
+//! kernel: a lab of two network namespaces, traffic through a limited
+//! cgroup, and children that are stopped (and so clean up) even when a test
+//! fails.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use podshaper_netlab::traffic::{self, Until};
+use podshaper_netlab::{Meter, NetnsPair};
+
+pub fn podshaper() -> Command {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "these tests attach BPF programs and make network namespaces: run them as root"
+    );
+    Command::new(env!("CARGO_BIN_EXE_podshaper"))
+}
+
+/// A port no other test in this process uses.
+pub fn unique_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(21000);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A child process that is sent SIGTERM (and reaped) if the test ends early,
+/// so that `podshaper run` gets to remove what it made.
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    pub fn spawn(command: &mut Command) -> Self {
+        match command.spawn() {
+            Ok(c) => Self(Some(c)),
+            Err(e) => panic!("cannot start {command:?}: {e}"),
+        }
+    }
+
+    pub fn wait_output(mut self) -> Output {
+        let child = self.0.take().expect("child present");
+        match child.wait_with_output() {
+            Ok(o) => o,
+            Err(e) => panic!("waiting for child: {e}"),
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// One traffic measurement through a limited cgroup.
+pub struct Flow {
+    pub proto: Proto,
+    /// true: the limited process sends (egress); false: it receives (ingress)
+    pub egress: bool,
+    pub flows: usize,
+    pub v6: bool,
+    /// UDP: offered rate in bit/s
+    pub offered: u64,
+    pub seconds: f64,
+    /// seconds at the start left out of the measurement
+    pub skip: f64,
+}
+
+impl Flow {
+    pub fn tcp(egress: bool) -> Self {
+        Self {
+            proto: Proto::Tcp,
+            egress,
+            flows: 1,
+            v6: false,
+            offered: 0,
+            seconds: 6.0,
+            skip: 1.5,
+        }
+    }
+
+    pub fn udp(egress: bool, offered: u64) -> Self {
+        Self {
+            proto: Proto::Udp,
+            offered,
+            ..Self::tcp(egress)
+        }
+    }
+}
+
+/// Runs `flow` with the limited side under `podshaper run <limit_args>` in
+/// namespace A and the other side in this process in namespace B; returns the
+/// rate (bit/s of payload) the receiver saw after the skipped start.
+pub fn measure(limit_args: &[&str], flow: &Flow) -> f64 {
+    let lab = match NetnsPair::create("t") {
+        Ok(l) => l,
+        Err(e) => panic!("cannot build the lab: {e}"),
+    };
+    let port = unique_port();
+    let seconds = flow.seconds.to_string();
+    let skip = flow.skip.to_string();
+    let (verb, addr) = match (flow.proto, flow.egress) {
+        (Proto::Tcp, true) => ("tcp-send", NetnsPair::addr_b(flow.v6)),
+        (Proto::Tcp, false) => ("tcp-recv", NetnsPair::addr_a(flow.v6)),
+        (Proto::Udp, true) => ("udp-send", NetnsPair::addr_b(flow.v6)),
+        (Proto::Udp, false) => ("udp-recv", NetnsPair::addr_a(flow.v6)),
+    };
+    let sock = SocketAddr::new(addr, port).to_string();
+    let mut cmd = podshaper();
+    cmd.arg("run").args(limit_args).arg("--");
+    cmd.arg(env!("CARGO_BIN_EXE_podshaper"))
+        .args(["traffic", verb, "--netns", lab.a(), "--seconds", &seconds, "--skip", &skip]);
+    cmd.arg(if flow.egress { "--to" } else { "--listen" }).arg(&sock);
+    if flow.proto == Proto::Tcp && flow.egress {
+        cmd.args(["--flows", &flow.flows.to_string()]);
+    }
+    if flow.proto == Proto::Udp && flow.egress {
+        cmd.args(["--rate", &flow.offered.to_string()]);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+
+    let total = Duration::from_secs_f64(flow.seconds);
+    if flow.egress {
+        // Our side receives, in B, and measures.
+        let meter = Meter::default();
+        let until = Until::after(total + Duration::from_secs(1));
+        let sink = {
+            let (meter, until, proto) = (meter.clone(), until.clone(), flow.proto);
+            let bind = SocketAddr::new(NetnsPair::addr_b(flow.v6), port);
+            traffic::spawn_in(Some(lab.b().to_string()), move || match proto {
+                Proto::Tcp => traffic::tcp_sink(TcpListener::bind(bind)?, meter, &until).map(|_| ()),
+                Proto::Udp => traffic::udp_sink(UdpSocket::bind(bind)?, meter, &until),
+            })
+        };
+        thread::sleep(Duration::from_millis(200));
+        let child = ChildGuard::spawn(&mut cmd);
+        let start = Instant::now();
+        thread::sleep(Duration::from_secs_f64(flow.skip));
+        let first = meter.read();
+        while start.elapsed() < total - Duration::from_millis(100) {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let last = meter.read();
+        let out = child.wait_output();
+        until.stop.store(true, Ordering::Relaxed);
+        let _ = sink.join();
+        assert!(out.status.success(), "podshaper run failed: {}", String::from_utf8_lossy(&out.stderr));
+        last.bits_per_sec_since(&first)
+    } else {
+        // The limited process receives and reports; we send from B.
+        let child = ChildGuard::spawn(&mut cmd);
+        // The source outlasts the receiver, whose clock starts only once
+        // `podshaper run` has loaded and attached the shaper.
+        let until = Until::after(total + Duration::from_secs(1));
+        let start = Instant::now();
+        let to: SocketAddr = match sock.parse() {
+            Ok(a) => a,
+            Err(e) => panic!("{sock}: {e}"),
+        };
+        let (proto, flows, offered, u) = (flow.proto, flow.flows, flow.offered, until.clone());
+        let source = traffic::spawn_in(Some(lab.b().to_string()), move || match proto {
+            Proto::Tcp => {
+                thread::sleep(Duration::from_millis(200));
+                traffic::tcp_send(to, flows, &u).map(|_| ())
+            }
+            Proto::Udp => {
+                thread::sleep(Duration::from_millis(200));
+                let sent = traffic::udp_send(to, offered, &u)?;
+                let offered_rate = sent as f64 * traffic::UDP_PAYLOAD as f64 * 8.0 / (u.deadline - start).as_secs_f64();
+                eprintln!("UDP offered {offered_rate:.0} bit/s");
+                Ok(())
+            }
+        });
+        let out = child.wait_output();
+        until.stop.store(true, Ordering::Relaxed);
+        let _ = source.join();
+        assert!(out.status.success(), "podshaper run failed: {}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+            Ok(v) => v,
+            Err(e) => panic!("bad report {:?}: {e}", String::from_utf8_lossy(&out.stdout)),
+        };
+        report["bits_per_second"].as_f64().unwrap_or(0.0)
+    }
+}
+
+/// Asserts that `measured / target` is within `[low, high]`.
+pub fn assert_ratio(what: &str, measured: f64, target: f64, low: f64, high: f64) {
+    let ratio = measured / target;
+    eprintln!("{what}: {measured:.0} bit/s of {target:.0} = {ratio:.3}");
+    assert!(
+        (low..=high).contains(&ratio),
+        "{what}: achieved {ratio:.3} of the target ({measured:.0} of {target:.0} bit/s), expected {low}..={high}"
+    );
+}
