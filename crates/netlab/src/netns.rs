@@ -59,7 +59,16 @@ impl NetnsPair {
             (&pair.b, Self::B_V4, Self::B_V6),
         ] {
             ip(&["-n", ns, "addr", "add", &format!("{v4}/30"), "dev", "veth0"])?;
-            ip(&["-n", ns, "addr", "add", &format!("{v6}/64"), "dev", "veth0", "nodad"])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                "veth0",
+                "nodad",
+            ])?;
             ip(&["-n", ns, "link", "set", "veth0", "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
@@ -73,7 +82,16 @@ impl NetnsPair {
         ] {
             for addr in [v4.to_string(), v6.to_string()] {
                 ip(&[
-                    "-n", ns, "neigh", "replace", &addr, "lladdr", peer_mac, "dev", "veth0", "nud",
+                    "-n",
+                    ns,
+                    "neigh",
+                    "replace",
+                    &addr,
+                    "lladdr",
+                    peer_mac,
+                    "dev",
+                    "veth0",
+                    "nud",
                     "permanent",
                 ])?;
             }

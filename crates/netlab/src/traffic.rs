@@ -62,7 +62,9 @@ pub fn tcp_send(to: SocketAddr, flows: usize, until: &Until) -> io::Result<u64> 
     }
     let mut total = 0;
     for h in handles {
-        total += h.join().map_err(|_| io::Error::other("sender thread panicked"))??;
+        total += h
+            .join()
+            .map_err(|_| io::Error::other("sender thread panicked"))??;
     }
     Ok(total)
 }
@@ -75,8 +77,10 @@ fn connect_retrying(to: SocketAddr, until: &Until) -> io::Result<TcpStream> {
         match TcpStream::connect_timeout(&to, POLL * 30) {
             Ok(s) => return Ok(s),
             Err(e)
-                if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::TimedOut)
-                    && !until.reached() =>
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::TimedOut
+                ) && !until.reached() =>
             {
                 thread::sleep(Duration::from_millis(20));
             }
@@ -92,7 +96,11 @@ fn send_until(mut stream: TcpStream, until: &Until) -> io::Result<u64> {
     while !until.reached() {
         match stream.write(&buf) {
             Ok(n) => sent += n as u64,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // the sink went away: that ends this flow, not the run
             Err(e) if is_peer_gone(&e) => break,
@@ -105,7 +113,9 @@ fn send_until(mut stream: TcpStream, until: &Until) -> io::Result<u64> {
 fn is_peer_gone(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
     )
 }
 
@@ -123,13 +133,16 @@ pub fn tcp_sink(listener: TcpListener, meter: Meter, until: &Until) -> io::Resul
                 let until = until.clone();
                 readers.push(thread::spawn(move || read_until(stream, &meter, &until)));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(5))
+            }
             Err(e) => return Err(e),
         }
     }
     let accepted = readers.len();
     for r in readers {
-        r.join().map_err(|_| io::Error::other("reader thread panicked"))??;
+        r.join()
+            .map_err(|_| io::Error::other("reader thread panicked"))??;
     }
     Ok(accepted)
 }
@@ -140,7 +153,11 @@ fn read_until(mut stream: TcpStream, meter: &Meter, until: &Until) -> io::Result
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => meter.add(n as u64),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if is_peer_gone(&e) => break,
             Err(e) => return Err(e),
@@ -172,10 +189,11 @@ pub fn udp_send(to: SocketAddr, bits_per_sec: u64, until: &Until) -> io::Result<
         match socket.send(&buf) {
             Ok(_) => sent += 1,
             // a full socket buffer or a refused datagram: it counts as offered
-            Err(e) if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionRefused
-            ) || e.raw_os_error() == Some(libc::ENOBUFS) =>
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionRefused
+                ) || e.raw_os_error() == Some(libc::ENOBUFS) =>
             {
                 sent += 1
             }
@@ -192,7 +210,11 @@ pub fn udp_sink(socket: UdpSocket, meter: Meter, until: &Until) -> io::Result<()
     while !until.reached() {
         match socket.recv(&mut buf) {
             Ok(n) => meter.add(n as u64),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }

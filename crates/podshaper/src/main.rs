@@ -9,7 +9,11 @@ mod cli;
 mod signals;
 
 #[derive(Debug, Parser)]
-#[command(name = "podshaper", version, about = "Bandwidth limits for pods and cgroups, enforced with eBPF")]
+#[command(
+    name = "podshaper",
+    version,
+    about = "Bandwidth limits for pods and cgroups, enforced with eBPF"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -53,7 +57,8 @@ fn fail(e: &anyhow::Error) -> ExitCode {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PODSHAPER_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter =
+        EnvFilter::try_from_env("PODSHAPER_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -7,7 +7,12 @@ use std::thread;
 use anyhow::Context;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 
-const HANDLED: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
+const HANDLED: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
 
 /// The blocked signals. Hand it to the code that decides what they mean.
 #[derive(Debug)]

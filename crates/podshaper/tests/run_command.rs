@@ -15,7 +15,9 @@ fn cgroup2_mount() -> String {
     info.lines()
         .find_map(|l| {
             let (left, right) = l.split_once(" - ")?;
-            right.starts_with("cgroup2 ").then(|| left.split_whitespace().nth(4).map(str::to_string))?
+            right
+                .starts_with("cgroup2 ")
+                .then(|| left.split_whitespace().nth(4).map(str::to_string))?
         })
         .expect("a cgroup2 mount")
 }
@@ -23,16 +25,32 @@ fn cgroup2_mount() -> String {
 #[test]
 fn passes_the_exit_status_through_and_removes_its_cgroup() {
     let out = podshaper()
-        .args(["run", "--egress", "10M", "--", "sh", "-c", "cat /proc/self/cgroup; exit 7"])
+        .args([
+            "run",
+            "--egress",
+            "10M",
+            "--",
+            "sh",
+            "-c",
+            "cat /proc/self/cgroup; exit 7",
+        ])
         .output()
         .expect("run podshaper");
-    assert_eq!(out.status.code(), Some(7), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let cgroup = stdout
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .unwrap_or_else(|| panic!("no cgroup v2 line in {stdout:?}"));
-    assert!(cgroup.starts_with("/podshaper-run-"), "command ran in {cgroup}");
+    assert!(
+        cgroup.starts_with("/podshaper-run-"),
+        "command ran in {cgroup}"
+    );
     let dir = format!("{}{cgroup}", cgroup2_mount());
     assert!(!Path::new(&dir).exists(), "{dir} was left behind");
 }
@@ -50,7 +68,15 @@ fn a_command_killed_by_a_signal_exits_128_plus_the_signal() {
 fn sigterm_stops_the_command_and_cleans_up() {
     let child = ChildGuard::spawn(
         podshaper()
-            .args(["run", "--egress", "10M", "--", "sh", "-c", "cat /proc/self/cgroup; exec sleep 60"])
+            .args([
+                "run",
+                "--egress",
+                "10M",
+                "--",
+                "sh",
+                "-c",
+                "cat /proc/self/cgroup; exec sleep 60",
+            ])
             .stdout(Stdio::piped()),
     );
     let pid = child.0.as_ref().expect("child").id();
@@ -58,9 +84,14 @@ fn sigterm_stops_the_command_and_cleans_up() {
     let dir = format!("{}/podshaper-run-{pid}", cgroup2_mount());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !Path::new(&format!("{dir}/cgroup.procs")).exists()
-        || std::fs::read_to_string(format!("{dir}/cgroup.procs")).unwrap_or_default().is_empty()
+        || std::fs::read_to_string(format!("{dir}/cgroup.procs"))
+            .unwrap_or_default()
+            .is_empty()
     {
-        assert!(Instant::now() < deadline, "the command never started in {dir}");
+        assert!(
+            Instant::now() < deadline,
+            "the command never started in {dir}"
+        );
         thread::sleep(Duration::from_millis(20));
     }
     let started = Instant::now();
@@ -70,14 +101,24 @@ fn sigterm_stops_the_command_and_cleans_up() {
     )
     .expect("signal podshaper");
     let out = child.wait_output();
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?} to stop", started.elapsed());
-    assert_eq!(out.status.code(), Some(128 + 15), "the command's SIGTERM death is reported");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?} to stop",
+        started.elapsed()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(128 + 15),
+        "the command's SIGTERM death is reported"
+    );
     assert!(!Path::new(&dir).exists(), "{dir} was left behind");
 }
 
 #[test]
 fn malformed_rates_exit_nonzero_with_one_line_naming_the_value() {
-    for bad in ["10x", "-5M", "0", "2P", "1e99", "ten", "10 M", "10m", "", "1.2.3M", "10MM"] {
+    for bad in [
+        "10x", "-5M", "0", "2P", "1e99", "ten", "10 M", "10m", "", "1.2.3M", "10MM",
+    ] {
         for flag in ["--egress", "--ingress"] {
             let out = podshaper()
                 .args(["run", flag, bad, "--", "true"])
@@ -86,8 +127,15 @@ fn malformed_rates_exit_nonzero_with_one_line_naming_the_value() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "{flag} {bad:?} was accepted");
             assert_eq!(out.status.code(), Some(1), "{flag} {bad:?}: {stderr}");
-            assert_eq!(stderr.trim_end().lines().count(), 1, "{flag} {bad:?}: not one line: {stderr}");
-            assert!(stderr.contains(&format!("{bad:?}")), "{flag} {bad:?}: value not named: {stderr}");
+            assert_eq!(
+                stderr.trim_end().lines().count(),
+                1,
+                "{flag} {bad:?}: not one line: {stderr}"
+            );
+            assert!(
+                stderr.contains(&format!("{bad:?}")),
+                "{flag} {bad:?}: value not named: {stderr}"
+            );
             assert!(!stderr.contains("panicked"), "{stderr}");
         }
     }
@@ -96,20 +144,37 @@ fn malformed_rates_exit_nonzero_with_one_line_naming_the_value() {
 #[test]
 fn malformed_bursts_and_missing_limits_are_refused() {
     let out = podshaper()
-        .args(["run", "--egress", "10M", "--burst", "12 parsecs", "--", "true"])
+        .args([
+            "run",
+            "--egress",
+            "10M",
+            "--burst",
+            "12 parsecs",
+            "--",
+            "true",
+        ])
         .output()
         .expect("run podshaper");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("\"12 parsecs\""), "{stderr}");
 
-    let out = podshaper().args(["run", "--", "true"]).output().expect("run podshaper");
+    let out = podshaper()
+        .args(["run", "--", "true"])
+        .output()
+        .expect("run podshaper");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("nothing to limit"), "{stderr}");
 
     let out = podshaper()
-        .args(["run", "--egress", "10M", "--", "/nonexistent/podshaper-test-command"])
+        .args([
+            "run",
+            "--egress",
+            "10M",
+            "--",
+            "/nonexistent/podshaper-test-command",
+        ])
         .output()
         .expect("run podshaper");
     let stderr = String::from_utf8_lossy(&out.stderr);

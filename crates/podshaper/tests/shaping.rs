@@ -54,5 +54,8 @@ fn udp_ingress_offered_at_four_times_the_limit() {
 fn an_unlimited_direction_is_left_alone() {
     // Only ingress is limited: egress must run far above that limit.
     let rate = measure(&["--ingress", "10M"], &Flow::tcp(true));
-    assert!(rate > 500e6, "egress was throttled to {rate:.0} bit/s by an ingress-only limit");
+    assert!(
+        rate > 500e6,
+        "egress was throttled to {rate:.0} bit/s by an ingress-only limit"
+    );
 }

@@ -95,9 +95,8 @@ impl FromStr for Rate {
             reason,
         };
         let (number, unit) = number::split(input).map_err(|e| malformed(e.to_string()))?;
-        let (multiplier, hint) = rate_unit(unit).ok_or_else(|| {
-            malformed(format!("unknown unit {unit:?}"))
-        })?;
+        let (multiplier, hint) =
+            rate_unit(unit).ok_or_else(|| malformed(format!("unknown unit {unit:?}")))?;
         let bits = number.times(multiplier);
         match bits.whole() {
             Some(b) if (MIN_RATE_BITS..=MAX_RATE_BITS).contains(&b) => Ok(Rate(b)),
@@ -195,7 +194,8 @@ impl FromStr for ByteSize {
             reason,
         };
         let (number, unit) = number::split(input).map_err(|e| malformed(e.to_string()))?;
-        let multiplier = size_unit(unit).ok_or_else(|| malformed(format!("unknown unit {unit:?}")))?;
+        let multiplier =
+            size_unit(unit).ok_or_else(|| malformed(format!("unknown unit {unit:?}")))?;
         let bytes = number.times(multiplier);
         match bytes.whole() {
             Some(b) if (MIN_BURST_BYTES..=MAX_BURST_BYTES).contains(&b) => Ok(ByteSize(b)),
@@ -233,7 +233,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
         for (size, name) in UNITS {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{name}", self.0 / size);
             }
         }

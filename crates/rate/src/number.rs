@@ -148,7 +148,11 @@ impl fmt::Display for Decimal {
             return write!(f, "0");
         }
         if self.exp10 >= 0 {
-            return write!(f, "{digits}{}", "0".repeat(self.exp10.unsigned_abs() as usize));
+            return write!(
+                f,
+                "{digits}{}",
+                "0".repeat(self.exp10.unsigned_abs() as usize)
+            );
         }
         let frac = self.exp10.unsigned_abs() as usize;
         let padded = if digits.len() <= frac {

@@ -88,27 +88,80 @@ fn tc_byte_units_are_eight_bits() {
 fn bounds_are_the_kubelets() {
     assert_eq!(rate("1k"), MIN_RATE_BITS);
     assert_eq!(rate("1P"), MAX_RATE_BITS);
-    for bad in ["999", "0", "0.9k", "1001T", "2P", "1E", "1.0000001P", "1Ei", "1e16", "1e-3"] {
+    for bad in [
+        "999",
+        "0",
+        "0.9k",
+        "1001T",
+        "2P",
+        "1E",
+        "1.0000001P",
+        "1Ei",
+        "1e16",
+        "1e-3",
+    ] {
         match bad.parse::<Rate>() {
             Err(ParseError::RateOutOfBounds { value, .. }) => assert_eq!(value, bad),
             other => panic!("{bad:?}: expected out of bounds, got {other:?}"),
         }
     }
     let msg = "2P".parse::<Rate>().expect_err("2P").to_string();
-    assert!(msg.contains("\"2P\"") && msg.contains("2000000000000000 bit/s"), "{msg}");
+    assert!(
+        msg.contains("\"2P\"") && msg.contains("2000000000000000 bit/s"),
+        "{msg}"
+    );
     assert!(msg.contains("1k..=1P"), "{msg}");
     assert!(Rate::from_bits_per_sec(999).is_err());
     assert!(Rate::from_bits_per_sec(MAX_RATE_BITS + 1).is_err());
-    assert_eq!(Rate::from_bits_per_sec(1_000).map(Rate::bits_per_sec), Ok(1_000));
+    assert_eq!(
+        Rate::from_bits_per_sec(1_000).map(Rate::bits_per_sec),
+        Ok(1_000)
+    );
 }
 
 #[test]
 fn malformed_rates_are_refused_with_the_value_named() {
     let malformed = [
-        "", " ", "M", "k10", "ten", "10 M", "10\tM", "-10M", "--1", "1..5M", "1.2.3M", "10MM",
-        "10Mx", "10mbitx", "10bits", "10kbits", "10Kbps!", "10%", "10M/s", "0x10", "1e", "1e+",
-        "1eM", "1e99", "1e-99", "10 mbit", "∞", "10Ｍ", "1_000", "1,000", "10pbit", "10qbit",
-        "12345678901234567890123456789012345", ".", "+", "e6", "NaN", "inf", "10\0M", "10M\n10M",
+        "",
+        " ",
+        "M",
+        "k10",
+        "ten",
+        "10 M",
+        "10\tM",
+        "-10M",
+        "--1",
+        "1..5M",
+        "1.2.3M",
+        "10MM",
+        "10Mx",
+        "10mbitx",
+        "10bits",
+        "10kbits",
+        "10Kbps!",
+        "10%",
+        "10M/s",
+        "0x10",
+        "1e",
+        "1e+",
+        "1eM",
+        "1e99",
+        "1e-99",
+        "10 mbit",
+        "∞",
+        "10Ｍ",
+        "1_000",
+        "1,000",
+        "10pbit",
+        "10qbit",
+        "12345678901234567890123456789012345",
+        ".",
+        "+",
+        "e6",
+        "NaN",
+        "inf",
+        "10\0M",
+        "10M\n10M",
     ];
     assert!(malformed.len() >= 30);
     for bad in malformed {
@@ -158,7 +211,9 @@ fn sizes() {
     assert_eq!(size("2mb"), 2 << 20);
     assert_eq!(size("1gb"), 1 << 30);
     assert_eq!(size("4096b"), 4_096);
-    for bad in ["", "1k", "4095", "2Gi", "-1Mi", "1Mbit", "abc", "1.5.5k", "1 Mi"] {
+    for bad in [
+        "", "1k", "4095", "2Gi", "-1Mi", "1Mbit", "abc", "1.5.5k", "1 Mi",
+    ] {
         let err = bad.parse::<ByteSize>().expect_err(bad).to_string();
         assert!(err.contains(&format!("{bad:?}")), "{err}");
     }
@@ -169,7 +224,10 @@ fn sizes() {
 
 #[test]
 fn default_burst_is_25ms_with_a_floor() {
-    assert_eq!(rate_of("10M").default_burst().bytes(), DEFAULT_MIN_BURST_BYTES);
+    assert_eq!(
+        rate_of("10M").default_burst().bytes(),
+        DEFAULT_MIN_BURST_BYTES
+    );
     assert_eq!(rate_of("1G").default_burst().bytes(), 125_000_000 / 40);
     assert_eq!(rate_of("1P").default_burst().bytes(), MAX_BURST_BYTES);
 }

@@ -103,7 +103,9 @@ mod tests {
                 .find(&format!("struct {name} {{"))
                 .unwrap_or_else(|| panic!("struct {name} missing from shaper.h"));
             let body = &header[start..];
-            let end = body.find("};").unwrap_or_else(|| panic!("struct {name} unterminated"));
+            let end = body
+                .find("};")
+                .unwrap_or_else(|| panic!("struct {name} unterminated"));
             body[..end]
                 .lines()
                 .skip(1)
@@ -112,13 +114,27 @@ mod tests {
                 .map(|l| l.trim_end_matches(';').to_string())
                 .collect()
         };
-        assert_eq!(fields("ps_dir_limit"), ["__u64 rate_bytes_per_sec", "__u64 burst_bytes"]);
-        assert_eq!(fields("ps_limit"), ["struct ps_dir_limit dir[PS_DIRECTIONS]"]);
+        assert_eq!(
+            fields("ps_dir_limit"),
+            ["__u64 rate_bytes_per_sec", "__u64 burst_bytes"]
+        );
+        assert_eq!(
+            fields("ps_limit"),
+            ["struct ps_dir_limit dir[PS_DIRECTIONS]"]
+        );
         assert_eq!(
             fields("ps_dir_counters"),
-            ["__u64 bytes", "__u64 packets", "__u64 dropped", "__u64 marked"]
+            [
+                "__u64 bytes",
+                "__u64 packets",
+                "__u64 dropped",
+                "__u64 marked"
+            ]
         );
-        assert_eq!(fields("ps_counters"), ["struct ps_dir_counters dir[PS_DIRECTIONS]"]);
+        assert_eq!(
+            fields("ps_counters"),
+            ["struct ps_dir_counters dir[PS_DIRECTIONS]"]
+        );
         assert_eq!(
             fields("ps_bucket"),
             [
@@ -135,7 +151,10 @@ mod tests {
         assert!(header.contains("__s64 tokens;"));
         assert_eq!(
             fields("ps_state"),
-            ["struct bpf_spin_lock lock", "struct ps_bucket dir[PS_DIRECTIONS]"]
+            [
+                "struct bpf_spin_lock lock",
+                "struct ps_bucket dir[PS_DIRECTIONS]"
+            ]
         );
         assert!(header.contains("#define PS_EGRESS 0") && header.contains("#define PS_INGRESS 1"));
     }

@@ -5,8 +5,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -237,7 +237,10 @@ fn kill_listed_processes(path: &Path) {
     let Ok(procs) = fs::read_to_string(path.join("cgroup.procs")) else {
         return;
     };
-    for pid in procs.lines().filter_map(|l| l.trim().parse::<libc::pid_t>().ok()) {
+    for pid in procs
+        .lines()
+        .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
+    {
         // SAFETY: kill(2) has no memory-safety preconditions.
         unsafe {
             libc::kill(pid, libc::SIGKILL);
@@ -258,10 +261,19 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         let unified = "30 1 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(parse_cgroup2_mount(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            parse_cgroup2_mount(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         let escaped = "30 1 0:26 / /mnt/my\\040cg rw - cgroup2 none rw\n";
-        assert_eq!(parse_cgroup2_mount(escaped), Some(PathBuf::from("/mnt/my cg")));
-        assert_eq!(parse_cgroup2_mount("30 1 0:26 / /sys rw - sysfs sysfs rw\n"), None);
+        assert_eq!(
+            parse_cgroup2_mount(escaped),
+            Some(PathBuf::from("/mnt/my cg"))
+        );
+        assert_eq!(
+            parse_cgroup2_mount("30 1 0:26 / /sys rw - sysfs sysfs rw\n"),
+            None
+        );
         assert_eq!(parse_cgroup2_mount("garbage\n\n"), None);
     }
 }

@@ -28,7 +28,10 @@ pub enum ShaperError {
     #[error("cannot load the BPF shaper into the kernel (are you root, with CONFIG_CGROUP_BPF?)")]
     Load(#[source] Box<EbpfError>),
     #[error("the BPF shaper has no {kind} named {name}")]
-    Missing { kind: &'static str, name: &'static str },
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
     #[error("BPF program {name} failed")]
     Program {
         name: &'static str,
@@ -81,7 +84,9 @@ impl Shaper {
             prog.load().map_err(|e| program_error(name, e))?;
         }
         let sockops: &mut SockOps = program(&mut ebpf, SOCKOPS_PROGRAM)?;
-        sockops.load().map_err(|e| program_error(SOCKOPS_PROGRAM, e))?;
+        sockops
+            .load()
+            .map_err(|e| program_error(SOCKOPS_PROGRAM, e))?;
         Ok(Self { ebpf })
     }
 
@@ -159,10 +164,13 @@ impl Shaper {
     pub fn remove_limits(&mut self, cgroup_id: u64) -> Result<(), ShaperError> {
         remove_key::<abi::Limit>(&mut self.ebpf, LIMITS_MAP, cgroup_id)?;
         remove_key::<abi::State>(&mut self.ebpf, STATES_MAP, cgroup_id)?;
-        let map = self.ebpf.map_mut(COUNTERS_MAP).ok_or(ShaperError::Missing {
-            kind: "map",
-            name: COUNTERS_MAP,
-        })?;
+        let map = self
+            .ebpf
+            .map_mut(COUNTERS_MAP)
+            .ok_or(ShaperError::Missing {
+                kind: "map",
+                name: COUNTERS_MAP,
+            })?;
         let mut counters: PerCpuHashMap<&mut MapData, u64, abi::Counters> =
             PerCpuHashMap::try_from(map).map_err(|e| map_error(COUNTERS_MAP, e))?;
         match counters.remove(&cgroup_id) {
@@ -206,9 +214,10 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, S
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or(ShaperError::Missing { kind: "program", name })?;
+    let prog = ebpf.program_mut(name).ok_or(ShaperError::Missing {
+        kind: "program",
+        name,
+    })?;
     prog.try_into().map_err(|e| program_error(name, e))
 }
 
@@ -223,7 +232,11 @@ fn map_mut<'a, V: aya::Pod>(
 }
 
 /// Deletes a key from a hash map; a missing key is not an error.
-fn remove_key<V: aya::Pod>(ebpf: &mut Ebpf, name: &'static str, key: u64) -> Result<(), ShaperError> {
+fn remove_key<V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    key: u64,
+) -> Result<(), ShaperError> {
     match map_mut::<V>(ebpf, name)?.remove(&key) {
         Err(e) if !is_not_found(&e) => Err(map_error(name, e)),
         _ => Ok(()),

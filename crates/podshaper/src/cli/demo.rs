@@ -46,14 +46,29 @@ pub fn run(args: DemoArgs, signals: Signals) -> Result<ExitCode> {
     let second: Rate = args.second.parse()?;
     let seconds = args.seconds.max(2);
     let mut phases = vec![
-        Phase { name: "no limit".into(), limit: None, samples: vec![] },
-        Phase { name: format!("limit {first}"), limit: Some(first), samples: vec![] },
-        Phase { name: format!("changed live to {second}"), limit: Some(second), samples: vec![] },
+        Phase {
+            name: "no limit".into(),
+            limit: None,
+            samples: vec![],
+        },
+        Phase {
+            name: format!("limit {first}"),
+            limit: Some(first),
+            samples: vec![],
+        },
+        Phase {
+            name: format!("changed live to {second}"),
+            limit: Some(second),
+            samples: vec![],
+        },
     ];
     let total = Duration::from_secs(seconds * phases.len() as u64 + 2);
 
-    println!("podshaper demo: one TCP flow from a cgroup in network namespace A to B, over a veth pair");
-    let lab = NetnsPair::create("demo").context("cannot build the network namespaces (are you root?)")?;
+    println!(
+        "podshaper demo: one TCP flow from a cgroup in network namespace A to B, over a veth pair"
+    );
+    let lab =
+        NetnsPair::create("demo").context("cannot build the network namespaces (are you root?)")?;
     let cgroup = TransientCgroup::create(&format!("podshaper-demo-{}", std::process::id()))?;
     let mut shaper = Shaper::load()?;
     let attachment = shaper.attach(cgroup.cgroup())?;
@@ -81,7 +96,14 @@ pub fn run(args: DemoArgs, signals: Signals) -> Result<ExitCode> {
     // The source, in A and in the cgroup.
     let mut source = spawn_source(&lab, &cgroup, sink_addr, total)?;
 
-    let result = show_phases(&mut phases, &mut shaper, cgroup.cgroup().id(), &meter, &until, seconds);
+    let result = show_phases(
+        &mut phases,
+        &mut shaper,
+        cgroup.cgroup().id(),
+        &meter,
+        &until,
+        seconds,
+    );
 
     // Cleanup, whatever happened above.
     until.stop.store(true, Ordering::Relaxed);
@@ -98,7 +120,12 @@ pub fn run(args: DemoArgs, signals: Signals) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn spawn_source(lab: &NetnsPair, cgroup: &TransientCgroup, to: SocketAddr, total: Duration) -> Result<Child> {
+fn spawn_source(
+    lab: &NetnsPair,
+    cgroup: &TransientCgroup,
+    to: SocketAddr,
+    total: Duration,
+) -> Result<Child> {
     let exe = std::env::current_exe().context("cannot find the podshaper binary")?;
     let mut command = Command::new(exe);
     command
@@ -150,7 +177,10 @@ fn show_phases(
 fn progress_line(at: Duration, rate: f64, target: Option<Rate>) -> String {
     let measured = format!("{}bit/s", podshaper_rate::human_decimal(rate as u64));
     match target {
-        None => format!("[{:>3}s]  measured {measured:>12}   target      none", at.as_secs()),
+        None => format!(
+            "[{:>3}s]  measured {measured:>12}   target      none",
+            at.as_secs()
+        ),
         Some(t) => format!(
             "[{:>3}s]  measured {measured:>12}   target {:>12}   {:5.1}% of target  {}",
             at.as_secs(),
@@ -182,5 +212,7 @@ fn print_summary(phases: &[Phase]) {
             ),
         }
     }
-    println!("goodput is TCP payload; limits count IP packets (about 3.5% more at a 1500-byte MTU)");
+    println!(
+        "goodput is TCP payload; limits count IP packets (about 3.5% more at a 1500-byte MTU)"
+    );
 }

@@ -23,7 +23,11 @@ impl LimitArgs {
     /// The limits asked for. Parsed here rather than by clap so that a bad
     /// value gives one line that names it.
     pub fn limits(&self) -> Result<Limits> {
-        let burst = self.burst.as_deref().map(str::parse::<ByteSize>).transpose()?;
+        let burst = self
+            .burst
+            .as_deref()
+            .map(str::parse::<ByteSize>)
+            .transpose()?;
         let direction = |rate: &Option<String>| -> Result<Option<DirectionLimit>> {
             Ok(match rate {
                 Some(r) => Some(DirectionLimit::new(r.parse::<Rate>()?, burst)),

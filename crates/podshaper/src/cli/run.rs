@@ -93,4 +93,3 @@ fn exit_code(status: ExitStatus) -> ExitCode {
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
-

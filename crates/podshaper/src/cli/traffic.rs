@@ -81,7 +81,8 @@ pub fn run(command: TrafficCommand) -> Result<ExitCode> {
     match command {
         TrafficCommand::TcpSend { common, to, flows } => {
             let until = common.enter()?;
-            let sent = traffic::tcp_send(to, flows, &until).with_context(|| format!("sending to {to}"))?;
+            let sent =
+                traffic::tcp_send(to, flows, &until).with_context(|| format!("sending to {to}"))?;
             println!("{{\"bytes_sent\":{sent}}}");
         }
         TrafficCommand::UdpSend { common, to, rate } => {
@@ -93,25 +94,29 @@ pub fn run(command: TrafficCommand) -> Result<ExitCode> {
         }
         TrafficCommand::TcpRecv { common, listen } => {
             let until = common.enter()?;
-            let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+            let listener =
+                TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
             let meter = Meter::default();
             let sink = {
                 let (meter, until) = (meter.clone(), until.clone());
                 thread::spawn(move || traffic::tcp_sink(listener, meter, &until))
             };
             report(&meter, &common, &until)?;
-            sink.join().map_err(|_| anyhow::anyhow!("sink panicked"))??;
+            sink.join()
+                .map_err(|_| anyhow::anyhow!("sink panicked"))??;
         }
         TrafficCommand::UdpRecv { common, listen } => {
             let until = common.enter()?;
-            let socket = UdpSocket::bind(listen).with_context(|| format!("listening on {listen}"))?;
+            let socket =
+                UdpSocket::bind(listen).with_context(|| format!("listening on {listen}"))?;
             let meter = Meter::default();
             let sink = {
                 let (meter, until) = (meter.clone(), until.clone());
                 thread::spawn(move || traffic::udp_sink(socket, meter, &until))
             };
             report(&meter, &common, &until)?;
-            sink.join().map_err(|_| anyhow::anyhow!("sink panicked"))??;
+            sink.join()
+                .map_err(|_| anyhow::anyhow!("sink panicked"))??;
         }
     }
     Ok(ExitCode::SUCCESS)

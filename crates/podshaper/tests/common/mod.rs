@@ -129,9 +129,18 @@ pub fn measure(limit_args: &[&str], flow: &Flow) -> f64 {
     let sock = SocketAddr::new(addr, port).to_string();
     let mut cmd = podshaper();
     cmd.arg("run").args(limit_args).arg("--");
-    cmd.arg(env!("CARGO_BIN_EXE_podshaper"))
-        .args(["traffic", verb, "--netns", lab.a(), "--seconds", &seconds, "--skip", &skip]);
-    cmd.arg(if flow.egress { "--to" } else { "--listen" }).arg(&sock);
+    cmd.arg(env!("CARGO_BIN_EXE_podshaper")).args([
+        "traffic",
+        verb,
+        "--netns",
+        lab.a(),
+        "--seconds",
+        &seconds,
+        "--skip",
+        &skip,
+    ]);
+    cmd.arg(if flow.egress { "--to" } else { "--listen" })
+        .arg(&sock);
     if flow.proto == Proto::Tcp && flow.egress {
         cmd.args(["--flows", &flow.flows.to_string()]);
     }
@@ -149,7 +158,9 @@ pub fn measure(limit_args: &[&str], flow: &Flow) -> f64 {
             let (meter, until, proto) = (meter.clone(), until.clone(), flow.proto);
             let bind = SocketAddr::new(NetnsPair::addr_b(flow.v6), port);
             traffic::spawn_in(Some(lab.b().to_string()), move || match proto {
-                Proto::Tcp => traffic::tcp_sink(TcpListener::bind(bind)?, meter, &until).map(|_| ()),
+                Proto::Tcp => {
+                    traffic::tcp_sink(TcpListener::bind(bind)?, meter, &until).map(|_| ())
+                }
                 Proto::Udp => traffic::udp_sink(UdpSocket::bind(bind)?, meter, &until),
             })
         };
@@ -165,7 +176,11 @@ pub fn measure(limit_args: &[&str], flow: &Flow) -> f64 {
         let out = child.wait_output();
         until.stop.store(true, Ordering::Relaxed);
         let _ = sink.join();
-        assert!(out.status.success(), "podshaper run failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "podshaper run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         last.bits_per_sec_since(&first)
     } else {
         // The limited process receives and reports; we send from B.
@@ -187,7 +202,8 @@ pub fn measure(limit_args: &[&str], flow: &Flow) -> f64 {
             Proto::Udp => {
                 thread::sleep(Duration::from_millis(200));
                 let sent = traffic::udp_send(to, offered, &u)?;
-                let offered_rate = sent as f64 * traffic::UDP_PAYLOAD as f64 * 8.0 / (u.deadline - start).as_secs_f64();
+                let offered_rate = sent as f64 * traffic::UDP_PAYLOAD as f64 * 8.0
+                    / (u.deadline - start).as_secs_f64();
                 eprintln!("UDP offered {offered_rate:.0} bit/s");
                 Ok(())
             }
@@ -195,7 +211,11 @@ pub fn measure(limit_args: &[&str], flow: &Flow) -> f64 {
         let out = child.wait_output();
         until.stop.store(true, Ordering::Relaxed);
         let _ = source.join();
-        assert!(out.status.success(), "podshaper run failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "podshaper run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let report: serde_json::Value = match serde_json::from_slice(&out.stdout) {
             Ok(v) => v,
             Err(e) => panic!("bad report {:?}: {e}", String::from_utf8_lossy(&out.stdout)),
