@@ -48,8 +48,10 @@
 /* ... bounded to this window length */
 #define SHARE_WINDOW_MIN_NS (10ULL * 1000 * 1000)
 #define SHARE_WINDOW_MAX_NS (200ULL * 1000 * 1000)
-/* how far (in bursts) TCP retransmissions may take an ingress bucket below empty */
-#define MAX_DEFICIT_BURSTS 8
+/* how far TCP retransmissions may take an ingress bucket below empty: this
+ * much time at the rate, and at least two bursts */
+#define MAX_DEFICIT_NS (200ULL * 1000 * 1000)
+#define MIN_DEFICIT_BURSTS 2
 /* ingress: longest a TCP flow goes without a packet let in */
 #define FEEDBACK_GAP_NS (1ULL * 1000 * 1000)
 /* fixed point for the steering ratio */
@@ -189,6 +191,9 @@ static __always_inline void configure(struct ps_bucket *b, __u64 rate, __u64 bur
 		b->window_ns = SHARE_WINDOW_MIN_NS;
 	if (b->window_ns > SHARE_WINDOW_MAX_NS)
 		b->window_ns = SHARE_WINDOW_MAX_NS;
+	b->max_deficit = rate * (MAX_DEFICIT_NS / 1000000) / 1000;
+	if (b->max_deficit < MIN_DEFICIT_BURSTS * burst)
+		b->max_deficit = MIN_DEFICIT_BURSTS * burst;
 	if (b->tokens > (__s64)burst)
 		b->tokens = (__s64)burst;
 	if (b->share > rate || b->share == 0)
@@ -208,7 +213,7 @@ static __always_inline void refill(struct ps_bucket *b, __u64 now)
 	 * paid back before the bucket counts as full again.
 	 */
 	fills = elapsed / b->fill_ns;
-	if (fills > MAX_DEFICIT_BURSTS + 1) {
+	if (fills > b->max_deficit / b->burst + 1) {
 		b->tokens = (__s64)b->burst;
 		return;
 	}
@@ -422,7 +427,7 @@ int podshaper_ingress(struct __sk_buff *skb)
 	if (b->tokens >= (__s64)len) {
 		b->tokens -= (__s64)len;
 		congested = b->tokens < (__s64)(b->burst / 2);
-	} else if (retransmission && b->tokens + (__s64)(MAX_DEFICIT_BURSTS * b->burst) >= (__s64)len) {
+	} else if (retransmission && b->tokens + (__s64)b->max_deficit >= (__s64)len) {
 		b->tokens -= (__s64)len;
 		congested = 1;
 	} else {

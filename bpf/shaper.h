@@ -55,6 +55,8 @@ struct ps_bucket {
 	__u64 window_start_ns;
 	__u64 window_bytes;
 	__u64 share;
+	/* how far below empty TCP retransmissions may take the bucket (ingress) */
+	__u64 max_deficit;
 };
 
 /* Value of the `states` map, keyed by cgroup id: owned by BPF, created on a

@@ -52,6 +52,8 @@ pub struct Bucket {
     pub window_bytes: u64,
     /// the fair share every TCP flow of the cgroup is paced at, bytes/s
     pub share: u64,
+    /// how far below empty TCP retransmissions may take the bucket (ingress)
+    pub max_deficit: u64,
 }
 
 /// `struct ps_state`: the value of the `states` map.
@@ -88,10 +90,10 @@ mod tests {
         assert_eq!(offset_of!(DirCounters, dropped), 16);
         assert_eq!(offset_of!(DirCounters, marked), 24);
         assert_eq!(size_of::<Counters>(), 64);
-        assert_eq!(size_of::<Bucket>(), 72);
+        assert_eq!(size_of::<Bucket>(), 80);
         assert_eq!(offset_of!(Bucket, share), 64);
         assert_eq!(offset_of!(State, dir), 8);
-        assert_eq!(size_of::<State>(), 152);
+        assert_eq!(size_of::<State>(), 168);
     }
 
     /// The C header, parsed: the same fields in the same order.
@@ -145,7 +147,8 @@ mod tests {
                 "__u64 last_ns",
                 "__u64 window_start_ns",
                 "__u64 window_bytes",
-                "__u64 share"
+                "__u64 share",
+                "__u64 max_deficit"
             ]
         );
         assert!(header.contains("__s64 tokens;"));
