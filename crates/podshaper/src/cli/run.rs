@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use nix::sys::signal::kill;
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use podshaper_shaper::{Shaper, TransientCgroup};
 
@@ -46,27 +46,25 @@ pub fn run(args: RunArgs, signals: Signals) -> Result<ExitCode> {
     signals.unblock_in_child(&mut command);
 
     // Signals that reach us go to the command; we clean up once it exits.
-    let child_pid: Arc<Mutex<Option<Pid>>> = Arc::default();
-    let forward_to = Arc::clone(&child_pid);
+    let forward = Arc::new(Mutex::new(Forward::default()));
+    let handler_forward = Arc::clone(&forward);
     signals.handle(move |signal| {
-        if let Ok(guard) = forward_to.lock() {
-            if let Some(pid) = *guard {
-                let _ = kill(pid, signal);
-            }
+        if let Ok(mut f) = handler_forward.lock() {
+            f.signal(signal);
         }
     });
 
     let status = match command.spawn() {
         Ok(mut child) => {
-            if let Ok(mut guard) = child_pid.lock() {
-                *guard = Some(Pid::from_raw(child.id() as i32));
+            if let Ok(mut f) = forward.lock() {
+                f.started(Pid::from_raw(child.id() as i32));
             }
             child.wait().context("cannot wait for the command")
         }
         Err(e) => Err(e).with_context(|| format!("cannot start {program:?}")),
     };
-    if let Ok(mut guard) = child_pid.lock() {
-        *guard = None;
+    if let Ok(mut f) = forward.lock() {
+        f.child = None;
     }
 
     // Cleanup runs whatever happened to the command.
@@ -81,6 +79,32 @@ pub fn run(args: RunArgs, signals: Signals) -> Result<ExitCode> {
     detached?;
     removed?;
     Ok(exit_code(status))
+}
+
+/// Where signals go: to the command once it runs. One that arrives while it
+/// is still starting is held and delivered as soon as its pid is known.
+#[derive(Debug, Default)]
+struct Forward {
+    child: Option<Pid>,
+    pending: Option<Signal>,
+}
+
+impl Forward {
+    fn signal(&mut self, signal: Signal) {
+        match self.child {
+            Some(pid) => {
+                let _ = kill(pid, signal);
+            }
+            None => self.pending = Some(signal),
+        }
+    }
+
+    fn started(&mut self, pid: Pid) {
+        self.child = Some(pid);
+        if let Some(signal) = self.pending.take() {
+            let _ = kill(pid, signal);
+        }
+    }
 }
 
 /// The command's exit status, or 128 + the signal that killed it (as a shell reports it).
