@@ -59,3 +59,24 @@ fn an_unlimited_direction_is_left_alone() {
         "egress was throttled to {rate:.0} bit/s by an ingress-only limit"
     );
 }
+
+#[test]
+fn tcp_egress_in_the_host_network_namespace() {
+    // A hostNetwork pod: no namespace of its own, traffic over loopback.
+    let flow = Flow {
+        host: true,
+        ..Flow::tcp(true)
+    };
+    let rate = measure(&["--egress", "100M"], &flow);
+    assert_ratio("TCP egress host namespace 100M", rate, 100e6, 0.90, 1.05);
+}
+
+#[test]
+fn tcp_ingress_in_the_host_network_namespace() {
+    let flow = Flow {
+        host: true,
+        ..Flow::tcp(false)
+    };
+    let rate = measure(&["--ingress", "100M"], &flow);
+    assert_ratio("TCP ingress host namespace 100M", rate, 100e6, 0.85, 1.05);
+}

@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::thread;
@@ -80,6 +80,9 @@ pub struct Flow {
     pub egress: bool,
     pub flows: usize,
     pub v6: bool,
+    /// both ends in the host's network namespace, over loopback (a
+    /// hostNetwork pod)
+    pub host: bool,
     /// UDP: offered rate in bit/s
     pub offered: u64,
     pub seconds: f64,
@@ -94,6 +97,7 @@ impl Flow {
             egress,
             flows: 1,
             v6: false,
+            host: false,
             offered: 0,
             seconds: 6.0,
             skip: 1.5,
@@ -120,11 +124,25 @@ pub fn measure(limit_args: &[&str], flow: &Flow) -> f64 {
     let port = unique_port();
     let seconds = flow.seconds.to_string();
     let skip = flow.skip.to_string();
-    let (verb, addr) = match (flow.proto, flow.egress) {
-        (Proto::Tcp, true) => ("tcp-send", NetnsPair::addr_b(flow.v6)),
-        (Proto::Tcp, false) => ("tcp-recv", NetnsPair::addr_a(flow.v6)),
-        (Proto::Udp, true) => ("udp-send", NetnsPair::addr_b(flow.v6)),
-        (Proto::Udp, false) => ("udp-recv", NetnsPair::addr_a(flow.v6)),
+    let verb = match (flow.proto, flow.egress) {
+        (Proto::Tcp, true) => "tcp-send",
+        (Proto::Tcp, false) => "tcp-recv",
+        (Proto::Udp, true) => "udp-send",
+        (Proto::Udp, false) => "udp-recv",
+    };
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    // the limited side's address (ingress) or its peer's (egress)
+    let addr = match (flow.host, flow.egress) {
+        (true, _) => loopback,
+        (false, true) => NetnsPair::addr_b(flow.v6),
+        (false, false) => NetnsPair::addr_a(flow.v6),
+    };
+    // where our side runs: B, or the host's namespace
+    let our_ns = (!flow.host).then(|| lab.b().to_string());
+    let our_addr = if flow.host {
+        loopback
+    } else {
+        NetnsPair::addr_b(flow.v6)
     };
     let sock = SocketAddr::new(addr, port).to_string();
     let mut cmd = podshaper();
@@ -132,13 +150,14 @@ pub fn measure(limit_args: &[&str], flow: &Flow) -> f64 {
     cmd.arg(env!("CARGO_BIN_EXE_podshaper")).args([
         "traffic",
         verb,
-        "--netns",
-        lab.a(),
         "--seconds",
         &seconds,
         "--skip",
         &skip,
     ]);
+    if !flow.host {
+        cmd.args(["--netns", lab.a()]);
+    }
     cmd.arg(if flow.egress { "--to" } else { "--listen" })
         .arg(&sock);
     if flow.proto == Proto::Tcp && flow.egress {
@@ -156,8 +175,8 @@ pub fn measure(limit_args: &[&str], flow: &Flow) -> f64 {
         let until = Until::after(total + Duration::from_secs(1));
         let sink = {
             let (meter, until, proto) = (meter.clone(), until.clone(), flow.proto);
-            let bind = SocketAddr::new(NetnsPair::addr_b(flow.v6), port);
-            traffic::spawn_in(Some(lab.b().to_string()), move || match proto {
+            let bind = SocketAddr::new(our_addr, port);
+            traffic::spawn_in(our_ns.clone(), move || match proto {
                 Proto::Tcp => {
                     traffic::tcp_sink(TcpListener::bind(bind)?, meter, &until).map(|_| ())
                 }
@@ -194,7 +213,7 @@ pub fn measure(limit_args: &[&str], flow: &Flow) -> f64 {
             Err(e) => panic!("{sock}: {e}"),
         };
         let (proto, flows, offered, u) = (flow.proto, flow.flows, flow.offered, until.clone());
-        let source = traffic::spawn_in(Some(lab.b().to_string()), move || match proto {
+        let source = traffic::spawn_in(our_ns, move || match proto {
             Proto::Tcp => {
                 thread::sleep(Duration::from_millis(200));
                 traffic::tcp_send(to, flows, &u).map(|_| ())
