@@ -21,6 +21,16 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The node daemon: loads and pins the shaper, serves the API (root).
+    Daemon(cli::daemon::DaemonArgs),
+    /// Limit a cgroup or pod through the daemon (attach, or change live).
+    Attach(cli::client::AttachArgs),
+    /// Remove a cgroup's or pod's limits through the daemon.
+    Detach(cli::client::DetachArgs),
+    /// Show one limited cgroup (or all) with its counters.
+    Status(cli::client::StatusArgs),
+    /// List every limited cgroup on the node.
+    List(cli::client::ListArgs),
     /// Run a command under a bandwidth limit (no daemon needed).
     Run(cli::run::RunArgs),
     /// Show shaping live between two network namespaces (no cluster, no network).
@@ -36,9 +46,19 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    init_tracing();
     let args = Args::parse();
+    // The daemon reports what it does; commands speak only when something is wrong.
+    init_tracing(if matches!(args.command, Command::Daemon(_)) {
+        "info"
+    } else {
+        "warn"
+    });
     let result = match args.command {
+        Command::Daemon(a) => cli::daemon::run(a, signals),
+        Command::Attach(a) => cli::client::attach(a),
+        Command::Detach(a) => cli::client::detach(a),
+        Command::Status(a) => cli::client::status(a),
+        Command::List(a) => cli::client::list(a),
         Command::Run(a) => cli::run::run(a, signals),
         Command::Demo(a) => cli::demo::run(a, signals),
         Command::Traffic(c) => cli::traffic::run(c),
@@ -55,10 +75,10 @@ fn fail(e: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
-        EnvFilter::try_from_env("PODSHAPER_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+        EnvFilter::try_from_env("PODSHAPER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -5,11 +5,15 @@
 
 pub mod abi;
 pub mod cgroup;
+pub mod confine;
 pub mod counters;
 pub mod limits;
+pub mod node;
 pub mod shaper;
 
 pub use cgroup::{cgroup2_mount, Cgroup, CgroupError, TransientCgroup};
+pub use confine::{CgroupRoot, ConfineError};
 pub use counters::{CgroupCounters, DirectionCounters};
 pub use limits::{DirectionLimit, Limits};
+pub use node::{Adoption, CgroupStatus, Node, NodeError};
 pub use shaper::{Attachment, Shaper, ShaperError};

@@ -33,6 +33,25 @@ impl Limits {
         self.egress.is_none() && self.ingress.is_none()
     }
 
+    /// Limits read back from the `limits` map. Rates are held in whole bytes
+    /// per second there, so a rate that was not a multiple of 8 bit/s reads
+    /// back rounded down.
+    pub(crate) fn from_abi(limit: &abi::Limit) -> Self {
+        let dir = |d: &abi::DirLimit| -> Option<DirectionLimit> {
+            if d.rate_bytes_per_sec == 0 {
+                return None;
+            }
+            Some(DirectionLimit {
+                rate: Rate::from_bits_per_sec(d.rate_bytes_per_sec.saturating_mul(8)).ok()?,
+                burst: ByteSize::from_bytes(d.burst_bytes).ok()?,
+            })
+        };
+        Self {
+            egress: dir(&limit.dir[abi::EGRESS]),
+            ingress: dir(&limit.dir[abi::INGRESS]),
+        }
+    }
+
     /// The value the BPF `limits` map holds.
     pub(crate) fn to_abi(self) -> abi::Limit {
         let dir = |d: Option<DirectionLimit>| match d {

@@ -1,11 +1,14 @@
 //! The loaded BPF shaper: attach it to cgroups, set their limits, read their
 //! counters. One loaded object serves every cgroup.
 
+use std::path::{Path, PathBuf};
+
 use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap};
 use aya::programs::cgroup_skb::CgroupSkbLinkId;
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::sock_ops::SockOpsLinkId;
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SockOps};
-use aya::{Ebpf, EbpfError};
+use aya::{Ebpf, EbpfError, EbpfLoader};
 
 use crate::abi;
 use crate::cgroup::{Cgroup, CgroupError};
@@ -21,6 +24,12 @@ const SOCKOPS_PROGRAM: &str = "podshaper_sockops";
 const LIMITS_MAP: &str = "limits";
 const STATES_MAP: &str = "states";
 const COUNTERS_MAP: &str = "counters";
+const SOCK_STATES_MAP: &str = "sock_states";
+const ALL_MAPS: [&str; 4] = [LIMITS_MAP, STATES_MAP, COUNTERS_MAP, SOCK_STATES_MAP];
+/// Pin names of an attachment's links, inside its directory.
+const EGRESS_LINK: &str = "egress";
+const INGRESS_LINK: &str = "ingress";
+const SOCKOPS_LINK: &str = "sockops";
 
 /// Why the shaper could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +59,12 @@ pub enum ShaperError {
         #[source]
         source: Box<MapError>,
     },
+    #[error("cannot pin or unpin the links in {path}")]
+    Pin {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
 }
@@ -76,9 +91,30 @@ pub struct Shaper {
 }
 
 impl Shaper {
-    /// Loads the embedded shaper into the kernel.
+    /// Loads the embedded shaper into the kernel, with maps of its own.
     pub fn load() -> Result<Self, ShaperError> {
-        let mut ebpf = Ebpf::load(SHAPER_OBJECT).map_err(|e| ShaperError::Load(Box::new(e)))?;
+        Self::load_with(&mut EbpfLoader::new())
+    }
+
+    /// Loads the shaper with its maps pinned in `maps_dir` (a bpffs directory):
+    /// maps already pinned there are reused, with every limit and counter in
+    /// them, so a restarted daemon carries on where the last one stopped.
+    pub fn load_pinned(maps_dir: &Path) -> Result<Self, ShaperError> {
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&'static str, PathBuf)> = ALL_MAPS
+            .iter()
+            .map(|name| (*name, maps_dir.join(name)))
+            .collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        Self::load_with(&mut loader)
+    }
+
+    fn load_with(loader: &mut EbpfLoader<'_>) -> Result<Self, ShaperError> {
+        let mut ebpf = loader
+            .load(SHAPER_OBJECT)
+            .map_err(|e| ShaperError::Load(Box::new(e)))?;
         for name in [EGRESS_PROGRAM, INGRESS_PROGRAM] {
             let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
             prog.load().map_err(|e| program_error(name, e))?;
@@ -132,6 +168,53 @@ impl Shaper {
         })
     }
 
+    /// Attaches to a cgroup and pins the three links in `links_dir`, so that
+    /// they outlive this process. On failure nothing stays attached.
+    pub fn attach_pinned(&mut self, cgroup: &Cgroup, links_dir: &Path) -> Result<(), ShaperError> {
+        let attachment = self.attach(cgroup)?;
+        let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| ShaperError::Pin {
+            path: links_dir.display().to_string(),
+            source,
+        };
+        let links: [(&str, Result<FdLink, LinkError>); 3] = [
+            (
+                EGRESS_LINK,
+                program::<CgroupSkb>(&mut self.ebpf, EGRESS_PROGRAM)?
+                    .take_link(attachment.egress)
+                    .map_err(|e| program_error(EGRESS_PROGRAM, e))?
+                    .try_into(),
+            ),
+            (
+                INGRESS_LINK,
+                program::<CgroupSkb>(&mut self.ebpf, INGRESS_PROGRAM)?
+                    .take_link(attachment.ingress)
+                    .map_err(|e| program_error(INGRESS_PROGRAM, e))?
+                    .try_into(),
+            ),
+            (
+                SOCKOPS_LINK,
+                program::<SockOps>(&mut self.ebpf, SOCKOPS_PROGRAM)?
+                    .take_link(attachment.sockops)
+                    .map_err(|e| program_error(SOCKOPS_PROGRAM, e))?
+                    .try_into(),
+            ),
+        ];
+        std::fs::create_dir_all(links_dir).map_err(|e| pin_error(Box::new(e)))?;
+        // Links not yet pinned are detached when dropped on an early return;
+        // the ones already pinned are removed by detach_pinned.
+        for (name, link) in links {
+            let pinned = link.map_err(|e| pin_error(Box::new(e))).and_then(|l| {
+                l.pin(links_dir.join(name))
+                    .map_err(|e| pin_error(Box::new(e)))
+            });
+            if let Err(e) = pinned {
+                let _ = detach_pinned(links_dir);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Detaches the programs from a cgroup.
     pub fn detach(&mut self, attachment: Attachment) -> Result<(), ShaperError> {
         let Attachment {
@@ -179,6 +262,34 @@ impl Shaper {
         }
     }
 
+    /// A cgroup's limits as the `limits` map holds them (None if it has none).
+    pub fn limits(&self, cgroup_id: u64) -> Result<Option<Limits>, ShaperError> {
+        let map = self.ebpf.map(LIMITS_MAP).ok_or(ShaperError::Missing {
+            kind: "map",
+            name: LIMITS_MAP,
+        })?;
+        let map: HashMap<&MapData, u64, abi::Limit> =
+            HashMap::try_from(map).map_err(|e| map_error(LIMITS_MAP, e))?;
+        match map.get(&cgroup_id, 0) {
+            Ok(limit) => Ok(Some(Limits::from_abi(&limit))),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(map_error(LIMITS_MAP, e)),
+        }
+    }
+
+    /// Every cgroup id with an entry in the `limits` map.
+    pub fn limited_ids(&self) -> Result<Vec<u64>, ShaperError> {
+        let map = self.ebpf.map(LIMITS_MAP).ok_or(ShaperError::Missing {
+            kind: "map",
+            name: LIMITS_MAP,
+        })?;
+        let map: HashMap<&MapData, u64, abi::Limit> =
+            HashMap::try_from(map).map_err(|e| map_error(LIMITS_MAP, e))?;
+        map.keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| map_error(LIMITS_MAP, e))
+    }
+
     /// A cgroup's shaping state as BPF last left it (None before its first packet).
     pub fn state(&self, cgroup_id: u64) -> Result<Option<abi::State>, ShaperError> {
         let map = self.ebpf.map(STATES_MAP).ok_or(ShaperError::Missing {
@@ -207,6 +318,36 @@ impl Shaper {
             Err(MapError::KeyNotFound) => Ok(CgroupCounters::default()),
             Err(e) => Err(map_error(COUNTERS_MAP, e)),
         }
+    }
+}
+
+/// Whether all three links of an attachment are pinned in `links_dir`.
+pub fn is_fully_pinned(links_dir: &Path) -> bool {
+    [EGRESS_LINK, INGRESS_LINK, SOCKOPS_LINK]
+        .iter()
+        .all(|l| links_dir.join(l).exists())
+}
+
+/// Unpins and so detaches the links pinned in `links_dir`, then removes it.
+/// Missing pins are skipped, so this also finishes a half-made attachment.
+pub fn detach_pinned(links_dir: &Path) -> Result<(), ShaperError> {
+    let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| ShaperError::Pin {
+        path: links_dir.display().to_string(),
+        source,
+    };
+    for name in [EGRESS_LINK, INGRESS_LINK, SOCKOPS_LINK] {
+        let path = links_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let link = PinnedLink::from_pin(&path).map_err(|e| pin_error(Box::new(e)))?;
+        // Dropping the last reference to the link detaches it.
+        drop(link.unpin().map_err(|e| pin_error(Box::new(e)))?);
+    }
+    match std::fs::remove_dir(links_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(pin_error(Box::new(e))),
     }
 }
 

@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod client;
+pub mod daemon;
 pub mod demo;
 pub mod limits;
 pub mod run;

@@ -1,0 +1,10 @@
+//! podshaper's node daemon: the only privileged part. Owns the pinned shaper
+//! state (see `podshaper_shaper::Node`) and serves the gRPC API on a Unix
+//! socket and, optionally, on TCP with mutual TLS; serves metrics.
+
+pub mod custom;
+pub mod metrics;
+pub mod server;
+pub mod service;
+
+pub use server::{run, DaemonConfig};

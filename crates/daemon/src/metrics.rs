@@ -1,0 +1,175 @@
+//! Prometheus metrics (`/metrics`) and health (`/healthz`, `/readyz`).
+//!
+//! Values are read from the BPF maps at scrape time, so they are as fresh as
+//! the scrape and cost nothing between scrapes.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::extract::State as AxumState;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use podshaper_shaper::{CgroupStatus, DirectionCounters};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::service::State;
+
+type Labels = Vec<(String, String)>;
+/// name, help, and which counter a family reads
+type CounterFamily = (&'static str, &'static str, fn(&DirectionCounters) -> u64);
+
+/// Reads every limited cgroup on each scrape.
+#[derive(Clone)]
+struct ShaperCollector {
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for ShaperCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShaperCollector")
+    }
+}
+
+impl ShaperCollector {
+    /// (labels without direction, status) for every limited cgroup.
+    fn snapshot(&self) -> Vec<(Labels, CgroupStatus)> {
+        let Ok(node) = self.state.node.lock() else {
+            return Vec::new();
+        };
+        let Ok(list) = node.list() else {
+            return Vec::new();
+        };
+        drop(node);
+        let names = self.state.pod_names.lock().ok();
+        list.into_iter()
+            .map(|s| {
+                let labels = match names.as_ref().and_then(|n| n.get(&s.cgroup_id)) {
+                    Some(p) => vec![
+                        ("namespace".into(), p.namespace.clone()),
+                        ("pod".into(), p.name.clone()),
+                    ],
+                    None => vec![(
+                        "cgroup".into(),
+                        s.path
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default(),
+                    )],
+                };
+                (labels, s)
+            })
+            .collect()
+    }
+}
+
+impl Collector for ShaperCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = self.snapshot();
+        let counters: [CounterFamily; 4] = [
+            ("podshaper_bytes", "Bytes let through, by direction", |c| {
+                c.bytes
+            }),
+            (
+                "podshaper_packets",
+                "Packets let through, by direction",
+                |c| c.packets,
+            ),
+            (
+                "podshaper_dropped_packets",
+                "Packets dropped to hold the limit",
+                |c| c.dropped,
+            ),
+            (
+                "podshaper_marked_packets",
+                "Packets passed with a congestion signal (ECN CE, or local TCP told to slow down)",
+                |c| c.marked,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let probe = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(name, help, None, probe.metric_type())?;
+            for (labels, s) in &snapshot {
+                for (direction, c) in [
+                    ("egress", &s.counters.egress),
+                    ("ingress", &s.counters.ingress),
+                ] {
+                    let mut l = labels.clone();
+                    l.push(("direction".into(), direction.into()));
+                    ConstCounter::new(value(c)).encode(family.encode_family(&l)?)?;
+                }
+            }
+        }
+        let probe = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "podshaper_limit_bits_per_second",
+            "The limit in force, by direction",
+            None,
+            probe.metric_type(),
+        )?;
+        for (labels, s) in &snapshot {
+            for (direction, limit) in [("egress", s.limits.egress), ("ingress", s.limits.ingress)] {
+                if let Some(limit) = limit {
+                    let mut l = labels.clone();
+                    l.push(("direction".into(), direction.into()));
+                    let bits = i64::try_from(limit.rate.bits_per_sec()).unwrap_or(i64::MAX);
+                    ConstGauge::new(bits).encode(family.encode_family(&l)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves the metrics and health endpoints until `stop` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ShaperCollector {
+        state: state.clone(),
+    }));
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state((Arc::new(registry), state));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+        .context("the metrics server failed")
+}
+
+type AppState = (Arc<Registry>, Arc<State>);
+
+async fn metrics(AxumState((registry, _)): AxumState<AppState>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response(),
+    }
+}
+
+/// Ready while the node state can be read (the shaper is loaded and usable).
+async fn ready(AxumState((_, state)): AxumState<AppState>) -> impl IntoResponse {
+    match state.node.lock() {
+        Ok(node) if node.list().is_ok() => (StatusCode::OK, "ready\n"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+    }
+}

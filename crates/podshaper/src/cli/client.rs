@@ -1,0 +1,340 @@
+//! `podshaper attach | detach | status | list`: the operator's client of a
+//! daemon, over its Unix socket or over mutual TLS.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use podshaper_api::pb;
+use podshaper_api::{ClientTlsFiles, DaemonAddress, ShaperClient};
+use podshaper_rate::{human_decimal, ByteSize, Rate};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use super::limits::LimitArgs;
+
+/// How to reach the daemon.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// unix:///path/to.sock or https://host:port (default: $PODSHAPER_DAEMON, else
+    /// unix:///run/podshaper/podshaper.sock).
+    #[arg(long, value_name = "ADDRESS")]
+    daemon: Option<String>,
+    /// Client certificate (PEM) for https:// addresses.
+    #[arg(long, value_name = "FILE", env = "PODSHAPER_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for https:// addresses.
+    #[arg(long, value_name = "FILE", env = "PODSHAPER_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) that signed the daemon's certificate, for https:// addresses.
+    #[arg(long, value_name = "FILE", env = "PODSHAPER_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+}
+
+/// Which cgroup.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    /// Cgroup path, relative to the cgroup2 mount or absolute inside it.
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<String>,
+    /// A pod's UID (its cgroup is found by the kubelet's layouts).
+    #[arg(long, value_name = "UID")]
+    pod_uid: Option<String>,
+}
+
+/// Same as [`Target`], but optional (status of all when absent).
+#[derive(Debug, Clone, Args)]
+#[group(required = false, multiple = false)]
+pub struct OptionalTarget {
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<String>,
+    #[arg(long, value_name = "UID")]
+    pod_uid: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Attach this BPF object (cgroup programs) instead of the built-in shaper;
+    /// the daemon must run with --allow-custom-programs.
+    #[arg(long, value_name = "FILE.o")]
+    program: Option<PathBuf>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    target: OptionalTarget,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Output,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Output,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+fn to_pb_target(cgroup: Option<String>, pod_uid: Option<String>) -> Option<pb::Target> {
+    let target = match (cgroup, pod_uid) {
+        (Some(c), _) => pb::target::Target::Cgroup(c),
+        (None, Some(u)) => pb::target::Target::PodUid(u),
+        (None, None) => return None,
+    };
+    Some(pb::Target {
+        target: Some(target),
+    })
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(f)
+}
+
+async fn connect(c: &Connection) -> Result<ShaperClient<Channel>> {
+    let address = match &c.daemon {
+        Some(a) => a.parse::<DaemonAddress>()?,
+        None => DaemonAddress::from_env_or_default()?,
+    };
+    let tls = match (&c.tls_cert, &c.tls_key, &c.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(ClientTlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        }),
+        _ => None,
+    };
+    Ok(podshaper_api::connect(&address, tls.as_ref()).await?)
+}
+
+/// A daemon's refusal as one line: its message (which names what was wrong).
+fn rpc_error(what: &str, status: tonic::Status) -> anyhow::Error {
+    let message = status.message();
+    match status.code() {
+        tonic::Code::Unavailable => anyhow::anyhow!("{what}: the daemon is unavailable: {message}"),
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+            anyhow::anyhow!("{what}: permission denied: {message}")
+        }
+        _ => anyhow::anyhow!("{what}: {message}"),
+    }
+}
+
+pub fn attach(args: AttachArgs) -> Result<ExitCode> {
+    let limits = args.limits.limits()?;
+    let custom_program = match &args.program {
+        Some(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+        None => Vec::new(),
+    };
+    if limits.is_unlimited() && custom_program.is_empty() {
+        bail!("nothing to limit: give --egress RATE and/or --ingress RATE");
+    }
+    let dir = |d: Option<podshaper_shaper::DirectionLimit>| {
+        d.map(|d| pb::DirectionLimit {
+            bits_per_second: d.rate.bits_per_sec(),
+            burst_bytes: d.burst.bytes(),
+        })
+    };
+    let request = pb::AttachRequest {
+        target: to_pb_target(args.target.cgroup, args.target.pod_uid),
+        egress: dir(limits.egress),
+        ingress: dir(limits.ingress),
+        custom_program,
+        ..Default::default()
+    };
+    let status = block_on(async {
+        let mut client = connect(&args.connection).await?;
+        client
+            .attach(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| rpc_error("attach", s))
+    })?;
+    println!("limited {}", describe(&status));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn detach(args: DetachArgs) -> Result<ExitCode> {
+    let target = to_pb_target(args.target.cgroup.clone(), args.target.pod_uid.clone());
+    block_on(async {
+        let mut client = connect(&args.connection).await?;
+        client
+            .detach(pb::DetachRequest { target })
+            .await
+            .map_err(|s| rpc_error("detach", s))
+    })?;
+    let shown = args
+        .target
+        .cgroup
+        .or(args.target.pod_uid.map(|u| format!("pod {u}")));
+    println!("detached {}", shown.unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(args: StatusArgs) -> Result<ExitCode> {
+    let statuses = match to_pb_target(args.target.cgroup, args.target.pod_uid) {
+        Some(target) => vec![block_on(async {
+            let mut client = connect(&args.connection).await?;
+            client
+                .status(pb::StatusRequest {
+                    target: Some(target),
+                })
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| rpc_error("status", s))
+        })?],
+        None => list_all(&args.connection)?,
+    };
+    print_statuses(&statuses, args.output);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn list(args: ListArgs) -> Result<ExitCode> {
+    print_statuses(&list_all(&args.connection)?, args.output);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list_all(connection: &Connection) -> Result<Vec<pb::CgroupStatus>> {
+    block_on(async {
+        let mut client = connect(connection).await?;
+        client
+            .list(pb::ListRequest {})
+            .await
+            .map(|r| r.into_inner().cgroups)
+            .map_err(|s| rpc_error("list", s))
+    })
+}
+
+fn describe(s: &pb::CgroupStatus) -> String {
+    format!(
+        "{}: egress {}, ingress {}",
+        s.cgroup,
+        rate_text(s.egress.as_ref()),
+        rate_text(s.ingress.as_ref())
+    )
+}
+
+fn rate_text(d: Option<&pb::DirectionLimit>) -> String {
+    match d.and_then(|d| Rate::from_bits_per_sec(d.bits_per_second).ok()) {
+        Some(r) => r.to_string(),
+        None => "unlimited".into(),
+    }
+}
+
+fn print_statuses(statuses: &[pb::CgroupStatus], output: Output) {
+    match output {
+        Output::Json => {
+            let docs: Vec<_> = statuses.iter().map(status_json).collect();
+            println!("{}", serde_json::Value::Array(docs));
+        }
+        Output::Table => print_table(statuses),
+    }
+}
+
+/// The JSON document DESIGN.md fixes: field names are a contract.
+pub fn status_json(s: &pb::CgroupStatus) -> serde_json::Value {
+    let e = s.egress_counters.unwrap_or_default();
+    let i = s.ingress_counters.unwrap_or_default();
+    let egress_burst = s.egress.map(|d| d.burst_bytes);
+    let ingress_burst = s.ingress.map(|d| d.burst_bytes);
+    json!({
+        "cgroup": s.cgroup,
+        "cgroup_id": s.cgroup_id,
+        "pod_uid": s.pod_uid,
+        "egress_bps": s.egress.map(|d| d.bits_per_second),
+        "ingress_bps": s.ingress.map(|d| d.bits_per_second),
+        "burst_bytes": egress_burst.or(ingress_burst),
+        "egress_burst_bytes": egress_burst,
+        "ingress_burst_bytes": ingress_burst,
+        "counters": {
+            "egress_bytes": e.bytes,
+            "egress_packets": e.packets,
+            "egress_dropped": e.dropped,
+            "egress_marked": e.marked,
+            "ingress_bytes": i.bytes,
+            "ingress_packets": i.packets,
+            "ingress_dropped": i.dropped,
+            "ingress_marked": i.marked,
+        }
+    })
+}
+
+fn print_table(statuses: &[pb::CgroupStatus]) {
+    let rows: Vec<[String; 7]> = statuses
+        .iter()
+        .map(|s| {
+            let e = s.egress_counters.unwrap_or_default();
+            let i = s.ingress_counters.unwrap_or_default();
+            let burst = s
+                .egress
+                .or(s.ingress)
+                .and_then(|d| ByteSize::from_bytes(d.burst_bytes).ok());
+            [
+                s.cgroup.clone(),
+                s.pod_uid.clone().unwrap_or_else(|| "-".into()),
+                rate_text(s.egress.as_ref()),
+                rate_text(s.ingress.as_ref()),
+                burst.map_or("-".into(), |b| b.to_string()),
+                format!("{}B / {}B", human_decimal(e.bytes), human_decimal(i.bytes)),
+                format!("{} / {}", e.dropped + i.dropped, e.marked + i.marked),
+            ]
+        })
+        .collect();
+    let header = [
+        "CGROUP",
+        "POD UID",
+        "EGRESS",
+        "INGRESS",
+        "BURST",
+        "SENT / RECEIVED",
+        "DROPPED / MARKED",
+    ];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(header.to_vec()));
+    for r in &rows {
+        println!("{}", line(r.iter().map(String::as_str).collect()));
+    }
+}
