@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::{Meter, NetnsPair};
 
+pub mod daemon;
+
 pub fn podshaper() -> Command {
     assert!(
         nix::unistd::Uid::effective().is_root(),
@@ -117,6 +119,18 @@ impl Flow {
 /// namespace A and the other side in this process in namespace B; returns the
 /// rate (bit/s of payload) the receiver saw after the skipped start.
 pub fn measure(limit_args: &[&str], flow: &Flow) -> f64 {
+    measure_with(&Limiter::Run(limit_args), flow)
+}
+
+/// How the limited side gets its limit.
+pub enum Limiter<'a> {
+    /// `podshaper run <args> -- ...`
+    Run(&'a [&'a str]),
+    /// started inside a cgroup that a daemon limits (or not)
+    Cgroup(&'a podshaper_shaper::Cgroup),
+}
+
+pub fn measure_with(limiter: &Limiter<'_>, flow: &Flow) -> f64 {
     let lab = match NetnsPair::create("t") {
         Ok(l) => l,
         Err(e) => panic!("cannot build the lab: {e}"),
@@ -145,16 +159,22 @@ pub fn measure(limit_args: &[&str], flow: &Flow) -> f64 {
         NetnsPair::addr_b(flow.v6)
     };
     let sock = SocketAddr::new(addr, port).to_string();
-    let mut cmd = podshaper();
-    cmd.arg("run").args(limit_args).arg("--");
-    cmd.arg(env!("CARGO_BIN_EXE_podshaper")).args([
-        "traffic",
-        verb,
-        "--seconds",
-        &seconds,
-        "--skip",
-        &skip,
-    ]);
+    let mut cmd = match limiter {
+        Limiter::Run(limit_args) => {
+            let mut cmd = podshaper();
+            cmd.arg("run").args(*limit_args).arg("--");
+            cmd.arg(env!("CARGO_BIN_EXE_podshaper"));
+            cmd
+        }
+        Limiter::Cgroup(cgroup) => {
+            let mut cmd = podshaper();
+            if let Err(e) = cgroup.spawn_inside(&mut cmd) {
+                panic!("cannot start inside {}: {e}", cgroup.path().display());
+            }
+            cmd
+        }
+    };
+    cmd.args(["traffic", verb, "--seconds", &seconds, "--skip", &skip]);
     if !flow.host {
         cmd.args(["--netns", lab.a()]);
     }
@@ -251,4 +271,33 @@ pub fn assert_ratio(what: &str, measured: f64, target: f64, low: f64, high: f64)
         (low..=high).contains(&ratio),
         "{what}: achieved {ratio:.3} of the target ({measured:.0} of {target:.0} bit/s), expected {low}..={high}"
     );
+}
+
+pub mod tls;
+
+/// Compiles a one-function BPF C program; returns the object's path.
+pub fn compile_bpf(dir: &std::path::Path, name: &str, body: &str) -> String {
+    let src = dir.join(format!("{name}.c"));
+    let obj = dir.join(format!("{name}.o"));
+    let text = format!(
+        "#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n{body}\nchar LICENSE[] SEC(\"license\") = \"GPL\";\n"
+    );
+    std::fs::write(&src, text).expect("write BPF source");
+    let arch = std::env::consts::ARCH;
+    let status = Command::new("clang")
+        .args([
+            "-O2",
+            "-g",
+            "-target",
+            "bpf",
+            &format!("-I/usr/include/{arch}-linux-gnu"),
+            "-c",
+        ])
+        .arg(&src)
+        .arg("-o")
+        .arg(&obj)
+        .status()
+        .expect("run clang");
+    assert!(status.success(), "clang failed on {name}");
+    obj.display().to_string()
 }

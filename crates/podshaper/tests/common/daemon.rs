@@ -1,0 +1,176 @@
+//! A daemon of the test's own: private socket, bpffs directory and cgroup
+//! root, all removed when the test ends (whether it passed or not).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use podshaper_shaper::cgroup::{cgroup2_mount, remove_cgroup_tree};
+use podshaper_shaper::Cgroup;
+
+use super::{podshaper, ChildGuard};
+
+fn unique(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "podshaper-test-{tag}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A cgroup subtree for one test, playing a node's cgroup root.
+pub struct TestRoot {
+    pub path: PathBuf,
+}
+
+impl TestRoot {
+    pub fn new(tag: &str) -> Self {
+        let mount = cgroup2_mount().expect("a cgroup2 mount");
+        let path = mount.join(unique(tag));
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        Self { path }
+    }
+
+    /// Creates a (nested) cgroup below the root, as the kubelet would.
+    pub fn make(&self, relative: &str) -> Cgroup {
+        let path = self.path.join(relative);
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        Cgroup::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+    }
+}
+
+impl Drop for TestRoot {
+    fn drop(&mut self) {
+        if let Err(e) = remove_cgroup_tree(&self.path) {
+            eprintln!("cannot remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+pub struct TestDaemon {
+    pub socket: PathBuf,
+    pub bpffs: PathBuf,
+    pub root: PathBuf,
+    extra: Vec<String>,
+    child: Option<ChildGuard>,
+}
+
+impl TestDaemon {
+    pub fn start(root: &Path, extra: &[&str]) -> Self {
+        let name = unique("d");
+        let mut d = Self {
+            socket: std::env::temp_dir().join(&name).join("podshaper.sock"),
+            bpffs: PathBuf::from("/sys/fs/bpf").join(&name),
+            root: root.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn address(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = podshaper();
+        cmd.arg("daemon")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--bpffs-dir")
+            .arg(&self.bpffs)
+            .arg("--cgroup-root")
+            .arg(&self.root)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        self.child = Some(ChildGuard::spawn(&mut cmd));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.socket.exists() && self.cli(&["list"]).status.success() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.0.as_mut())
+                .map(|c| c.try_wait())
+            {
+                let out = self.child.take().map(|c| c.wait_output());
+                panic!(
+                    "daemon exited with {status}: {}",
+                    out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                        .unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up on {}",
+                self.socket.display()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no cleanup of any kind.
+    pub fn kill9(&mut self) {
+        if let Some(mut guard) = self.child.take() {
+            if let Some(mut c) = guard.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Runs a CLI command against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        podshaper()
+            .args(args)
+            .args(["--daemon", &self.address()])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run podshaper {args:?}: {e}"))
+    }
+
+    /// Runs a CLI command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "podshaper {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `list -o json`, parsed.
+    pub fn list(&self) -> Vec<serde_json::Value> {
+        let out = self.ok(&["list", "-o", "json"]);
+        match serde_json::from_str::<serde_json::Value>(&out) {
+            Ok(serde_json::Value::Array(a)) => a,
+            other => panic!("list -o json gave {other:?}"),
+        }
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        // Stop the daemon, then remove its state: unpinning the links
+        // detaches them, unpinning the maps frees them.
+        self.child.take();
+        let _ = fs::remove_dir_all(&self.bpffs);
+        if let Some(dir) = self.socket.parent() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! The daemon and the CLI on the real kernel: limits through the API, kept
+//! through kill -9, adopted on restart, removed by detach; confinement; pod
+//! UIDs; mutual TLS; metrics; custom programs.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::daemon::{TestDaemon, TestRoot};
+use common::{assert_ratio, measure_with, unique_port, Flow, Limiter};
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn limits_hold_through_kill_9_are_adopted_on_restart_and_detach_removes_them() {
+    let root = TestRoot::new("life");
+    let app = root.make("app");
+    let path = app.path().display().to_string();
+    let mut daemon = TestDaemon::start(&root.path, &[]);
+
+    daemon.ok(&["attach", "--cgroup", &path, "--egress", "100M"]);
+    let rate = measure_with(&Limiter::Cgroup(&app), &Flow::tcp(true));
+    assert_ratio("through the daemon", rate, 100e6, 0.90, 1.05);
+
+    daemon.kill9();
+    let rate = measure_with(&Limiter::Cgroup(&app), &Flow::tcp(true));
+    assert_ratio("with the daemon killed", rate, 100e6, 0.90, 1.05);
+
+    daemon.restart();
+    let listed = daemon.list();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["cgroup"], path.as_str());
+    assert_eq!(listed[0]["egress_bps"], 100_000_000);
+    assert!(
+        listed[0]["counters"]["egress_bytes"].as_u64().unwrap_or(0) > 10_000_000,
+        "{listed:?}"
+    );
+
+    // adopted: it can be changed live ...
+    daemon.ok(&["attach", "--cgroup", &path, "--egress", "40M"]);
+    let rate = measure_with(&Limiter::Cgroup(&app), &Flow::tcp(true));
+    assert_ratio("changed after restart", rate, 40e6, 0.90, 1.05);
+
+    // ... and detached
+    daemon.ok(&["detach", "--cgroup", &path]);
+    assert!(daemon.list().is_empty());
+    let rate = measure_with(&Limiter::Cgroup(&app), &Flow::tcp(true));
+    assert!(rate > 500e6, "still limited after detach: {rate:.0} bit/s");
+}
+
+#[test]
+fn a_normal_shutdown_keeps_limits_and_gone_cgroups_are_cleaned_up() {
+    let root = TestRoot::new("stale");
+    let a = root.make("a");
+    let b = root.make("b");
+    let mut daemon = TestDaemon::start(&root.path, &[]);
+    daemon.ok(&[
+        "attach",
+        "--cgroup",
+        &a.path().display().to_string(),
+        "--ingress",
+        "10M",
+    ]);
+    daemon.ok(&[
+        "attach",
+        "--cgroup",
+        &b.path().display().to_string(),
+        "--egress",
+        "10M",
+    ]);
+    daemon.kill9();
+    std::fs::remove_dir(b.path()).expect("remove cgroup b");
+    daemon.restart();
+    let listed = daemon.list();
+    assert_eq!(listed.len(), 1, "the gone cgroup was adopted: {listed:?}");
+    assert_eq!(listed[0]["cgroup"], a.path().display().to_string().as_str());
+    let links = std::fs::read_dir(daemon.bpffs.join("links"))
+        .expect("links dir")
+        .count();
+    assert_eq!(links, 1, "pins of the gone cgroup were left");
+
+    // and while running: a cgroup removed under a limit is cleaned up
+    std::fs::remove_dir(a.path()).expect("remove cgroup a");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !daemon.list().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a removed cgroup stayed listed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn requests_outside_the_cgroup_root_or_malformed_are_refused() {
+    let root = TestRoot::new("confine");
+    let inside = root.make("inside");
+    let outside = TestRoot::new("outside");
+    let daemon = TestDaemon::start(&root.path, &[]);
+    let cases: [(String, &str); 6] = [
+        (
+            format!("{}/../{}", inside.path().display(), "x"),
+            "contains '..'",
+        ),
+        (
+            outside.path.display().to_string(),
+            "outside the cgroup root",
+        ),
+        ("/".into(), "outside the cgroup root"),
+        (format!("{}/nope", root.path.display()), "does not exist"),
+        (
+            format!("{}/cgroup.procs", inside.path().display()),
+            "not a cgroup v2 directory",
+        ),
+        ("".into(), "empty"),
+    ];
+    for (path, expected) in cases {
+        let out = daemon.cli(&["attach", "--cgroup", &path, "--egress", "10M"]);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{path:?} was accepted: {err}");
+        assert!(
+            err.contains(expected),
+            "{path:?}: expected {expected:?} in {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    for uid in ["../../etc", "not-a-uid", ""] {
+        let out = daemon.cli(&["attach", "--pod-uid", uid, "--egress", "10M"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr_of(&out).contains("is not a UID"),
+            "{}",
+            stderr_of(&out)
+        );
+    }
+    // nesting with a limited cgroup is refused both ways
+    let child = root.make("inside/child");
+    daemon.ok(&[
+        "attach",
+        "--cgroup",
+        &inside.path().display().to_string(),
+        "--egress",
+        "10M",
+    ]);
+    let out = daemon.cli(&[
+        "attach",
+        "--cgroup",
+        &child.path().display().to_string(),
+        "--egress",
+        "10M",
+    ]);
+    assert!(stderr_of(&out).contains("nested"), "{}", stderr_of(&out));
+    assert!(
+        daemon
+            .cli(&["detach", "--cgroup", &outside.path.display().to_string()])
+            .status
+            .code()
+            == Some(1)
+    );
+    assert!(daemon.list().len() == 1);
+}
+
+#[test]
+fn pod_uids_resolve_for_both_cgroup_drivers_and_every_qos_class() {
+    let root = TestRoot::new("pods");
+    let daemon = TestDaemon::start(&root.path, &[]);
+    let uids = [
+        "11111111-2222-4333-8444-555555555501",
+        "11111111-2222-4333-8444-555555555502",
+        "11111111-2222-4333-8444-555555555503",
+        "11111111-2222-4333-8444-555555555504",
+    ];
+    let layouts = [
+        format!(
+            "kubepods.slice/kubepods-pod{}.slice",
+            uids[0].replace('-', "_")
+        ),
+        format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+            uids[1].replace('-', "_")
+        ),
+        format!("kubepods/besteffort/pod{}", uids[2]),
+        format!("kubepods/pod{}", uids[3]),
+    ];
+    for (uid, layout) in uids.iter().zip(&layouts) {
+        let cgroup = root.make(layout);
+        daemon.ok(&["attach", "--pod-uid", uid, "--egress", "20M"]);
+        let status: serde_json::Value =
+            serde_json::from_str(&daemon.ok(&["status", "--pod-uid", uid, "-o", "json"]))
+                .expect("json");
+        assert_eq!(status[0]["pod_uid"], *uid);
+        assert_eq!(
+            status[0]["cgroup"],
+            cgroup.path().display().to_string().as_str()
+        );
+        assert_eq!(status[0]["egress_bps"], 20_000_000);
+        assert_eq!(status[0]["ingress_bps"], serde_json::Value::Null);
+        daemon.ok(&["detach", "--pod-uid", uid]);
+    }
+    let out = daemon.cli(&[
+        "attach",
+        "--pod-uid",
+        "11111111-2222-4333-8444-555555555599",
+        "--egress",
+        "1M",
+    ]);
+    assert!(
+        stderr_of(&out).contains("no cgroup for pod"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn the_cli_names_what_is_wrong_in_one_line() {
+    let root = TestRoot::new("cli");
+    let daemon = TestDaemon::start(&root.path, &[]);
+    let out = common::podshaper()
+        .args(["list", "--daemon", "unix:///nonexistent/podshaper.sock"])
+        .output()
+        .expect("run");
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("cannot reach the podshaper daemon at unix:///nonexistent/podshaper.sock"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let out = common::podshaper()
+        .args(["list", "--daemon", "tcp://x"])
+        .output()
+        .expect("run");
+    assert!(
+        stderr_of(&out).contains("invalid daemon address \"tcp://x\""),
+        "{}",
+        stderr_of(&out)
+    );
+    let app = root.make("app").path().display().to_string();
+    let out = daemon.cli(&["attach", "--cgroup", &app, "--egress", "2P"]);
+    assert!(stderr_of(&out).contains("\"2P\""), "{}", stderr_of(&out));
+    let out = daemon.cli(&["detach", "--cgroup", &app]);
+    assert!(
+        stderr_of(&out).contains("has no limits attached"),
+        "{}",
+        stderr_of(&out)
+    );
+    // the socket is root-only
+    let mode = std::fs::metadata(&daemon.socket)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    assert_eq!(mode.ok().map(|m| m & 0o777), Some(0o600));
+    // the table names the cgroup and the rate people read
+    daemon.ok(&[
+        "attach",
+        "--cgroup",
+        &app,
+        "--egress",
+        "250mbit",
+        "--ingress",
+        "1G",
+    ]);
+    let table = daemon.ok(&["list"]);
+    assert!(
+        table.contains(&app) && table.contains("250Mbit/s") && table.contains("1Gbit/s"),
+        "{table}"
+    );
+}
+
+#[test]
+fn metrics_and_health_are_served() {
+    let root = TestRoot::new("metrics");
+    let port = unique_port() + 20000;
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = TestDaemon::start(&root.path, &["--metrics-addr", &addr]);
+    let app = root.make("app").path().display().to_string();
+    daemon.ok(&["attach", "--cgroup", &app, "--egress", "30M"]);
+    let body = http_get(&addr, "/metrics");
+    assert!(
+        body.contains(&format!(
+            "podshaper_limit_bits_per_second{{cgroup=\"{app}\",direction=\"egress\"}} 30000000"
+        )),
+        "{body}"
+    );
+    for name in [
+        "podshaper_bytes_total",
+        "podshaper_packets_total",
+        "podshaper_dropped_packets_total",
+        "podshaper_marked_packets_total",
+    ] {
+        assert!(
+            body.contains(&format!("{name}{{cgroup=\"{app}\",direction=\"ingress\"}}")),
+            "{name} missing:\n{body}"
+        );
+    }
+    assert!(http_get(&addr, "/healthz").contains("ok"));
+    assert!(http_get(&addr, "/readyz").contains("ready"));
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    assert!(body.starts_with("HTTP/1.1 200"), "{path}: {body}");
+    body
+}
+
+#[test]
+fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
+    let root = TestRoot::new("tls");
+    let dir = std::env::temp_dir().join(format!("podshaper-test-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tls dir");
+    let _cleanup = Cleanup(dir.clone());
+    let certs = common::tls::write_test_pki(&dir);
+    let port = unique_port() + 21000;
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = TestDaemon::start(
+        &root.path,
+        &[
+            "--listen",
+            &listen,
+            "--tls-cert",
+            &certs.server_cert,
+            "--tls-key",
+            &certs.server_key,
+            "--client-ca",
+            &certs.ca,
+        ],
+    );
+    let app = root.make("app").path().display().to_string();
+    let https = format!("https://{listen}");
+    let with = |cert: &str, key: &str, args: &[&str]| {
+        common::podshaper()
+            .args(args)
+            .args([
+                "--daemon",
+                &https,
+                "--tls-cert",
+                cert,
+                "--tls-key",
+                key,
+                "--tls-ca",
+                &certs.ca,
+            ])
+            .env_remove("PODSHAPER_TLS_CERT")
+            .output()
+            .expect("run")
+    };
+    let out = with(
+        &certs.client_cert,
+        &certs.client_key,
+        &["attach", "--cgroup", &app, "--egress", "10M"],
+    );
+    assert!(
+        out.status.success(),
+        "a client signed by the CA was refused: {}",
+        stderr_of(&out)
+    );
+    let out = with(
+        &certs.client_cert,
+        &certs.client_key,
+        &["list", "-o", "json"],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&app));
+
+    let out = with(&certs.rogue_cert, &certs.rogue_key, &["list"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a client from another CA was admitted"
+    );
+    let out = common::podshaper()
+        .args(["list", "--daemon", &https])
+        .env_remove("PODSHAPER_TLS_CERT")
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a client without a certificate was admitted"
+    );
+    assert!(
+        stderr_of(&out).contains("needs a client certificate"),
+        "{}",
+        stderr_of(&out)
+    );
+    // and a TLS client that does not present one is refused by the server
+    let refused = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "--http2",
+            &format!("https://{listen}/"),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .output();
+    if let Ok(o) = refused {
+        assert_ne!(String::from_utf8_lossy(&o.stdout), "200");
+    }
+    assert_eq!(daemon.list().len(), 1);
+}
+
+#[test]
+fn custom_programs_are_refused_unless_allowed_and_must_be_cgroup_programs() {
+    let root = TestRoot::new("custom");
+    let app = root.make("app").path().display().to_string();
+    let dir = std::env::temp_dir().join(format!("podshaper-test-custom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let _cleanup = Cleanup(dir.clone());
+    let cgroup_obj = common::compile_bpf(
+        &dir,
+        "pass",
+        "SEC(\"cgroup_skb/egress\") int pass(struct __sk_buff *s) { return 1; }",
+    );
+    let xdp_obj = common::compile_bpf(
+        &dir,
+        "xdp",
+        "SEC(\"xdp\") int pass_xdp(struct xdp_md *x) { return 2; }",
+    );
+
+    let daemon = TestDaemon::start(&root.path, &[]);
+    let out = daemon.cli(&["attach", "--cgroup", &app, "--program", &cgroup_obj]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("--allow-custom-programs"),
+        "{}",
+        stderr_of(&out)
+    );
+    drop(daemon);
+
+    let daemon = TestDaemon::start(&root.path, &["--allow-custom-programs"]);
+    let out = daemon.cli(&["attach", "--cgroup", &app, "--program", &xdp_obj]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("only cgroup_skb"),
+        "{}",
+        stderr_of(&out)
+    );
+    daemon.ok(&["attach", "--cgroup", &app, "--program", &cgroup_obj]);
+    assert!(
+        daemon
+            .bpffs
+            .join("custom")
+            .read_dir()
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 1
+    );
+    daemon.ok(&["detach", "--cgroup", &app]);
+    assert!(
+        daemon
+            .bpffs
+            .join("custom")
+            .read_dir()
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+}
+
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
