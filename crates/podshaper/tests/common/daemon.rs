@@ -78,7 +78,21 @@ impl TestDaemon {
         format!("unix://{}", self.socket.display())
     }
 
+    /// The daemon's log (a pipe nobody reads would fill up and stall it).
+    pub fn log_path(&self) -> PathBuf {
+        self.socket.with_file_name("daemon.log")
+    }
+
     fn spawn(&mut self) {
+        if let Some(dir) = self.socket.parent() {
+            fs::create_dir_all(dir)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap_or_else(|e| panic!("cannot open the daemon log: {e}"));
         let mut cmd = podshaper();
         cmd.arg("daemon")
             .arg("--socket")
@@ -89,7 +103,7 @@ impl TestDaemon {
             .arg(&self.root)
             .args(&self.extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(log);
         self.child = Some(ChildGuard::spawn(&mut cmd));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
