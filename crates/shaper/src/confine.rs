@@ -85,6 +85,12 @@ impl CgroupRoot {
         Ok(Self { mount, root })
     }
 
+    /// A root from already canonical paths (tests use a fake hierarchy).
+    #[cfg(test)]
+    fn from_paths(mount: PathBuf, root: PathBuf) -> Self {
+        Self { mount, root }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -281,6 +287,59 @@ mod tests {
             None
         );
         assert_eq!(pod_uid_of(Path::new("kubepods/podnot-a-uid")), None);
+    }
+
+    /// A fake hierarchy in a temporary directory: cgroupfs itself has no
+    /// user symlinks, but a path can still reach one (a bind mount, a
+    /// mistaken --cgroup-root), so resolution must follow and check them.
+    #[test]
+    fn symlinks_are_followed_and_must_stay_below_the_root() {
+        struct RemoveOnDrop(PathBuf);
+        impl Drop for RemoveOnDrop {
+            fn drop(&mut self) {
+                let _ = fs::remove_dir_all(&self.0);
+            }
+        }
+        let base = std::env::temp_dir().join(format!("podshaper-confine-{}", std::process::id()));
+        let _cleanup = RemoveOnDrop(base.clone());
+        let mount = base.join("mnt");
+        for d in ["root/a", "outside/b"] {
+            fs::create_dir_all(mount.join(d)).expect("mkdir");
+            fs::write(mount.join(d).join("cgroup.procs"), "").expect("procs");
+        }
+        std::os::unix::fs::symlink("../outside/b", mount.join("root/escape")).expect("symlink");
+        std::os::unix::fs::symlink("a", mount.join("root/inner")).expect("symlink");
+        let mount = fs::canonicalize(&mount).expect("canonical");
+        let root = CgroupRoot::from_paths(mount.clone(), mount.join("root"));
+
+        let ok = root
+            .resolve("root/inner")
+            .expect("a symlink inside the root");
+        assert_eq!(ok.path(), mount.join("root/a"));
+        assert!(root
+            .resolve(&mount.join("root/a").display().to_string())
+            .is_ok());
+        assert!(matches!(
+            root.resolve("root/escape"),
+            Err(ConfineError::Outside { .. })
+        ));
+        assert!(matches!(
+            root.resolve("outside/b"),
+            Err(ConfineError::Outside { .. })
+        ));
+        assert!(matches!(
+            root.resolve("root/a/../../outside/b"),
+            Err(ConfineError::DotDot(_))
+        ));
+        assert!(matches!(
+            root.resolve("root/a\0"),
+            Err(ConfineError::Nul(_))
+        ));
+        assert!(matches!(
+            root.resolve("root/a/cgroup.procs"),
+            Err(ConfineError::NotCgroup { .. })
+        ));
+        assert!(matches!(root.resolve(""), Err(ConfineError::Empty(_))));
     }
 
     #[test]
