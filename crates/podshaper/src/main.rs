@@ -35,9 +35,18 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Show shaping live between two network namespaces (no cluster, no network).
     Demo(cli::demo::DemoArgs),
+    /// Benchmarks (`bench daemon`: the daemon's attach latency, scale and memory).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Traffic source and sink used by the demo, the benchmark and the tests.
     #[command(hide = true, subcommand)]
     Traffic(cli::traffic::TrafficCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Attach latency, time to limit many cgroups, RSS, concurrent clients.
+    Daemon(cli::bench_daemon::BenchDaemonArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +70,7 @@ fn main() -> ExitCode {
         Command::List(a) => cli::client::list(a),
         Command::Run(a) => cli::run::run(a, signals),
         Command::Demo(a) => cli::demo::run(a, signals),
+        Command::Bench(BenchCommand::Daemon(a)) => cli::bench_daemon::run(a),
         Command::Traffic(c) => cli::traffic::run(c),
     };
     match result {

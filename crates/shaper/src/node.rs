@@ -3,8 +3,10 @@
 //! The pins are the state: limits stay enforced while no process holds them,
 //! and a new [`Node`] adopts what an earlier one left.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::Cgroup;
@@ -62,6 +64,9 @@ pub struct Node {
     shaper: Shaper,
     links_dir: PathBuf,
     root: CgroupRoot,
+    /// Paths of the attached cgroups: an index of the pins, so that requests
+    /// do not walk every pin (rebuilt from the pins on open).
+    attached: HashMap<u64, PathBuf>,
 }
 
 impl Node {
@@ -88,6 +93,7 @@ impl Node {
             shaper,
             links_dir,
             root,
+            attached: HashMap::new(),
         };
         let adoption = node.adopt()?;
         Ok((node, adoption))
@@ -120,6 +126,7 @@ impl Node {
                     continue;
                 }
             }
+            self.attached.insert(id, path);
             report.adopted += 1;
         }
         let pinned = self.pinned_ids()?;
@@ -146,6 +153,8 @@ impl Node {
                 return Err(e.into());
             }
         }
+        self.attached
+            .insert(cgroup.id(), cgroup.path().to_path_buf());
         self.status_of(cgroup.id(), Some(cgroup.path().to_path_buf()))
     }
 
@@ -161,12 +170,13 @@ impl Node {
         }
         detach_pinned(&dir)?;
         self.shaper.remove_limits(cgroup_id)?;
+        self.attached.remove(&cgroup_id);
         Ok(())
     }
 
     /// A limited cgroup's status, or None if it is not limited.
     pub fn status(&self, cgroup: &Cgroup) -> Result<Option<CgroupStatus>, NodeError> {
-        if !self.link_dir(cgroup.id()).exists() {
+        if !self.attached.contains_key(&cgroup.id()) {
             return Ok(None);
         }
         self.status_of(cgroup.id(), Some(cgroup.path().to_path_buf()))
@@ -175,9 +185,9 @@ impl Node {
 
     /// Every limited cgroup.
     pub fn list(&self) -> Result<Vec<CgroupStatus>, NodeError> {
-        let mut out = Vec::new();
-        for id in self.pinned_ids()? {
-            out.push(self.status_of(id, self.root.path_of(id))?);
+        let mut out = Vec::with_capacity(self.attached.len());
+        for (id, path) in &self.attached {
+            out.push(self.status_of(*id, Some(path.clone()))?);
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
@@ -185,15 +195,19 @@ impl Node {
 
     /// Removes the pins of cgroups that no longer exist; returns how many.
     pub fn remove_stale(&mut self) -> Result<usize, NodeError> {
-        let mut removed = 0;
-        for id in self.pinned_ids()? {
-            if self.root.path_of(id).is_none() {
-                detach_pinned(&self.link_dir(id))?;
-                self.shaper.remove_limits(id)?;
-                removed += 1;
-            }
+        // gone, or replaced by a new cgroup of the same name (another id)
+        let stale: Vec<u64> = self
+            .attached
+            .iter()
+            .filter(|(id, path)| fs::metadata(path).map(|m| m.ino() != **id).unwrap_or(true))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &stale {
+            detach_pinned(&self.link_dir(*id))?;
+            self.shaper.remove_limits(*id)?;
+            self.attached.remove(id);
         }
-        Ok(removed)
+        Ok(stale.len())
     }
 
     fn status_of(&self, id: u64, path: Option<PathBuf>) -> Result<CgroupStatus, NodeError> {
@@ -209,17 +223,14 @@ impl Node {
     /// A limit on a cgroup and another on its ancestor or descendant would
     /// both count the same packets.
     fn refuse_nesting(&self, cgroup: &Cgroup) -> Result<(), NodeError> {
-        for id in self.pinned_ids()? {
-            if id == cgroup.id() {
-                continue;
-            }
-            if let Some(other) = self.root.path_of(id) {
-                if other.starts_with(cgroup.path()) || cgroup.path().starts_with(&other) {
-                    return Err(NodeError::Nested {
-                        path: cgroup.path().display().to_string(),
-                        other: other.display().to_string(),
-                    });
-                }
+        for (id, other) in &self.attached {
+            if *id != cgroup.id()
+                && (other.starts_with(cgroup.path()) || cgroup.path().starts_with(other))
+            {
+                return Err(NodeError::Nested {
+                    path: cgroup.path().display().to_string(),
+                    other: other.display().to_string(),
+                });
             }
         }
         Ok(())

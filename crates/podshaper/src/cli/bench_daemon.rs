@@ -1,0 +1,261 @@
+//! `podshaper bench daemon`: how fast the daemon attaches, and what it costs.
+//!
+//! Starts a daemon of its own (private socket, bpffs directory and cgroup
+//! root), then measures over its Unix socket: attach latency for new
+//! cgroups and for updates, the time to limit N cgroups, the daemon's RSS
+//! after that, and N concurrent clients attaching and detaching. Everything
+//! it made is removed at the end.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use podshaper_api::{pb, DaemonAddress};
+use podshaper_shaper::cgroup::{cgroup2_mount, remove_cgroup_tree};
+
+#[derive(Debug, Args)]
+pub struct BenchDaemonArgs {
+    /// Cgroups to limit.
+    #[arg(long, default_value_t = 1000)]
+    cgroups: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What the bench made, removed on drop.
+struct Scratch {
+    root: PathBuf,
+    bpffs: PathBuf,
+    socket_dir: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(d.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = d.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+        let _ = std::fs::remove_dir_all(&self.socket_dir);
+        let _ = remove_cgroup_tree(&self.root);
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS in /proc/PID/status")
+}
+
+fn request(cgroup: &str, bits: u64) -> pb::AttachRequest {
+    pb::AttachRequest {
+        target: Some(pb::Target {
+            target: Some(pb::target::Target::Cgroup(cgroup.to_string())),
+        }),
+        egress: Some(pb::DirectionLimit {
+            bits_per_second: bits,
+            burst_bytes: 0,
+        }),
+        ingress: Some(pb::DirectionLimit {
+            bits_per_second: bits / 2,
+            burst_bytes: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+fn detach_request(cgroup: &str) -> pb::DetachRequest {
+    pb::DetachRequest {
+        target: Some(pb::Target {
+            target: Some(pb::target::Target::Cgroup(cgroup.to_string())),
+        }),
+    }
+}
+
+pub fn run(args: BenchDaemonArgs) -> Result<ExitCode> {
+    let tag = format!("podshaper-bench-{}", std::process::id());
+    let mut scratch = Scratch {
+        root: cgroup2_mount()?.join(&tag),
+        bpffs: PathBuf::from("/sys/fs/bpf").join(&tag),
+        socket_dir: std::env::temp_dir().join(&tag),
+        daemon: None,
+    };
+    std::fs::create_dir_all(&scratch.socket_dir)?;
+    let cgroups: Vec<String> = (0..args.cgroups.max(args.clients))
+        .map(|i| {
+            let p = scratch.root.join(format!("c{i}"));
+            std::fs::create_dir_all(&p)
+                .with_context(|| format!("cannot create {}", p.display()))?;
+            Ok(p.display().to_string())
+        })
+        .collect::<Result<_>>()?;
+    let socket = scratch.socket_dir.join("podshaper.sock");
+    let daemon = start_daemon(&socket, &scratch.bpffs, &scratch.root, &scratch.socket_dir)?;
+    let pid = daemon.id();
+    scratch.daemon = Some(daemon);
+    let rss_idle = rss_kib(pid)?;
+    let address = DaemonAddress::Unix(socket.clone());
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(async {
+        let mut client = podshaper_api::connect(&address, None).await?;
+        // new attachments: N cgroups, one RPC each
+        let started = Instant::now();
+        let mut attach = Vec::with_capacity(args.cgroups);
+        for cg in &cgroups[..args.cgroups] {
+            let t = Instant::now();
+            client.attach(request(cg, 100_000_000)).await.map_err(|e| anyhow::anyhow!("attach: {e}"))?;
+            attach.push(t.elapsed());
+        }
+        let total = started.elapsed();
+        let rss_loaded = rss_kib(pid)?;
+        // updates: a new rate on each, one map update each
+        let mut update = Vec::with_capacity(args.cgroups);
+        for cg in &cgroups[..args.cgroups] {
+            let t = Instant::now();
+            client.attach(request(cg, 50_000_000)).await.map_err(|e| anyhow::anyhow!("update: {e}"))?;
+            update.push(t.elapsed());
+        }
+        let listed = client.list(pb::ListRequest {}).await?.into_inner().cgroups.len();
+        for cg in &cgroups[..args.cgroups] {
+            client.detach(detach_request(cg)).await.map_err(|e| anyhow::anyhow!("detach: {e}"))?;
+        }
+        // concurrent clients, each on its own connection
+        let before = (
+            aya::programs::loaded_programs().count(),
+            aya::maps::loaded_maps().count(),
+            aya::programs::loaded_links().count(),
+        );
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for cg in cgroups[..args.clients].to_vec() {
+            let address = address.clone();
+            tasks.spawn(async move {
+                let mut c = podshaper_api::connect(&address, None).await.map_err(|e| e.to_string())?;
+                c.attach(request(&cg, 10_000_000)).await.map_err(|e| e.to_string())?;
+                c.detach(detach_request(&cg)).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(())
+            });
+        }
+        let mut errors = 0;
+        while let Some(r) = tasks.join_next().await {
+            if !matches!(r, Ok(Ok(()))) {
+                errors += 1;
+            }
+        }
+        let concurrent = started.elapsed();
+        let after = (
+            aya::programs::loaded_programs().count(),
+            aya::maps::loaded_maps().count(),
+            aya::programs::loaded_links().count(),
+        );
+        attach.sort();
+        update.sort();
+        Ok::<_, anyhow::Error>(serde_json::json!({
+            "cgroups": args.cgroups,
+            "listed": listed,
+            "attach_p50_ms": ms(percentile(&attach, 0.5)),
+            "attach_p99_ms": ms(percentile(&attach, 0.99)),
+            "update_p50_ms": ms(percentile(&update, 0.5)),
+            "update_p99_ms": ms(percentile(&update, 0.99)),
+            "attach_all_seconds": total.as_secs_f64(),
+            "rss_idle_kib": rss_idle,
+            "rss_after_attach_kib": rss_loaded,
+            "clients": args.clients,
+            "concurrent_errors": errors,
+            "concurrent_seconds": concurrent.as_secs_f64(),
+            "leaked_programs_maps_links": [after.0 as i64 - before.0 as i64, after.1 as i64 - before.1 as i64, after.2 as i64 - before.2 as i64],
+        }))
+    })?;
+    drop(scratch);
+    if args.json {
+        println!("{report}");
+    } else {
+        print_table(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn start_daemon(socket: &Path, bpffs: &Path, root: &Path, log_dir: &Path) -> Result<Child> {
+    let log = std::fs::File::create(log_dir.join("daemon.log"))?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("daemon")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--bpffs-dir")
+        .arg(bpffs)
+        .arg("--cgroup-root")
+        .arg(root)
+        .env("PODSHAPER_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("cannot start the daemon")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        if let Some(status) = child.try_wait()? {
+            bail!("the daemon exited with {status}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the daemon did not come up");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+fn print_table(r: &serde_json::Value) {
+    println!("podshaper daemon benchmark (Unix socket, one client unless noted)");
+    println!(
+        "  attach a new cgroup      p50 {:.2} ms   p99 {:.2} ms",
+        r["attach_p50_ms"].as_f64().unwrap_or(0.0),
+        r["attach_p99_ms"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  update a limit           p50 {:.2} ms   p99 {:.2} ms",
+        r["update_p50_ms"].as_f64().unwrap_or(0.0),
+        r["update_p99_ms"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  limit {} cgroups         {:.2} s",
+        r["cgroups"],
+        r["attach_all_seconds"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  daemon RSS               {} KiB idle, {} KiB with {} limited",
+        r["rss_idle_kib"], r["rss_after_attach_kib"], r["cgroups"]
+    );
+    println!(
+        "  {} concurrent clients    {} errors, {:.2} s, leaked (programs, maps, links) {}",
+        r["clients"],
+        r["concurrent_errors"],
+        r["concurrent_seconds"].as_f64().unwrap_or(0.0),
+        r["leaked_programs_maps_links"]
+    );
+}
