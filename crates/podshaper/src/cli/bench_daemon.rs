@@ -153,8 +153,8 @@ pub fn run(args: BenchDaemonArgs) -> Result<ExitCode> {
         );
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
-        for cg in cgroups[..args.clients].to_vec() {
-            let address = address.clone();
+        for cg in &cgroups[..args.clients] {
+            let (address, cg) = (address.clone(), cg.clone());
             tasks.spawn(async move {
                 let mut c = podshaper_api::connect(&address, None).await.map_err(|e| e.to_string())?;
                 c.attach(request(&cg, 10_000_000)).await.map_err(|e| e.to_string())?;
