@@ -473,3 +473,82 @@ impl Drop for Cleanup {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[test]
+fn a_nul_byte_or_a_missing_target_is_refused_over_the_api() {
+    use podshaper_api::pb;
+    let root = TestRoot::new("nul");
+    let app = root.make("app").path().display().to_string();
+    let daemon = TestDaemon::start(&root.path, &[]);
+    let address: podshaper_api::DaemonAddress = daemon.address().parse().expect("address");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let mut client = podshaper_api::connect(&address, None)
+            .await
+            .expect("connect");
+        let limit = Some(pb::DirectionLimit {
+            bits_per_second: 10_000_000,
+            burst_bytes: 0,
+        });
+        let with_nul = pb::AttachRequest {
+            target: Some(pb::Target {
+                target: Some(pb::target::Target::Cgroup(format!("{app}\0/../../x"))),
+            }),
+            egress: limit,
+            ..Default::default()
+        };
+        let err = client.attach(with_nul).await.expect_err("NUL accepted");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("NUL"), "{}", err.message());
+        let no_target = pb::AttachRequest {
+            egress: limit,
+            ..Default::default()
+        };
+        let err = client
+            .attach(no_target)
+            .await
+            .expect_err("no target accepted");
+        assert!(err.message().contains("no target"), "{}", err.message());
+        let too_fast = pb::AttachRequest {
+            target: Some(pb::Target {
+                target: Some(pb::target::Target::Cgroup(app.clone())),
+            }),
+            egress: Some(pb::DirectionLimit {
+                bits_per_second: u64::MAX,
+                burst_bytes: 1,
+            }),
+            ..Default::default()
+        };
+        let err = client
+            .attach(too_fast)
+            .await
+            .expect_err("out of bounds accepted");
+        assert!(
+            err.message().contains("outside the accepted range"),
+            "{}",
+            err.message()
+        );
+    });
+    assert!(daemon.list().is_empty());
+}
+
+#[test]
+fn the_daemon_benchmark_runs_and_leaks_nothing() {
+    let out = common::podshaper()
+        .args([
+            "bench",
+            "daemon",
+            "--cgroups",
+            "50",
+            "--clients",
+            "20",
+            "--json",
+        ])
+        .output()
+        .expect("run the bench");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(r["listed"], 50);
+    assert_eq!(r["concurrent_errors"], 0);
+    assert!(r["attach_p99_ms"].as_f64().unwrap_or(1e9) < 1000.0, "{r}");
+}
