@@ -70,6 +70,8 @@ struct sock_state {
 	/* ingress: the socket's last packet was dropped */
 	__u32 rcv_dropped_last;
 	__u32 _pad;
+	/* the limited cgroup whose share this socket is paced at */
+	__u64 paced_cgid;
 };
 
 struct {
@@ -325,8 +327,10 @@ int podshaper_egress(struct __sk_buff *skb)
 		struct sock_state *p =
 			bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
-		if (p)
+		if (p) {
 			p->want = share;
+			p->paced_cgid = cgid;
+		}
 	}
 	count(cgid, PS_EGRESS, len, verdict, marked);
 	return verdict;
@@ -487,6 +491,54 @@ int podshaper_sockops(struct bpf_sock_ops *skops)
 	if (bpf_setsockopt(skops, SOL_SOCKET, SO_MAX_PACING_RATE, &rate, sizeof(rate)) == 0)
 		p->applied = p->want;
 	return 1;
+}
+
+/*
+ * Un-pacing after a detach. Once the programs are detached from a cgroup,
+ * nothing would ever lift the pacing cap of its open TCP sockets; user space
+ * writes the cgroup's id into `unpace_target` and runs this iterator over
+ * every TCP socket, which resets the sockets that cgroup paced.
+ */
+struct bpf_iter_meta;
+struct bpf_iter__tcp {
+	struct bpf_iter_meta *meta;
+	struct sock_common *sk_common;
+	__u32 uid;
+} __attribute__((preserve_access_index));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} unpace_target SEC(".maps");
+
+SEC("iter/tcp")
+int podshaper_unpace(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct tcp_sock *tp;
+	struct sock_state *ss;
+	__u32 zero = 0, unpaced = ~0U;
+	__u64 *target;
+
+	if (!skc)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	target = bpf_map_lookup_elem(&unpace_target, &zero);
+	if (!target)
+		return 0;
+	ss = bpf_sk_storage_get(&sock_states, tp, 0, 0);
+	if (!ss || ss->paced_cgid != *target || ss->applied == 0)
+		return 0;
+	if (bpf_setsockopt(tp, SOL_SOCKET, SO_MAX_PACING_RATE, &unpaced, sizeof(unpaced)) == 0) {
+		ss->applied = 0;
+		ss->want = 0;
+		ss->paced_cgid = 0;
+	}
+	return 0;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -552,3 +552,70 @@ fn the_daemon_benchmark_runs_and_leaks_nothing() {
     assert_eq!(r["concurrent_errors"], 0);
     assert!(r["attach_p99_ms"].as_f64().unwrap_or(1e9) < 1000.0, "{r}");
 }
+
+#[test]
+fn limits_change_and_lift_on_a_connection_that_stays_open() {
+    use std::net::{SocketAddr, TcpListener};
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use podshaper_netlab::traffic::{self, Until};
+    use podshaper_netlab::{Meter, NetnsPair};
+
+    let root = TestRoot::new("live");
+    let app = root.make("app");
+    let path = app.path().display().to_string();
+    let daemon = TestDaemon::start(&root.path, &[]);
+    daemon.ok(&["attach", "--cgroup", &path, "--egress", "40M"]);
+
+    let lab = NetnsPair::create("live").expect("lab");
+    let port = unique_port();
+    let meter = Meter::default();
+    let until = Until::after(Duration::from_secs(12));
+    let sink = {
+        let (meter, until) = (meter.clone(), until.clone());
+        let bind = SocketAddr::new(NetnsPair::addr_b(false), port);
+        traffic::spawn_in(Some(lab.b().to_string()), move || {
+            traffic::tcp_sink(TcpListener::bind(bind)?, meter, &until).map(|_| ())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let mut cmd = common::podshaper();
+    app.spawn_inside(&mut cmd).expect("spawn inside");
+    cmd.args([
+        "traffic",
+        "tcp-send",
+        "--netns",
+        lab.a(),
+        "--seconds",
+        "10",
+        "--to",
+    ])
+    .arg(SocketAddr::new(NetnsPair::addr_b(false), port).to_string())
+    .stdout(std::process::Stdio::null());
+    let source = common::ChildGuard::spawn(&mut cmd);
+
+    let window = |d: Duration| {
+        let a = meter.read();
+        std::thread::sleep(d);
+        meter.read().bits_per_sec_since(&a)
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let limited = window(Duration::from_secs(2));
+    daemon.ok(&["attach", "--cgroup", &path, "--egress", "15M"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let changed = window(Duration::from_secs(2));
+    daemon.ok(&["detach", "--cgroup", &path]);
+    std::thread::sleep(Duration::from_millis(500));
+    let lifted = window(Duration::from_secs(2));
+    drop(source);
+    until.stop.store(true, Ordering::Relaxed);
+    let _ = sink.join();
+
+    assert_ratio("before the change", limited, 40e6, 0.85, 1.10);
+    assert_ratio("changed live", changed, 15e6, 0.85, 1.10);
+    assert!(
+        lifted > 500e6,
+        "the open connection stayed limited after detach: {lifted:.0} bit/s"
+    );
+}

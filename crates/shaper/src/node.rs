@@ -170,7 +170,15 @@ impl Node {
         }
         detach_pinned(&dir)?;
         self.shaper.remove_limits(cgroup_id)?;
-        self.attached.remove(&cgroup_id);
+        // Open connections would otherwise stay paced at the old share.
+        let netns = self
+            .attached
+            .remove(&cgroup_id)
+            .map(|path| network_namespaces_in(&path))
+            .unwrap_or_default();
+        if let Err(e) = self.shaper.unpace(cgroup_id, &netns) {
+            tracing::warn!(error = %e, cgroup_id, "cannot lift the pacing of open sockets");
+        }
         Ok(())
     }
 
@@ -250,6 +258,36 @@ impl Node {
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .collect())
     }
+}
+
+/// The distinct network namespaces of the processes in a cgroup subtree.
+fn network_namespaces_in(cgroup: &Path) -> Vec<fs::File> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let mut dirs = vec![cgroup.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let Ok(file) = fs::File::open(format!("/proc/{}/ns/net", pid.trim())) else {
+                    continue;
+                };
+                if let Ok(meta) = file.metadata() {
+                    if seen.insert((meta.dev(), meta.ino())) {
+                        out.push(file);
+                    }
+                }
+            }
+        }
+        if let Ok(entries) = fs::read_dir(&dir) {
+            dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    out
 }
 
 fn is_bpffs(path: &Path) -> io::Result<bool> {

@@ -1,13 +1,17 @@
 //! The loaded BPF shaper: attach it to cgroups, set their limits, read their
 //! counters. One loaded object serves every cgroup.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuHashMap};
 use aya::programs::cgroup_skb::CgroupSkbLinkId;
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::sock_ops::SockOpsLinkId;
-use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SockOps};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Iter, ProgramError, SockOps,
+};
+use aya::Btf;
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
 use crate::abi;
@@ -25,7 +29,15 @@ const LIMITS_MAP: &str = "limits";
 const STATES_MAP: &str = "states";
 const COUNTERS_MAP: &str = "counters";
 const SOCK_STATES_MAP: &str = "sock_states";
-const ALL_MAPS: [&str; 4] = [LIMITS_MAP, STATES_MAP, COUNTERS_MAP, SOCK_STATES_MAP];
+const UNPACE_TARGET_MAP: &str = "unpace_target";
+const UNPACE_PROGRAM: &str = "podshaper_unpace";
+const ALL_MAPS: [&str; 5] = [
+    LIMITS_MAP,
+    STATES_MAP,
+    COUNTERS_MAP,
+    SOCK_STATES_MAP,
+    UNPACE_TARGET_MAP,
+];
 /// Pin names of an attachment's links, inside its directory.
 const EGRESS_LINK: &str = "egress";
 const INGRESS_LINK: &str = "ingress";
@@ -88,6 +100,8 @@ impl Attachment {
 /// unloads the programs (nothing is pinned).
 pub struct Shaper {
     ebpf: Ebpf,
+    /// whether the un-pacing iterator loaded (it needs kernel BTF and iter/tcp)
+    can_unpace: bool,
 }
 
 impl Shaper {
@@ -123,7 +137,20 @@ impl Shaper {
         sockops
             .load()
             .map_err(|e| program_error(SOCKOPS_PROGRAM, e))?;
-        Ok(Self { ebpf })
+        let can_unpace = match Btf::from_sys_fs() {
+            Ok(btf) => match program::<Iter>(&mut ebpf, UNPACE_PROGRAM)?.load("tcp", &btf) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load the TCP iterator: open sockets keep their pacing after a detach");
+                    false
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no kernel BTF: open sockets keep their pacing after a detach");
+                false
+            }
+        };
+        Ok(Self { ebpf, can_unpace })
     }
 
     /// Attaches the egress, ingress and sockops programs to a cgroup. Its
@@ -234,6 +261,75 @@ impl Shaper {
             first_error.get_or_insert(program_error(SOCKOPS_PROGRAM, e));
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Lifts the pacing cap this shaper put on a cgroup's open TCP sockets.
+    /// Call it after detaching: with the programs gone, nothing else would.
+    ///
+    /// A TCP iterator sees the sockets of the network namespace it is opened
+    /// in, so it runs once in ours (hostNetwork pods) and once in each of
+    /// `netns` (the namespaces of the cgroup's processes).
+    pub fn unpace(&mut self, cgroup_id: u64, netns: &[File]) -> Result<(), ShaperError> {
+        if !self.can_unpace {
+            return Ok(());
+        }
+        let map = self
+            .ebpf
+            .map_mut(UNPACE_TARGET_MAP)
+            .ok_or(ShaperError::Missing {
+                kind: "map",
+                name: UNPACE_TARGET_MAP,
+            })?;
+        let mut target: Array<&mut MapData, u64> =
+            Array::try_from(map).map_err(|e| map_error(UNPACE_TARGET_MAP, e))?;
+        target
+            .set(0, cgroup_id, 0)
+            .map_err(|e| map_error(UNPACE_TARGET_MAP, e))?;
+        self.run_unpace_iterator()?;
+        for ns in netns {
+            // setns changes only the calling thread: do it on a thread of its own.
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| -> Result<(), ShaperError> {
+                        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                            |e| ShaperError::Pin {
+                                path: "setns".into(),
+                                source: Box::new(std::io::Error::from(e)),
+                            },
+                        )?;
+                        self.run_unpace_iterator()
+                    })
+                    .join()
+                    .unwrap_or_else(|_| {
+                        Err(ShaperError::Missing {
+                            kind: "thread",
+                            name: UNPACE_PROGRAM,
+                        })
+                    })
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Runs the un-pacing iterator over the TCP sockets of the calling
+    /// thread's network namespace.
+    fn run_unpace_iterator(&mut self) -> Result<(), ShaperError> {
+        let iter_error = |e: Box<dyn std::error::Error + Send + Sync>| ShaperError::Pin {
+            path: UNPACE_PROGRAM.into(),
+            source: e,
+        };
+        let iter: &mut Iter = program(&mut self.ebpf, UNPACE_PROGRAM)?;
+        let link_id = iter
+            .attach()
+            .map_err(|e| program_error(UNPACE_PROGRAM, e))?;
+        let link = iter
+            .take_link(link_id)
+            .map_err(|e| program_error(UNPACE_PROGRAM, e))?;
+        // Reading the iterator runs the program over every TCP socket.
+        let mut file = link.into_file().map_err(|e| iter_error(Box::new(e)))?;
+        let mut sink = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut sink).map_err(|e| iter_error(Box::new(e)))?;
+        Ok(())
     }
 
     /// Sets (or changes, live) a cgroup's limits: one map update.
