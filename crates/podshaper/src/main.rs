@@ -35,9 +35,15 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Show shaping live between two network namespaces (no cluster, no network).
     Demo(cli::demo::DemoArgs),
-    /// Benchmarks (`bench daemon`: the daemon's attach latency, scale and memory).
-    #[command(subcommand)]
-    Bench(BenchCommand),
+    /// Shaping accuracy against tc tbf and no limit, side by side
+    /// (`bench daemon`: the daemon's attach latency, scale and memory).
+    #[command(args_conflicts_with_subcommands = true)]
+    Bench {
+        #[command(subcommand)]
+        command: Option<BenchCommand>,
+        #[command(flatten)]
+        args: cli::bench::BenchArgs,
+    },
     /// Traffic source and sink used by the demo, the benchmark and the tests.
     #[command(hide = true, subcommand)]
     Traffic(cli::traffic::TrafficCommand),
@@ -70,7 +76,11 @@ fn main() -> ExitCode {
         Command::List(a) => cli::client::list(a),
         Command::Run(a) => cli::run::run(a, signals),
         Command::Demo(a) => cli::demo::run(a, signals),
-        Command::Bench(BenchCommand::Daemon(a)) => cli::bench_daemon::run(a),
+        Command::Bench {
+            command: Some(BenchCommand::Daemon(a)),
+            ..
+        } => cli::bench_daemon::run(a),
+        Command::Bench { command: None, args } => cli::bench::run(args),
         Command::Traffic(c) => cli::traffic::run(c),
     };
     match result {

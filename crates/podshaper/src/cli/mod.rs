@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod bench;
 pub mod bench_daemon;
 pub mod client;
 pub mod daemon;

@@ -1,0 +1,356 @@
+//! `podshaper bench`: podshaper against tc tbf (as the CNI bandwidth plugin
+//! configures it) and against no limit at all, side by side in one run, on
+//! a veth pair between two network namespaces.
+//!
+//! For each direction, rate and flow count, every mechanism gets a fresh lab
+//! and the same traffic; the table reports goodput at the receiver as a
+//! fraction of the target, the sender's TCP retransmissions, and the CPU
+//! busy fraction of the whole machine during the run.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use podshaper_netlab::traffic::{self, Until};
+use podshaper_netlab::{Meter, NetnsPair};
+use podshaper_rate::Rate;
+use podshaper_shaper::{DirectionLimit, Limits, Shaper, TransientCgroup};
+use serde_json::json;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Target rates.
+    #[arg(long, value_delimiter = ',', default_value = "10M,100M,1G,5G")]
+    rates: Vec<String>,
+    /// TCP flow counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    flows: Vec<usize>,
+    /// Directions, seen from the limited side.
+    #[arg(long, value_delimiter = ',', default_value = "egress,ingress")]
+    directions: Vec<String>,
+    /// Mechanisms to compare.
+    #[arg(long, value_delimiter = ',', default_value = "podshaper,tbf,none")]
+    mechanisms: Vec<String>,
+    /// Also UDP, offered at 4x the limit.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    udp: bool,
+    /// Seconds per run (the first 2 are left out of the measurement).
+    #[arg(long, default_value_t = 6.0)]
+    seconds: f64,
+    /// One JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mechanism {
+    Podshaper,
+    Tbf,
+    Unlimited,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Traffic {
+    Tcp(usize),
+    Udp,
+}
+
+struct Cell {
+    direction: &'static str,
+    rate: Rate,
+    traffic: Traffic,
+    mechanism: Mechanism,
+    achieved: f64,
+    retrans: Option<(u64, u64)>,
+    cpu_busy: f64,
+}
+
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    let rates: Vec<Rate> = args.rates.iter().map(|r| r.parse()).collect::<Result<_, _>>()?;
+    let mechanisms: Vec<Mechanism> = args
+        .mechanisms
+        .iter()
+        .map(|m| match m.as_str() {
+            "podshaper" => Ok(Mechanism::Podshaper),
+            "tbf" => Ok(Mechanism::Tbf),
+            "none" => Ok(Mechanism::Unlimited),
+            other => bail!("unknown mechanism {other:?}: expected podshaper, tbf or none"),
+        })
+        .collect::<Result<_>>()?;
+    let directions: Vec<&'static str> = args
+        .directions
+        .iter()
+        .map(|d| match d.as_str() {
+            "egress" => Ok("egress"),
+            "ingress" => Ok("ingress"),
+            other => bail!("unknown direction {other:?}: expected egress or ingress"),
+        })
+        .collect::<Result<_>>()?;
+    if args.seconds < 3.0 {
+        bail!("--seconds must be at least 3 (2 are warm-up)");
+    }
+    let mut traffics: Vec<Traffic> = args.flows.iter().map(|f| Traffic::Tcp((*f).max(1))).collect();
+    if args.udp {
+        traffics.push(Traffic::Udp);
+    }
+
+    let mut shaper = Shaper::load()?;
+    let mut cells = Vec::new();
+    for direction in &directions {
+        for rate in &rates {
+            for traffic in &traffics {
+                for mechanism in &mechanisms {
+                    let cell = run_cell(&mut shaper, direction, *rate, *traffic, *mechanism, args.seconds)
+                        .with_context(|| format!("{direction} {rate} {traffic:?} {mechanism:?}"))?;
+                    if !args.json {
+                        eprintln!("  {}", describe(&cell));
+                    }
+                    cells.push(cell);
+                }
+            }
+        }
+    }
+    if args.json {
+        let rows: Vec<_> = cells
+            .iter()
+            .map(|c| {
+                json!({
+                    "direction": c.direction,
+                    "target_bps": c.rate.bits_per_sec(),
+                    "traffic": match c.traffic { Traffic::Tcp(n) => format!("tcp x{n}"), Traffic::Udp => "udp 4x".into() },
+                    "mechanism": name(c.mechanism),
+                    "achieved_bps": c.achieved,
+                    "achieved_ratio": c.achieved / c.rate.bits_per_sec() as f64,
+                    "retransmitted_segments": c.retrans.map(|r| r.0),
+                    "sent_segments": c.retrans.map(|r| r.1),
+                    "cpu_busy": c.cpu_busy,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        print_table(&cells, &mechanisms);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn name(m: Mechanism) -> &'static str {
+    match m {
+        Mechanism::Podshaper => "podshaper",
+        Mechanism::Tbf => "tbf",
+        Mechanism::Unlimited => "none",
+    }
+}
+
+fn describe(c: &Cell) -> String {
+    let traffic = match c.traffic {
+        Traffic::Tcp(n) => format!("tcp x{n}"),
+        Traffic::Udp => "udp 4x".into(),
+    };
+    format!(
+        "{:<7} {:>10} {:<8} {:<9} achieved {:.3} of target{}",
+        c.direction,
+        c.rate.to_string(),
+        traffic,
+        name(c.mechanism),
+        c.achieved / c.rate.bits_per_sec() as f64,
+        c.retrans.map_or(String::new(), |(r, s)| format!(", retrans {:.2}%", pct(r, s)))
+    )
+}
+
+fn pct(r: u64, s: u64) -> f64 {
+    if s == 0 {
+        0.0
+    } else {
+        r as f64 * 100.0 / s as f64
+    }
+}
+
+fn run_cell(
+    shaper: &mut Shaper,
+    direction: &'static str,
+    rate: Rate,
+    traffic: Traffic,
+    mechanism: Mechanism,
+    seconds: f64,
+) -> Result<Cell> {
+    let lab = NetnsPair::create("bench")?;
+    let cgroup = TransientCgroup::create(&format!("podshaper-bench-{}", std::process::id()))?;
+    let egress = direction == "egress";
+    let mut attachment = None;
+    match mechanism {
+        Mechanism::Podshaper => {
+            let limit = Some(DirectionLimit::new(rate, None));
+            let limits = if egress {
+                Limits { egress: limit, ingress: None }
+            } else {
+                Limits { egress: None, ingress: limit }
+            };
+            shaper.set_limits(cgroup.cgroup().id(), &limits)?;
+            attachment = Some(shaper.attach(cgroup.cgroup())?);
+        }
+        Mechanism::Tbf => {
+            // The CNI bandwidth plugin's queue: on the sending side's veth.
+            let ns = if egress { lab.a() } else { lab.b() };
+            let burst = (rate.bits_per_sec() / 250 / 8).max(16 * 1024);
+            tc(ns, &["qdisc", "add", "dev", "veth0", "root", "tbf", "rate", &format!("{}bit", rate.bits_per_sec()),
+                "burst", &burst.to_string(), "latency", "25ms"])?;
+        }
+        Mechanism::Unlimited => {}
+    }
+    let sender_ns = if egress { lab.a() } else { lab.b() };
+    let before_tcp = nstat(sender_ns);
+    let before_cpu = cpu_times();
+    let result = measure(&lab, &cgroup, egress, rate, traffic, seconds);
+    let cpu_busy = cpu_times()
+        .zip(before_cpu)
+        .map(|((b1, t1), (b0, t0))| (b1 - b0) as f64 / (t1 - t0).max(1) as f64)
+        .unwrap_or(0.0);
+    let retrans = match (before_tcp, nstat(sender_ns), traffic) {
+        (Some(b), Some(a), Traffic::Tcp(_)) => Some((a.0 - b.0, a.1 - b.1)),
+        _ => None,
+    };
+    if let Some(a) = attachment {
+        shaper.detach(a)?;
+        shaper.remove_limits(cgroup.cgroup().id())?;
+    }
+    Ok(Cell {
+        direction,
+        rate,
+        traffic,
+        mechanism,
+        achieved: result?,
+        retrans,
+        cpu_busy,
+    })
+}
+
+/// Goodput at the receiver after a 2 s warm-up. The limited side runs as a
+/// child in the cgroup and namespace A; the other side in this process in B.
+fn measure(lab: &NetnsPair, cgroup: &TransientCgroup, egress: bool, rate: Rate, traffic: Traffic, seconds: f64) -> Result<f64> {
+    const PORT: u16 = 5301;
+    let skip = 2.0;
+    let total = Duration::from_secs_f64(seconds);
+    let exe = std::env::current_exe()?;
+    let offered = (rate.bits_per_sec() * 4).to_string();
+    let flows = match traffic {
+        Traffic::Tcp(n) => n,
+        Traffic::Udp => 1,
+    };
+    if egress {
+        let to = SocketAddr::new(NetnsPair::addr_b(false), PORT);
+        let meter = Meter::default();
+        let until = Until::after(total + Duration::from_secs(1));
+        let sink = {
+            let (meter, until) = (meter.clone(), until.clone());
+            traffic::spawn_in(Some(lab.b().to_string()), move || match traffic {
+                Traffic::Tcp(_) => traffic::tcp_sink(TcpListener::bind(to)?, meter, &until).map(|_| ()),
+                Traffic::Udp => traffic::udp_sink(UdpSocket::bind(to)?, meter, &until),
+            })
+        };
+        thread::sleep(Duration::from_millis(200));
+        let mut cmd = Command::new(exe);
+        match traffic {
+            Traffic::Tcp(n) => cmd.args(["traffic", "tcp-send", "--flows", &n.to_string()]),
+            Traffic::Udp => cmd.args(["traffic", "udp-send", "--rate", &offered]),
+        };
+        cmd.args(["--netns", lab.a(), "--seconds", &seconds.to_string(), "--to", &to.to_string()])
+            .stdout(Stdio::null());
+        cgroup.cgroup().spawn_inside(&mut cmd)?;
+        let mut child = cmd.spawn()?;
+        let start = Instant::now();
+        thread::sleep(Duration::from_secs_f64(skip));
+        let first = meter.read();
+        while start.elapsed() < total - Duration::from_millis(100) {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let last = meter.read();
+        let _ = child.wait();
+        until.stop.store(true, Ordering::Relaxed);
+        let _ = sink.join();
+        Ok(last.bits_per_sec_since(&first))
+    } else {
+        let listen = SocketAddr::new(NetnsPair::addr_a(false), PORT);
+        let mut cmd = Command::new(exe);
+        let verb = match traffic {
+            Traffic::Tcp(_) => "tcp-recv",
+            Traffic::Udp => "udp-recv",
+        };
+        cmd.args(["traffic", verb, "--netns", lab.a(), "--seconds", &seconds.to_string()])
+            .args(["--skip", &skip.to_string(), "--listen", &listen.to_string()])
+            .stdout(Stdio::piped());
+        cgroup.cgroup().spawn_inside(&mut cmd)?;
+        let child = cmd.spawn()?;
+        let until = Until::after(total + Duration::from_secs(1));
+        let source = {
+            let until = until.clone();
+            traffic::spawn_in(Some(lab.b().to_string()), move || {
+                thread::sleep(Duration::from_millis(200));
+                match traffic {
+                    Traffic::Tcp(_) => traffic::tcp_send(listen, flows, &until).map(|_| ()),
+                    Traffic::Udp => traffic::udp_send(listen, rate.bits_per_sec() * 4, &until).map(|_| ()),
+                }
+            })
+        };
+        let out = child.wait_with_output()?;
+        until.stop.store(true, Ordering::Relaxed);
+        let _ = source.join();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).context("the receiver's report")?;
+        report["bits_per_second"].as_f64().context("no rate in the receiver's report")
+    }
+}
+
+fn tc(ns: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(["netns", "exec", ns, "tc"]).args(args).output()?;
+    if !out.status.success() {
+        bail!("tc {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// (TcpRetransSegs, TcpOutSegs) of a namespace.
+fn nstat(ns: &str) -> Option<(u64, u64)> {
+    let out = Command::new("ip").args(["netns", "exec", ns, "cat", "/proc/net/snmp"]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let get = |name: &str| -> Option<u64> { values.get(header.iter().position(|h| *h == name)?)?.parse().ok() };
+    Some((get("RetransSegs")?, get("OutSegs")?))
+}
+
+/// (busy, total) jiffies of all CPUs.
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let total: u64 = cpu.iter().sum();
+    let idle = cpu.get(3)? + cpu.get(4).unwrap_or(&0);
+    Some((total - idle, total))
+}
+
+fn print_table(cells: &[Cell], mechanisms: &[Mechanism]) {
+    let mut header = format!("{:<8}{:>11}  {:<9}", "dir", "target", "traffic");
+    for m in mechanisms {
+        header.push_str(&format!("  {:>24}", format!("{} (ratio/retr%/cpu)", name(*m))));
+    }
+    println!("{header}");
+    for chunk in cells.chunks(mechanisms.len()) {
+        let c0 = &chunk[0];
+        let traffic = match c0.traffic {
+            Traffic::Tcp(n) => format!("tcp x{n}"),
+            Traffic::Udp => "udp 4x".into(),
+        };
+        let mut line = format!("{:<8}{:>11}  {:<9}", c0.direction, c0.rate.to_string(), traffic);
+        for c in chunk {
+            let ratio = c.achieved / c.rate.bits_per_sec() as f64;
+            let retr = c.retrans.map_or("-".to_string(), |(r, s)| format!("{:.2}", pct(r, s)));
+            line.push_str(&format!("  {:>24}", format!("{ratio:.3} / {retr} / {:.0}%", c.cpu_busy * 100.0)));
+        }
+        println!("{line}");
+    }
+    println!("ratio: goodput at the receiver / target (unlimited: / the target it would have had)");
+}
