@@ -80,7 +80,10 @@ fn main() -> ExitCode {
             command: Some(BenchCommand::Daemon(a)),
             ..
         } => cli::bench_daemon::run(a),
-        Command::Bench { command: None, args } => cli::bench::run(args),
+        Command::Bench {
+            command: None,
+            args,
+        } => cli::bench::run(args),
         Command::Traffic(c) => cli::traffic::run(c),
     };
     match result {

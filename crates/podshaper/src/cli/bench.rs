@@ -70,7 +70,11 @@ struct Cell {
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
-    let rates: Vec<Rate> = args.rates.iter().map(|r| r.parse()).collect::<Result<_, _>>()?;
+    let rates: Vec<Rate> = args
+        .rates
+        .iter()
+        .map(|r| r.parse())
+        .collect::<Result<_, _>>()?;
     let mechanisms: Vec<Mechanism> = args
         .mechanisms
         .iter()
@@ -93,7 +97,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if args.seconds < 3.0 {
         bail!("--seconds must be at least 3 (2 are warm-up)");
     }
-    let mut traffics: Vec<Traffic> = args.flows.iter().map(|f| Traffic::Tcp((*f).max(1))).collect();
+    let mut traffics: Vec<Traffic> = args
+        .flows
+        .iter()
+        .map(|f| Traffic::Tcp((*f).max(1)))
+        .collect();
     if args.udp {
         traffics.push(Traffic::Udp);
     }
@@ -104,8 +112,15 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         for rate in &rates {
             for traffic in &traffics {
                 for mechanism in &mechanisms {
-                    let cell = run_cell(&mut shaper, direction, *rate, *traffic, *mechanism, args.seconds)
-                        .with_context(|| format!("{direction} {rate} {traffic:?} {mechanism:?}"))?;
+                    let cell = run_cell(
+                        &mut shaper,
+                        direction,
+                        *rate,
+                        *traffic,
+                        *mechanism,
+                        args.seconds,
+                    )
+                    .with_context(|| format!("{direction} {rate} {traffic:?} {mechanism:?}"))?;
                     if !args.json {
                         eprintln!("  {}", describe(&cell));
                     }
@@ -158,7 +173,10 @@ fn describe(c: &Cell) -> String {
         traffic,
         name(c.mechanism),
         c.achieved / c.rate.bits_per_sec() as f64,
-        c.retrans.map_or(String::new(), |(r, s)| format!(", retrans {:.2}%", pct(r, s)))
+        c.retrans.map_or(String::new(), |(r, s)| format!(
+            ", retrans {:.2}%",
+            pct(r, s)
+        ))
     )
 }
 
@@ -186,9 +204,15 @@ fn run_cell(
         Mechanism::Podshaper => {
             let limit = Some(DirectionLimit::new(rate, None));
             let limits = if egress {
-                Limits { egress: limit, ingress: None }
+                Limits {
+                    egress: limit,
+                    ingress: None,
+                }
             } else {
-                Limits { egress: None, ingress: limit }
+                Limits {
+                    egress: None,
+                    ingress: limit,
+                }
             };
             shaper.set_limits(cgroup.cgroup().id(), &limits)?;
             attachment = Some(shaper.attach(cgroup.cgroup())?);
@@ -197,8 +221,23 @@ fn run_cell(
             // The CNI bandwidth plugin's queue: on the sending side's veth.
             let ns = if egress { lab.a() } else { lab.b() };
             let burst = (rate.bits_per_sec() / 250 / 8).max(16 * 1024);
-            tc(ns, &["qdisc", "add", "dev", "veth0", "root", "tbf", "rate", &format!("{}bit", rate.bits_per_sec()),
-                "burst", &burst.to_string(), "latency", "25ms"])?;
+            tc(
+                ns,
+                &[
+                    "qdisc",
+                    "add",
+                    "dev",
+                    "veth0",
+                    "root",
+                    "tbf",
+                    "rate",
+                    &format!("{}bit", rate.bits_per_sec()),
+                    "burst",
+                    &burst.to_string(),
+                    "latency",
+                    "25ms",
+                ],
+            )?;
         }
         Mechanism::Unlimited => {}
     }
@@ -231,7 +270,14 @@ fn run_cell(
 
 /// Goodput at the receiver after a 2 s warm-up. The limited side runs as a
 /// child in the cgroup and namespace A; the other side in this process in B.
-fn measure(lab: &NetnsPair, cgroup: &TransientCgroup, egress: bool, rate: Rate, traffic: Traffic, seconds: f64) -> Result<f64> {
+fn measure(
+    lab: &NetnsPair,
+    cgroup: &TransientCgroup,
+    egress: bool,
+    rate: Rate,
+    traffic: Traffic,
+    seconds: f64,
+) -> Result<f64> {
     const PORT: u16 = 5301;
     let skip = 2.0;
     let total = Duration::from_secs_f64(seconds);
@@ -248,7 +294,9 @@ fn measure(lab: &NetnsPair, cgroup: &TransientCgroup, egress: bool, rate: Rate, 
         let sink = {
             let (meter, until) = (meter.clone(), until.clone());
             traffic::spawn_in(Some(lab.b().to_string()), move || match traffic {
-                Traffic::Tcp(_) => traffic::tcp_sink(TcpListener::bind(to)?, meter, &until).map(|_| ()),
+                Traffic::Tcp(_) => {
+                    traffic::tcp_sink(TcpListener::bind(to)?, meter, &until).map(|_| ())
+                }
                 Traffic::Udp => traffic::udp_sink(UdpSocket::bind(to)?, meter, &until),
             })
         };
@@ -258,8 +306,15 @@ fn measure(lab: &NetnsPair, cgroup: &TransientCgroup, egress: bool, rate: Rate, 
             Traffic::Tcp(n) => cmd.args(["traffic", "tcp-send", "--flows", &n.to_string()]),
             Traffic::Udp => cmd.args(["traffic", "udp-send", "--rate", &offered]),
         };
-        cmd.args(["--netns", lab.a(), "--seconds", &seconds.to_string(), "--to", &to.to_string()])
-            .stdout(Stdio::null());
+        cmd.args([
+            "--netns",
+            lab.a(),
+            "--seconds",
+            &seconds.to_string(),
+            "--to",
+            &to.to_string(),
+        ])
+        .stdout(Stdio::null());
         cgroup.cgroup().spawn_inside(&mut cmd)?;
         let mut child = cmd.spawn()?;
         let start = Instant::now();
@@ -280,9 +335,16 @@ fn measure(lab: &NetnsPair, cgroup: &TransientCgroup, egress: bool, rate: Rate, 
             Traffic::Tcp(_) => "tcp-recv",
             Traffic::Udp => "udp-recv",
         };
-        cmd.args(["traffic", verb, "--netns", lab.a(), "--seconds", &seconds.to_string()])
-            .args(["--skip", &skip.to_string(), "--listen", &listen.to_string()])
-            .stdout(Stdio::piped());
+        cmd.args([
+            "traffic",
+            verb,
+            "--netns",
+            lab.a(),
+            "--seconds",
+            &seconds.to_string(),
+        ])
+        .args(["--skip", &skip.to_string(), "--listen", &listen.to_string()])
+        .stdout(Stdio::piped());
         cgroup.cgroup().spawn_inside(&mut cmd)?;
         let child = cmd.spawn()?;
         let until = Until::after(total + Duration::from_secs(1));
@@ -292,41 +354,67 @@ fn measure(lab: &NetnsPair, cgroup: &TransientCgroup, egress: bool, rate: Rate, 
                 thread::sleep(Duration::from_millis(200));
                 match traffic {
                     Traffic::Tcp(_) => traffic::tcp_send(listen, flows, &until).map(|_| ()),
-                    Traffic::Udp => traffic::udp_send(listen, rate.bits_per_sec() * 4, &until).map(|_| ()),
+                    Traffic::Udp => {
+                        traffic::udp_send(listen, rate.bits_per_sec() * 4, &until).map(|_| ())
+                    }
                 }
             })
         };
         let out = child.wait_with_output()?;
         until.stop.store(true, Ordering::Relaxed);
         let _ = source.join();
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).context("the receiver's report")?;
-        report["bits_per_second"].as_f64().context("no rate in the receiver's report")
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("the receiver's report")?;
+        report["bits_per_second"]
+            .as_f64()
+            .context("no rate in the receiver's report")
     }
 }
 
 fn tc(ns: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(["netns", "exec", ns, "tc"]).args(args).output()?;
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "tc"])
+        .args(args)
+        .output()?;
     if !out.status.success() {
-        bail!("tc {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "tc {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
 
 /// (TcpRetransSegs, TcpOutSegs) of a namespace.
 fn nstat(ns: &str) -> Option<(u64, u64)> {
-    let out = Command::new("ip").args(["netns", "exec", ns, "cat", "/proc/net/snmp"]).output().ok()?;
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
     let header: Vec<&str> = lines.next()?.split_whitespace().collect();
     let values: Vec<&str> = lines.next()?.split_whitespace().collect();
-    let get = |name: &str| -> Option<u64> { values.get(header.iter().position(|h| *h == name)?)?.parse().ok() };
+    let get = |name: &str| -> Option<u64> {
+        values
+            .get(header.iter().position(|h| *h == name)?)?
+            .parse()
+            .ok()
+    };
     Some((get("RetransSegs")?, get("OutSegs")?))
 }
 
 /// (busy, total) jiffies of all CPUs.
 fn cpu_times() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
     let total: u64 = cpu.iter().sum();
     let idle = cpu.get(3)? + cpu.get(4).unwrap_or(&0);
     Some((total - idle, total))
@@ -335,7 +423,10 @@ fn cpu_times() -> Option<(u64, u64)> {
 fn print_table(cells: &[Cell], mechanisms: &[Mechanism]) {
     let mut header = format!("{:<8}{:>11}  {:<9}", "dir", "target", "traffic");
     for m in mechanisms {
-        header.push_str(&format!("  {:>24}", format!("{} (ratio/retr%/cpu)", name(*m))));
+        header.push_str(&format!(
+            "  {:>24}",
+            format!("{} (ratio/retr%/cpu)", name(*m))
+        ));
     }
     println!("{header}");
     for chunk in cells.chunks(mechanisms.len()) {
@@ -344,11 +435,21 @@ fn print_table(cells: &[Cell], mechanisms: &[Mechanism]) {
             Traffic::Tcp(n) => format!("tcp x{n}"),
             Traffic::Udp => "udp 4x".into(),
         };
-        let mut line = format!("{:<8}{:>11}  {:<9}", c0.direction, c0.rate.to_string(), traffic);
+        let mut line = format!(
+            "{:<8}{:>11}  {:<9}",
+            c0.direction,
+            c0.rate.to_string(),
+            traffic
+        );
         for c in chunk {
             let ratio = c.achieved / c.rate.bits_per_sec() as f64;
-            let retr = c.retrans.map_or("-".to_string(), |(r, s)| format!("{:.2}", pct(r, s)));
-            line.push_str(&format!("  {:>24}", format!("{ratio:.3} / {retr} / {:.0}%", c.cpu_busy * 100.0)));
+            let retr = c
+                .retrans
+                .map_or("-".to_string(), |(r, s)| format!("{:.2}", pct(r, s)));
+            line.push_str(&format!(
+                "  {:>24}",
+                format!("{ratio:.3} / {retr} / {:.0}%", c.cpu_busy * 100.0)
+            ));
         }
         println!("{line}");
     }
