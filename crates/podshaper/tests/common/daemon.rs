@@ -142,6 +142,12 @@ impl TestDaemon {
         }
     }
 
+    /// SIGTERM: a normal shutdown (limits stay).
+    pub fn stop(&mut self) {
+        // ChildGuard's drop sends SIGTERM and waits.
+        self.child.take();
+    }
+
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
