@@ -273,15 +273,9 @@ impl Shaper {
         if !self.can_unpace {
             return Ok(());
         }
-        let map = self
-            .ebpf
-            .map_mut(UNPACE_TARGET_MAP)
-            .ok_or(ShaperError::Missing {
-                kind: "map",
-                name: UNPACE_TARGET_MAP,
-            })?;
         let mut target: Array<&mut MapData, u64> =
-            Array::try_from(map).map_err(|e| map_error(UNPACE_TARGET_MAP, e))?;
+            Array::try_from(raw_map_mut(&mut self.ebpf, UNPACE_TARGET_MAP)?)
+                .map_err(|e| map_error(UNPACE_TARGET_MAP, e))?;
         target
             .set(0, cgroup_id, 0)
             .map_err(|e| map_error(UNPACE_TARGET_MAP, e))?;
@@ -343,15 +337,9 @@ impl Shaper {
     pub fn remove_limits(&mut self, cgroup_id: u64) -> Result<(), ShaperError> {
         remove_key::<abi::Limit>(&mut self.ebpf, LIMITS_MAP, cgroup_id)?;
         remove_key::<abi::State>(&mut self.ebpf, STATES_MAP, cgroup_id)?;
-        let map = self
-            .ebpf
-            .map_mut(COUNTERS_MAP)
-            .ok_or(ShaperError::Missing {
-                kind: "map",
-                name: COUNTERS_MAP,
-            })?;
         let mut counters: PerCpuHashMap<&mut MapData, u64, abi::Counters> =
-            PerCpuHashMap::try_from(map).map_err(|e| map_error(COUNTERS_MAP, e))?;
+            PerCpuHashMap::try_from(raw_map_mut(&mut self.ebpf, COUNTERS_MAP)?)
+                .map_err(|e| map_error(COUNTERS_MAP, e))?;
         match counters.remove(&cgroup_id) {
             Err(e) if !is_not_found(&e) => Err(map_error(COUNTERS_MAP, e)),
             _ => Ok(()),
@@ -360,12 +348,7 @@ impl Shaper {
 
     /// A cgroup's limits as the `limits` map holds them (None if it has none).
     pub fn limits(&self, cgroup_id: u64) -> Result<Option<Limits>, ShaperError> {
-        let map = self.ebpf.map(LIMITS_MAP).ok_or(ShaperError::Missing {
-            kind: "map",
-            name: LIMITS_MAP,
-        })?;
-        let map: HashMap<&MapData, u64, abi::Limit> =
-            HashMap::try_from(map).map_err(|e| map_error(LIMITS_MAP, e))?;
+        let map: HashMap<&MapData, u64, abi::Limit> = map_ref(&self.ebpf, LIMITS_MAP)?;
         match map.get(&cgroup_id, 0) {
             Ok(limit) => Ok(Some(Limits::from_abi(&limit))),
             Err(e) if is_not_found(&e) => Ok(None),
@@ -375,46 +358,43 @@ impl Shaper {
 
     /// Every cgroup id with an entry in the `limits` map.
     pub fn limited_ids(&self) -> Result<Vec<u64>, ShaperError> {
-        let map = self.ebpf.map(LIMITS_MAP).ok_or(ShaperError::Missing {
-            kind: "map",
-            name: LIMITS_MAP,
-        })?;
-        let map: HashMap<&MapData, u64, abi::Limit> =
-            HashMap::try_from(map).map_err(|e| map_error(LIMITS_MAP, e))?;
+        let map: HashMap<&MapData, u64, abi::Limit> = map_ref(&self.ebpf, LIMITS_MAP)?;
         map.keys()
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| map_error(LIMITS_MAP, e))
     }
 
-    /// A cgroup's shaping state as BPF last left it (None before its first packet).
-    pub fn state(&self, cgroup_id: u64) -> Result<Option<abi::State>, ShaperError> {
-        let map = self.ebpf.map(STATES_MAP).ok_or(ShaperError::Missing {
-            kind: "map",
-            name: STATES_MAP,
-        })?;
-        let map: HashMap<&MapData, u64, abi::State> =
-            HashMap::try_from(map).map_err(|e| map_error(STATES_MAP, e))?;
-        match map.get(&cgroup_id, 0) {
-            Ok(state) => Ok(Some(state)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_error(STATES_MAP, e)),
-        }
-    }
-
     /// A cgroup's counters, summed over CPUs (zero if it never sent a packet).
     pub fn counters(&self, cgroup_id: u64) -> Result<CgroupCounters, ShaperError> {
-        let map = self.ebpf.map(COUNTERS_MAP).ok_or(ShaperError::Missing {
-            kind: "map",
-            name: COUNTERS_MAP,
-        })?;
         let map: PerCpuHashMap<&MapData, u64, abi::Counters> =
-            PerCpuHashMap::try_from(map).map_err(|e| map_error(COUNTERS_MAP, e))?;
+            PerCpuHashMap::try_from(raw_map(&self.ebpf, COUNTERS_MAP)?)
+                .map_err(|e| map_error(COUNTERS_MAP, e))?;
         match map.get(&cgroup_id, 0) {
             Ok(per_cpu) => Ok(CgroupCounters::sum(per_cpu.iter())),
-            Err(MapError::KeyNotFound) => Ok(CgroupCounters::default()),
+            Err(e) if is_not_found(&e) => Ok(CgroupCounters::default()),
             Err(e) => Err(map_error(COUNTERS_MAP, e)),
         }
     }
+}
+
+fn raw_map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, ShaperError> {
+    ebpf.map(name)
+        .ok_or(ShaperError::Missing { kind: "map", name })
+}
+
+fn raw_map_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::maps::Map, ShaperError> {
+    ebpf.map_mut(name)
+        .ok_or(ShaperError::Missing { kind: "map", name })
+}
+
+fn map_ref<'a, V: aya::Pod>(
+    ebpf: &'a Ebpf,
+    name: &'static str,
+) -> Result<HashMap<&'a MapData, u64, V>, ShaperError> {
+    HashMap::try_from(raw_map(ebpf, name)?).map_err(|e| map_error(name, e))
 }
 
 /// Whether all three links of an attachment are pinned in `links_dir`.
@@ -462,10 +442,7 @@ fn map_mut<'a, V: aya::Pod>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<HashMap<&'a mut MapData, u64, V>, ShaperError> {
-    let map = ebpf
-        .map_mut(name)
-        .ok_or(ShaperError::Missing { kind: "map", name })?;
-    HashMap::try_from(map).map_err(|e| map_error(name, e))
+    HashMap::try_from(raw_map_mut(ebpf, name)?).map_err(|e| map_error(name, e))
 }
 
 /// Deletes a key from a hash map; a missing key is not an error.
