@@ -88,8 +88,10 @@ fn tcp_ingress_in_the_host_network_namespace() {
         ..tcp_ingress()
     };
     let rate = measure(&["--ingress", "100M"], &flow);
-    // Over loopback (64 KiB packets, microsecond round trips) the policer's
-    // cost to one sender is at its worst and varies run to run (0.80-1.03
-    // seen): this test holds the limit, the veth test above the accuracy.
-    assert_ratio("TCP ingress host namespace 100M", rate, 100e6, 0.70, 1.05);
+    // Over loopback the MSS is 64 KiB, so every policer drop costs the sender
+    // a 64 KiB segment and often a timeout: one flow's goodput varies from
+    // run to run (0.56-1.03 seen, lowest with other tests loading the CPUs).
+    // This test checks that the limit holds and traffic flows; the veth test
+    // above checks accuracy. Known gap, docs/shaping.md.
+    assert_ratio("TCP ingress host namespace 100M", rate, 100e6, 0.40, 1.05);
 }
