@@ -96,18 +96,21 @@ fn send_until(mut stream: TcpStream, until: &Until) -> io::Result<u64> {
     while !until.reached() {
         match stream.write(&buf) {
             Ok(n) => sent += n as u64,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // a timeout that lets us look at the deadline, or a signal: go on
+            Err(e) if is_retry(&e) => {}
             // the sink went away: that ends this flow, not the run
             Err(e) if is_peer_gone(&e) => break,
             Err(e) => return Err(e),
         }
     }
     Ok(sent)
+}
+
+fn is_retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 fn is_peer_gone(e: &io::Error) -> bool {
@@ -153,12 +156,8 @@ fn read_until(mut stream: TcpStream, meter: &Meter, until: &Until) -> io::Result
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => meter.add(n as u64),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // a timeout that lets us look at the deadline, or a signal: go on
+            Err(e) if is_retry(&e) => {}
             Err(e) if is_peer_gone(&e) => break,
             Err(e) => return Err(e),
         }
@@ -210,12 +209,8 @@ pub fn udp_sink(socket: UdpSocket, meter: Meter, until: &Until) -> io::Result<()
     while !until.reached() {
         match socket.recv(&mut buf) {
             Ok(n) => meter.add(n as u64),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // a timeout that lets us look at the deadline, or a signal: go on
+            Err(e) if is_retry(&e) => {}
             Err(e) => return Err(e),
         }
     }

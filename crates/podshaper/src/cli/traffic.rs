@@ -93,33 +93,36 @@ pub fn run(command: TrafficCommand) -> Result<ExitCode> {
             println!("{{\"datagrams_sent\":{sent}}}");
         }
         TrafficCommand::TcpRecv { common, listen } => {
-            let until = common.enter()?;
-            let listener =
-                TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
-            let meter = Meter::default();
-            let sink = {
-                let (meter, until) = (meter.clone(), until.clone());
-                thread::spawn(move || traffic::tcp_sink(listener, meter, &until))
-            };
-            report(&meter, &common, &until)?;
-            sink.join()
-                .map_err(|_| anyhow::anyhow!("sink panicked"))??;
+            receive(&common, listen, TcpListener::bind, |l, m, u| {
+                traffic::tcp_sink(l, m, u).map(|_| ())
+            })?;
         }
         TrafficCommand::UdpRecv { common, listen } => {
-            let until = common.enter()?;
-            let socket =
-                UdpSocket::bind(listen).with_context(|| format!("listening on {listen}"))?;
-            let meter = Meter::default();
-            let sink = {
-                let (meter, until) = (meter.clone(), until.clone());
-                thread::spawn(move || traffic::udp_sink(socket, meter, &until))
-            };
-            report(&meter, &common, &until)?;
-            sink.join()
-                .map_err(|_| anyhow::anyhow!("sink panicked"))??;
+            receive(&common, listen, UdpSocket::bind, traffic::udp_sink)?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds in the requested namespace, runs `sink` on a thread, and reports.
+fn receive<S: Send + 'static>(
+    common: &Common,
+    listen: SocketAddr,
+    bind: fn(SocketAddr) -> std::io::Result<S>,
+    sink: fn(S, Meter, &Until) -> std::io::Result<()>,
+) -> Result<()> {
+    let until = common.enter()?;
+    let socket = bind(listen).with_context(|| format!("listening on {listen}"))?;
+    let meter = Meter::default();
+    let handle = {
+        let (meter, until) = (meter.clone(), until.clone());
+        thread::spawn(move || sink(socket, meter, &until))
+    };
+    report(&meter, common, &until)?;
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("sink panicked"))??;
+    Ok(())
 }
 
 /// Waits out the run and prints the received rate after the skipped start, as JSON.
