@@ -141,10 +141,21 @@ fn malformed_rates_exit_nonzero_with_one_line_naming_the_value() {
     }
 }
 
+/// Runs podshaper with `args`; asserts exit status 1 and `expected` in stderr.
+fn assert_refused(args: &[&str], expected: &str) {
+    let out = podshaper().args(args).output().expect("run podshaper");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(expected),
+        "{args:?}: expected {expected:?} in {stderr}"
+    );
+}
+
 #[test]
 fn malformed_bursts_and_missing_limits_are_refused() {
-    let out = podshaper()
-        .args([
+    assert_refused(
+        &[
             "run",
             "--egress",
             "10M",
@@ -152,32 +163,18 @@ fn malformed_bursts_and_missing_limits_are_refused() {
             "12 parsecs",
             "--",
             "true",
-        ])
-        .output()
-        .expect("run podshaper");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("\"12 parsecs\""), "{stderr}");
-
-    let out = podshaper()
-        .args(["run", "--", "true"])
-        .output()
-        .expect("run podshaper");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("nothing to limit"), "{stderr}");
-
-    let out = podshaper()
-        .args([
+        ],
+        "\"12 parsecs\"",
+    );
+    assert_refused(&["run", "--", "true"], "nothing to limit");
+    assert_refused(
+        &[
             "run",
             "--egress",
             "10M",
             "--",
             "/nonexistent/podshaper-test-command",
-        ])
-        .output()
-        .expect("run podshaper");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("cannot start"), "{stderr}");
+        ],
+        "cannot start",
+    );
 }
