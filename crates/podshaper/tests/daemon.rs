@@ -444,26 +444,18 @@ fn custom_programs_are_refused_unless_allowed_and_must_be_cgroup_programs() {
         "{}",
         stderr_of(&out)
     );
+    let custom_pins = || {
+        daemon
+            .bpffs
+            .join("custom")
+            .read_dir()
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
     daemon.ok(&["attach", "--cgroup", &app, "--program", &cgroup_obj]);
-    assert!(
-        daemon
-            .bpffs
-            .join("custom")
-            .read_dir()
-            .map(|d| d.count())
-            .unwrap_or(0)
-            == 1
-    );
+    assert_eq!(custom_pins(), 1);
     daemon.ok(&["detach", "--cgroup", &app]);
-    assert!(
-        daemon
-            .bpffs
-            .join("custom")
-            .read_dir()
-            .map(|d| d.count())
-            .unwrap_or(0)
-            == 0
-    );
+    assert_eq!(custom_pins(), 0);
 }
 
 struct Cleanup(std::path::PathBuf);
