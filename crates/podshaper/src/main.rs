@@ -1,5 +1,5 @@
-//! `podshaper`: one binary for the operator's CLI (and, later, the daemon and
-//! the controller). Each subcommand is a thin layer in `cli/`.
+//! `podshaper`: one binary for the operator's CLI, the daemon and the
+//! controller. Each subcommand is a thin layer in `cli/`.
 
 use std::process::ExitCode;
 
@@ -23,6 +23,8 @@ struct Args {
 enum Command {
     /// The node daemon: loads and pins the shaper, serves the API (root).
     Daemon(cli::daemon::DaemonArgs),
+    /// Watches Pods and turns their bandwidth annotations into limits.
+    Controller(cli::controller::ControllerArgs),
     /// Limit a cgroup or pod through the daemon (attach, or change live).
     Attach(cli::client::AttachArgs),
     /// Remove a cgroup's or pod's limits through the daemon.
@@ -63,13 +65,16 @@ fn main() -> ExitCode {
     };
     let args = Args::parse();
     // The daemon reports what it does; commands speak only when something is wrong.
-    init_tracing(if matches!(args.command, Command::Daemon(_)) {
-        "info"
-    } else {
-        "warn"
-    });
+    init_tracing(
+        if matches!(args.command, Command::Daemon(_) | Command::Controller(_)) {
+            "info"
+        } else {
+            "warn"
+        },
+    );
     let result = match args.command {
         Command::Daemon(a) => cli::daemon::run(a, signals),
+        Command::Controller(a) => cli::controller::run(a, signals),
         Command::Attach(a) => cli::client::attach(a),
         Command::Detach(a) => cli::client::detach(a),
         Command::Status(a) => cli::client::status(a),

@@ -44,17 +44,32 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     parse_cgroup2_mount(&info).ok_or(CgroupError::NoCgroup2)
 }
 
+/// Every cgroup2 mount point. In a container the hierarchy is often mounted
+/// twice: the container's own view at /sys/fs/cgroup and the host's
+/// (a hostPath) elsewhere.
+pub fn cgroup2_mounts() -> Result<Vec<PathBuf>, CgroupError> {
+    let info = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+    Ok(parse_cgroup2_mounts(&info))
+}
+
 /// The first cgroup2 mount point in mountinfo text.
 fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        // "<id> <parent> <maj:min> <root> <mount point> <options> ... - <fstype> <source> ..."
-        let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        let mount_point = left.split_whitespace().nth(4)?;
-        Some(PathBuf::from(unescape_mountinfo(mount_point)))
-    })
+    parse_cgroup2_mounts(mountinfo).into_iter().next()
+}
+
+fn parse_cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // "<id> <parent> <maj:min> <root> <mount point> <options> ... - <fstype> <source> ..."
+            let (left, right) = line.split_once(" - ")?;
+            if right.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            let mount_point = left.split_whitespace().nth(4)?;
+            Some(PathBuf::from(unescape_mountinfo(mount_point)))
+        })
+        .collect()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.

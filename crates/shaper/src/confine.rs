@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
-use crate::cgroup::{cgroup2_mount, Cgroup, CgroupError};
+use crate::cgroup::{cgroup2_mount, cgroup2_mounts, Cgroup, CgroupError};
 
 /// Why a requested cgroup was refused.
 #[derive(Debug, thiserror::Error)]
@@ -61,28 +61,38 @@ impl CgroupRoot {
     /// The root `root` (default: the whole cgroup2 mount), which must exist
     /// inside the cgroup2 mount.
     pub fn new(root: Option<&Path>) -> Result<Self, ConfineError> {
-        let mount = fs::canonicalize(cgroup2_mount()?).map_err(|source| ConfineError::Io {
-            path: "cgroup2 mount".into(),
-            source,
-        })?;
-        let root = match root {
-            None => mount.clone(),
-            Some(r) => {
-                let shown = r.display().to_string();
-                let canonical = fs::canonicalize(r).map_err(|_| ConfineError::Missing {
-                    path: shown.clone(),
-                })?;
-                if !canonical.starts_with(&mount) {
-                    return Err(ConfineError::Outside {
-                        path: shown,
-                        resolved: canonical.display().to_string(),
-                        root: mount.display().to_string(),
-                    });
-                }
-                canonical
-            }
+        let canonical_mount = |m: PathBuf| {
+            fs::canonicalize(m).map_err(|source| ConfineError::Io {
+                path: "cgroup2 mount".into(),
+                source,
+            })
         };
-        Ok(Self { mount, root })
+        let Some(r) = root else {
+            let mount = canonical_mount(cgroup2_mount()?)?;
+            return Ok(Self {
+                root: mount.clone(),
+                mount,
+            });
+        };
+        let shown = r.display().to_string();
+        let root = fs::canonicalize(r).map_err(|_| ConfineError::Missing {
+            path: shown.clone(),
+        })?;
+        // The cgroup2 mount the root lies in (the deepest, if mounts nest).
+        let mounts = cgroup2_mounts()?
+            .into_iter()
+            .filter_map(|m| fs::canonicalize(m).ok());
+        let mount = mounts
+            .filter(|m| root.starts_with(m))
+            .max_by_key(|m| m.components().count());
+        match mount {
+            Some(mount) => Ok(Self { mount, root }),
+            None => Err(ConfineError::Outside {
+                path: shown,
+                resolved: root.display().to_string(),
+                root: canonical_mount(cgroup2_mount()?)?.display().to_string(),
+            }),
+        }
     }
 
     /// A root from already canonical paths (tests use a fake hierarchy).

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_daemon;
 pub mod client;
+pub mod controller;
 pub mod daemon;
 pub mod demo;
 pub mod limits;

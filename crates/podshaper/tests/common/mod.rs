@@ -15,6 +15,7 @@ use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::{Meter, NetnsPair};
 
 pub mod daemon;
+pub mod kube;
 
 pub fn podshaper() -> Command {
     assert!(
