@@ -497,3 +497,114 @@ fn annotation_change_latency_and_memory_at_scale() {
     );
     assert!(after < 256 * 1024, "controller RSS {after} KiB");
 }
+
+/// Cluster mode: no --node; the controller watches every pod and reaches each
+/// node's daemon at the Node's InternalIP over mutual TLS. Two replicas share
+/// a Lease: one acts, the other takes over when it dies.
+#[test]
+fn cluster_mode_reaches_daemons_over_mtls_and_one_replica_acts() {
+    let api = ApiServer::start();
+    api.kubectl_ok(&[
+        "apply",
+        "-f",
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/cluster-mode-rbac.yaml")
+            .display()
+            .to_string(),
+    ]);
+    let ns = unique_ns("cluster");
+    api.create_namespace(&ns);
+    let pki_dir = api.dir.join("daemon-pki");
+    fs::create_dir_all(&pki_dir).expect("mkdir pki");
+    // Two nodes on one machine: two loopback addresses, one port.
+    let pki = common::tls::write_test_pki_for(&pki_dir, &["127.0.0.2", "127.0.0.3"]);
+    let port = common::unique_port().to_string();
+    let mut nodes = Vec::new();
+    for (name, ip) in [("node-1", "127.0.0.2"), ("node-2", "127.0.0.3")] {
+        api.create_node(name, ip);
+        let root = TestRoot::new(name);
+        let listen = format!("{ip}:{port}");
+        let daemon = TestDaemon::start(
+            &root.path,
+            &[
+                "--listen",
+                &listen,
+                "--tls-cert",
+                &pki.server_cert,
+                "--tls-key",
+                &pki.server_key,
+                "--client-ca",
+                &pki.ca,
+            ],
+        );
+        nodes.push((root, daemon));
+    }
+    let start_replica = |identity: &str| {
+        let log = api.dir.join(format!("controller-{identity}.log"));
+        let file = fs::File::create(&log).expect("log file");
+        let mut cmd = podshaper();
+        cmd.args(["controller", "--daemon-port", &port, "--resync", "3"])
+            .args(["--tls-cert", &pki.client_cert, "--tls-key", &pki.client_key])
+            .args(["--tls-ca", &pki.ca, "--identity", identity])
+            .args(["--lease-namespace", common::kube::CONTROLLER_SA_NAMESPACE])
+            .arg("--kubeconfig")
+            .arg(&api.controller_kubeconfig)
+            .env("PODSHAPER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file);
+        (ChildGuard::spawn(&mut cmd), log)
+    };
+    let (mut first, first_log) = start_replica("replica-1");
+    thread::sleep(Duration::from_secs(2));
+    let (_second, second_log) = start_replica("replica-2");
+
+    let limits = |daemon: &TestDaemon, uid: &str| {
+        daemon
+            .list()
+            .into_iter()
+            .find(|c| c["pod_uid"].as_str() == Some(uid))
+            .map(|c| c["egress_bps"].as_u64())
+    };
+    let a = api.create_pod(&ns, "a", "node-1", &[(EGRESS, "10M")]);
+    let b = api.create_pod(&ns, "b", "node-2", &[(EGRESS, "20M")]);
+    nodes[0].0.make(&SimNode::pod_cgroup_path(&a));
+    nodes[1].0.make(&SimNode::pod_cgroup_path(&b));
+    let logs = || {
+        format!(
+            "replica-1:\n{}\nreplica-2:\n{}",
+            fs::read_to_string(&first_log).unwrap_or_default(),
+            fs::read_to_string(&second_log).unwrap_or_default()
+        )
+    };
+    let deadline = Instant::now() + CONVERGE;
+    while !(limits(&nodes[0].1, &a) == Some(Some(10_000_000))
+        && limits(&nodes[1].1, &b) == Some(Some(20_000_000)))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not limited over mTLS\n{}",
+            logs()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Exactly one replica leads.
+    let leading = |log: &PathBuf| {
+        fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("leading")
+    };
+    assert!(leading(&first_log) && !leading(&second_log), "{}", logs());
+
+    // The leader dies; the other takes over once the lease runs out (15 s).
+    if let Some(mut c) = first.0.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    api.annotate(&ns, "a", &[(EGRESS, Some("30M"))]);
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while limits(&nodes[0].1, &a) != Some(Some(30_000_000)) {
+        assert!(Instant::now() < deadline, "no takeover\n{}", logs());
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(leading(&second_log), "{}", logs());
+}

@@ -323,6 +323,19 @@ impl ApiServer {
             .unwrap_or_else(|e| panic!("annotate {ns}/{name}: {e}"));
     }
 
+    /// A Node whose daemon is reached at `internal_ip` (cluster mode).
+    pub fn create_node(&self, name: &str, internal_ip: &str) {
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "status": {"addresses": [{"type": "InternalIP", "address": internal_ip}]},
+        }))
+        .expect("node");
+        let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client());
+        self.runtime
+            .block_on(api.create(&PostParams::default(), &node))
+            .unwrap_or_else(|e| panic!("create node {name}: {e}"));
+    }
+
     pub fn delete_pod(&self, ns: &str, name: &str) {
         let api: Api<Pod> = Api::namespaced(self.client(), ns);
         // No kubelet confirms the deletion: remove the object at once.

@@ -36,10 +36,15 @@ fn leaf(names: &[&str], issuer: &Issuer<'_, KeyPair>) -> (String, String) {
 }
 
 pub fn write_test_pki(dir: &Path) -> TestPki {
+    write_test_pki_for(dir, &["127.0.0.1", "localhost"])
+}
+
+/// The same, with a server certificate for these names and addresses.
+pub fn write_test_pki_for(dir: &Path, server_names: &[&str]) -> TestPki {
     let (ca_pem, issuer) = ca("podshaper test CA");
     let (rogue_ca_pem, rogue_issuer) = ca("rogue CA");
     let _ = rogue_ca_pem;
-    let (server_cert, server_key) = leaf(&["127.0.0.1", "localhost"], &issuer);
+    let (server_cert, server_key) = leaf(server_names, &issuer);
     let (client_cert, client_key) = leaf(&["podshaper-client"], &issuer);
     let (rogue_cert, rogue_key) = leaf(&["podshaper-client"], &rogue_issuer);
     let write = |name: &str, content: &str| {
