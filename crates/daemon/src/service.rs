@@ -44,14 +44,7 @@ impl ShaperService {
     }
 
     fn resolve(node: &Node, target: Option<&pb::Target>) -> Result<Cgroup, Status> {
-        let target = target.and_then(|t| t.target.as_ref()).ok_or_else(|| {
-            Status::invalid_argument("no target: give a cgroup path or a pod UID")
-        })?;
-        let resolved = match target {
-            pb::target::Target::Cgroup(path) => node.root().resolve(path),
-            pb::target::Target::PodUid(uid) => node.root().resolve_pod(uid),
-        };
-        resolved.map_err(confine_status)
+        resolve_target(node.root(), target)
     }
 }
 
@@ -108,6 +101,29 @@ fn direction(
     Ok(Some(DirectionLimit::new(rate, burst)))
 }
 
+/// The limits an attach request asks for, checked against the bounds.
+pub fn requested_limits(req: &pb::AttachRequest) -> Result<Limits, Status> {
+    Ok(Limits {
+        egress: direction("egress", req.egress.as_ref())?,
+        ingress: direction("ingress", req.ingress.as_ref())?,
+    })
+}
+
+/// The cgroup a request's target names, confined to `root`.
+pub fn resolve_target(
+    root: &podshaper_shaper::CgroupRoot,
+    target: Option<&pb::Target>,
+) -> Result<Cgroup, Status> {
+    let target = target
+        .and_then(|t| t.target.as_ref())
+        .ok_or_else(|| Status::invalid_argument("no target: give a cgroup path or a pod UID"))?;
+    let resolved = match target {
+        pb::target::Target::Cgroup(path) => root.resolve(path),
+        pb::target::Target::PodUid(uid) => root.resolve_pod(uid),
+    };
+    resolved.map_err(confine_status)
+}
+
 pub fn to_pb(s: &CgroupStatus) -> pb::CgroupStatus {
     let limit = |d: Option<DirectionLimit>| {
         d.map(|d| pb::DirectionLimit {
@@ -143,10 +159,7 @@ impl pb::shaper_server::Shaper for ShaperService {
         request: Request<pb::AttachRequest>,
     ) -> Result<Response<pb::CgroupStatus>, Status> {
         let req = request.into_inner();
-        let limits = Limits {
-            egress: direction("egress", req.egress.as_ref())?,
-            ingress: direction("ingress", req.ingress.as_ref())?,
-        };
+        let limits = requested_limits(&req)?;
         if !req.custom_program.is_empty() {
             let custom = self.state.custom.as_ref().ok_or_else(|| {
                 Status::failed_precondition(
