@@ -125,14 +125,26 @@ pub async fn run(
                     _ = tokio::time::sleep(STALE_SWEEP) => {}
                     _ = rx.wait_for(|s| *s) => return Ok(()),
                 }
-                let removed = state.node.lock().map(|mut n| n.remove_stale());
-                match removed {
-                    Ok(Ok(0)) => {}
-                    Ok(Ok(n)) => {
+                let Ok(mut node) = state.node.lock() else {
+                    tracing::error!("daemon state poisoned");
+                    continue;
+                };
+                match node.remove_stale() {
+                    Ok(0) => {}
+                    Ok(n) => {
                         tracing::info!(removed = n, "removed the pins of cgroups that are gone")
                     }
-                    Ok(Err(e)) => tracing::warn!(error = %e, "stale pin sweep failed"),
-                    Err(_) => tracing::error!("daemon state poisoned"),
+                    Err(e) => tracing::warn!(error = %e, "stale pin sweep failed"),
+                }
+                // Pins removed under us: put them back before limits are lost.
+                match node.repair() {
+                    Ok(r) if r == podshaper_shaper::Repair::default() => {}
+                    Ok(r) => tracing::warn!(
+                        maps = r.maps,
+                        cgroups = r.cgroups,
+                        "pins were removed under the daemon; pinned and attached them again"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "cannot repair removed pins"),
                 }
             }
         });

@@ -15,5 +15,5 @@ pub use cgroup::{cgroup2_mount, Cgroup, CgroupError, TransientCgroup};
 pub use confine::{CgroupRoot, ConfineError};
 pub use counters::{CgroupCounters, DirectionCounters};
 pub use limits::{DirectionLimit, Limits};
-pub use node::{Adoption, CgroupStatus, Node, NodeError};
+pub use node::{Adoption, CgroupStatus, Node, NodeError, Repair};
 pub use shaper::{Attachment, Shaper, ShaperError};

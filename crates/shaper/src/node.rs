@@ -60,8 +60,18 @@ pub struct Adoption {
     pub repaired: usize,
 }
 
+/// What [`Node::repair`] put back.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Repair {
+    /// map pins made again
+    pub maps: usize,
+    /// limited cgroups whose links were attached and pinned again
+    pub cgroups: usize,
+}
+
 pub struct Node {
     shaper: Shaper,
+    maps_dir: PathBuf,
     links_dir: PathBuf,
     root: CgroupRoot,
     /// Paths of the attached cgroups: an index of the pins, so that requests
@@ -91,6 +101,7 @@ impl Node {
         let shaper = Shaper::load_pinned(&maps_dir)?;
         let mut node = Self {
             shaper,
+            maps_dir,
             links_dir,
             root,
             attached: HashMap::new(),
@@ -216,6 +227,40 @@ impl Node {
             self.attached.remove(id);
         }
         Ok(stale.len())
+    }
+
+    /// Puts back pins removed under the daemon (by hand, or by a cleanup
+    /// script): the maps' pins, and the links of every limited cgroup. A link
+    /// whose pin is removed is detached by the kernel, so this runs with the
+    /// stale sweep and a cgroup is unlimited for at most one sweep interval.
+    pub fn repair(&mut self) -> Result<Repair, NodeError> {
+        let mut report = Repair {
+            maps: self.shaper.repin_maps(&self.maps_dir)?,
+            cgroups: 0,
+        };
+        fs::create_dir_all(&self.links_dir).map_err(|source| NodeError::PinDir {
+            path: self.links_dir.display().to_string(),
+            source,
+        })?;
+        let attached: Vec<(u64, PathBuf)> =
+            self.attached.iter().map(|(i, p)| (*i, p.clone())).collect();
+        for (id, path) in attached {
+            let dir = self.link_dir(id);
+            if is_fully_pinned(&dir) {
+                continue;
+            }
+            detach_pinned(&dir)?;
+            match Cgroup::open(&path) {
+                // the same cgroup (not a new one of the same name)
+                Ok(cgroup) if cgroup.id() == id => {
+                    self.shaper.attach_pinned(&cgroup, &dir)?;
+                    report.cgroups += 1;
+                }
+                // gone: the stale sweep forgets it
+                _ => {}
+            }
+        }
+        Ok(report)
     }
 
     fn status_of(&self, id: u64, path: Option<PathBuf>) -> Result<CgroupStatus, NodeError> {

@@ -242,6 +242,31 @@ impl Shaper {
         Ok(())
     }
 
+    /// Pins again, in `maps_dir`, the maps whose pins were removed (the maps
+    /// live on while this process or a program holds them; without their
+    /// pins the next daemon would start with empty ones). Returns how many.
+    pub fn repin_maps(&self, maps_dir: &Path) -> Result<usize, ShaperError> {
+        let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| ShaperError::Pin {
+            path: maps_dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(maps_dir).map_err(|e| pin_error(Box::new(e)))?;
+        let mut repinned = 0;
+        for name in ALL_MAPS {
+            let path = maps_dir.join(name);
+            if path.exists() {
+                continue;
+            }
+            let map = self
+                .ebpf
+                .map(name)
+                .ok_or(ShaperError::Missing { kind: "map", name })?;
+            map.pin(&path).map_err(|e| pin_error(Box::new(e)))?;
+            repinned += 1;
+        }
+        Ok(repinned)
+    }
+
     /// Detaches the programs from a cgroup.
     pub fn detach(&mut self, attachment: Attachment) -> Result<(), ShaperError> {
         let Attachment {
