@@ -129,7 +129,8 @@ mod tests {
     #[test]
     fn replay_fuzz_corpus() {
         let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
-        let targets: [(&str, fn(&[u8])); 3] = [
+        type Check = fn(&[u8]);
+        let targets: [(&str, Check); 3] = [
             ("rate", super::rate),
             ("confine", super::confine),
             ("request", super::request),
