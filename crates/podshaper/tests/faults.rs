@@ -25,7 +25,15 @@ fn pins_removed_under_the_daemon_are_put_back() {
     let cg = root.make("pod");
     let mut daemon = TestDaemon::start(&root.path, &[]);
     let path = cg.path().display().to_string();
-    daemon.ok(&["attach", "--cgroup", &path, "--egress", "30M", "--ingress", "20M"]);
+    daemon.ok(&[
+        "attach",
+        "--cgroup",
+        &path,
+        "--egress",
+        "30M",
+        "--ingress",
+        "20M",
+    ]);
     let links = daemon.bpffs.join("links").join(cg.id().to_string());
 
     // One link pin, then all of the cgroup's, then a map's pin.

@@ -23,9 +23,125 @@ pub struct BenchDaemonArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 100)]
     clients: usize,
+    /// Limited cgroups that send TCP traffic at once (with the N limits in
+    /// the maps), to measure the per-packet BPF cost and the daemon's CPU.
+    #[arg(long, default_value_t = 50)]
+    traffic_cgroups: usize,
+    /// Seconds of that traffic.
+    #[arg(long, default_value_t = 5)]
+    traffic_seconds: u64,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// Egress limit of each cgroup while traffic runs: 50 x 20M = 1 Gbit/s,
+/// which two cores can carry.
+const TRAFFIC_LIMIT_BITS: u64 = 20_000_000;
+
+/// CPU time (user + system) a process has used.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // fields after the command name (which may hold spaces) in parentheses
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("bad /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .context("bad /proc/PID/stat")
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as u64;
+    let total = ticks(11)? + ticks(12)?;
+    Ok(Duration::from_secs_f64(total as f64 / hz as f64))
+}
+
+/// Run time and count of the shaper's programs loaded since `since`, by name.
+fn bpf_stats(since: std::time::SystemTime) -> std::collections::BTreeMap<String, (Duration, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    for info in aya::programs::loaded_programs().flatten() {
+        let name = info.name_as_str().unwrap_or_default().to_string();
+        let fresh = info.loaded_at().is_some_and(|t| t >= since);
+        if fresh && name.starts_with("podshaper_") {
+            let e = out.entry(name).or_insert((Duration::ZERO, 0));
+            e.0 += info.run_time();
+            e.1 += info.run_count();
+        }
+    }
+    out
+}
+
+/// Runs TCP senders in `cgroups` (one each, in namespace A of a fresh lab)
+/// for `seconds`, with BPF run-time statistics on. Returns the achieved
+/// aggregate rate and, per program, nanoseconds per run and runs.
+fn traffic_phase(
+    cgroups: &[String],
+    seconds: u64,
+    loaded_since: std::time::SystemTime,
+) -> Result<serde_json::Value> {
+    use podshaper_netlab::traffic::{self, Until};
+    use podshaper_netlab::{Meter, NetnsPair};
+    use podshaper_shaper::Cgroup;
+
+    let lab = NetnsPair::create("bd")?;
+    let port = 20000 + (std::process::id() % 10000) as u16;
+    let sink_addr = std::net::SocketAddr::new(NetnsPair::addr_b(false), port);
+    let meter = Meter::default();
+    let until = Until::after(Duration::from_secs(seconds + 2));
+    let sink = {
+        let (meter, until) = (meter.clone(), until.clone());
+        traffic::spawn_in(Some(lab.b().to_string()), move || {
+            traffic::tcp_sink(std::net::TcpListener::bind(sink_addr)?, meter, &until).map(|_| ())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    // Stats are on while this fd is open.
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| anyhow::anyhow!("cannot enable BPF statistics: {e}"))?;
+    let before = bpf_stats(loaded_since);
+    let mut senders = Vec::new();
+    for cg in cgroups {
+        let cgroup = Cgroup::open(Path::new(cg))?;
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cgroup.spawn_inside(&mut cmd)?;
+        cmd.args(["traffic", "tcp-send", "--seconds", &seconds.to_string()])
+            .args(["--netns", lab.a(), "--to", &sink_addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        senders.push(cmd.spawn().context("cannot start a sender")?);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let first = meter.read();
+    std::thread::sleep(Duration::from_secs(seconds.saturating_sub(1).max(1)));
+    let last = meter.read();
+    for mut s in senders {
+        let _ = s.wait();
+    }
+    let after = bpf_stats(loaded_since);
+    drop(stats);
+    until.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sink.join();
+    let mut programs = serde_json::Map::new();
+    for (name, (time, count)) in &after {
+        let (t0, c0) = before.get(name).copied().unwrap_or_default();
+        let runs = count.saturating_sub(c0);
+        let ns = (time.saturating_sub(t0).as_nanos() as f64) / (runs.max(1) as f64);
+        programs.insert(
+            name.clone(),
+            serde_json::json!({"ns_per_run": ns, "runs": runs}),
+        );
+    }
+    let achieved = last.bits_per_sec_since(&first);
+    Ok(serde_json::json!({
+        "senders": cgroups.len(),
+        "achieved_bps": achieved,
+        "target_bps": cgroups.len() as u64 * TRAFFIC_LIMIT_BITS,
+        "programs": programs,
+    }))
 }
 
 /// What the bench made, removed on drop.
@@ -117,6 +233,7 @@ pub fn run(args: BenchDaemonArgs) -> Result<ExitCode> {
     let socket = scratch.socket_dir.join("podshaper.sock");
     let daemon = start_daemon(&socket, &scratch.bpffs, &scratch.root, &scratch.socket_dir)?;
     let pid = daemon.id();
+    let loaded_since = std::time::SystemTime::now() - Duration::from_secs(1);
     scratch.daemon = Some(daemon);
     let rss_idle = rss_kib(pid)?;
     let address = DaemonAddress::Unix(socket.clone());
@@ -134,6 +251,21 @@ pub fn run(args: BenchDaemonArgs) -> Result<ExitCode> {
         }
         let total = started.elapsed();
         let rss_loaded = rss_kib(pid)?;
+        let cpu_attach = cpu_time(pid)?;
+        // traffic in some of them, with every limit in the maps
+        let senders = &cgroups[..args.traffic_cgroups.min(args.cgroups)];
+        for cg in senders {
+            client.attach(request(cg, TRAFFIC_LIMIT_BITS)).await.map_err(|e| anyhow::anyhow!("attach: {e}"))?;
+        }
+        let cpu_before_traffic = cpu_time(pid)?;
+        let traffic = if senders.is_empty() {
+            serde_json::Value::Null
+        } else {
+            let senders = senders.to_vec();
+            let seconds = args.traffic_seconds;
+            tokio::task::spawn_blocking(move || traffic_phase(&senders, seconds, loaded_since)).await??
+        };
+        let cpu_during_traffic = cpu_time(pid)? - cpu_before_traffic;
         // updates: a new rate on each, one map update each
         let mut update = Vec::with_capacity(args.cgroups);
         for cg in &cgroups[..args.cgroups] {
@@ -186,6 +318,9 @@ pub fn run(args: BenchDaemonArgs) -> Result<ExitCode> {
             "attach_all_seconds": total.as_secs_f64(),
             "rss_idle_kib": rss_idle,
             "rss_after_attach_kib": rss_loaded,
+            "daemon_cpu_seconds_start_and_attach": cpu_attach.as_secs_f64(),
+            "daemon_cpu_seconds_during_traffic": cpu_during_traffic.as_secs_f64(),
+            "traffic": traffic,
             "clients": args.clients,
             "concurrent_errors": errors,
             "concurrent_seconds": concurrent.as_secs_f64(),
@@ -251,6 +386,36 @@ fn print_table(r: &serde_json::Value) {
         "  daemon RSS               {} KiB idle, {} KiB with {} limited",
         r["rss_idle_kib"], r["rss_after_attach_kib"], r["cgroups"]
     );
+    println!(
+        "  daemon CPU               {:.2} s to start and limit {}; {:.2} s during the traffic",
+        r["daemon_cpu_seconds_start_and_attach"]
+            .as_f64()
+            .unwrap_or(0.0),
+        r["cgroups"],
+        r["daemon_cpu_seconds_during_traffic"]
+            .as_f64()
+            .unwrap_or(0.0)
+    );
+    let t = &r["traffic"];
+    if !t.is_null() {
+        println!(
+            "  traffic                  {} cgroups sending at once: {:.0} of {} bit/s ({:.3})",
+            t["senders"],
+            t["achieved_bps"].as_f64().unwrap_or(0.0),
+            t["target_bps"],
+            t["achieved_bps"].as_f64().unwrap_or(0.0) / t["target_bps"].as_f64().unwrap_or(1.0)
+        );
+        if let Some(programs) = t["programs"].as_object() {
+            for (name, p) in programs {
+                println!(
+                    "  BPF {:<20} {:>7.0} ns per run over {} runs",
+                    name,
+                    p["ns_per_run"].as_f64().unwrap_or(0.0),
+                    p["runs"]
+                );
+            }
+        }
+    }
     println!(
         "  {} concurrent clients    {} errors, {:.2} s, leaked (programs, maps, links) {}",
         r["clients"],

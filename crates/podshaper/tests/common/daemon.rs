@@ -132,6 +132,11 @@ impl TestDaemon {
         }
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref()?.0.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILL: no cleanup of any kind.
     pub fn kill9(&mut self) {
         if let Some(mut guard) = self.child.take() {
