@@ -608,3 +608,69 @@ fn cluster_mode_reaches_daemons_over_mtls_and_one_replica_acts() {
     }
     assert!(leading(&second_log), "{}", logs());
 }
+
+/// Kills of the controller and of the API server in the middle of a stream
+/// of annotation changes: afterwards every pod has the limit of its last
+/// accepted annotation.
+#[test]
+fn converges_after_kills_during_a_stream_of_changes() {
+    let mut api = ApiServer::start();
+    let ns = unique_ns("stream");
+    api.create_namespace(&ns);
+    let mut n1 = SimNode::start(&api, "node-1");
+    let pods: Vec<(String, String)> = (0..8)
+        .map(|i| {
+            let name = format!("p{i}");
+            let uid = api.create_pod(&ns, &name, "node-1", &[(EGRESS, "10M")]);
+            n1.make_pod_cgroup(&uid);
+            (name, uid)
+        })
+        .collect();
+    // The last value the API server accepted, per pod.
+    let mut last: Vec<u64> = vec![10_000_000; pods.len()];
+    let mut x: u64 = 12345;
+    let mut change = |api: &ApiServer, last: &mut Vec<u64>, rounds: usize| {
+        for _ in 0..rounds {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let i = (x >> 33) as usize % pods.len();
+            let rate = 1_000_000 * (1 + (x >> 40) % 500);
+            if api
+                .try_annotate(&ns, &pods[i].0, &[(EGRESS, Some(&rate.to_string()))])
+                .is_ok()
+            {
+                last[i] = rate;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    };
+    change(&api, &mut last, 50);
+    n1.kill9_controller();
+    change(&api, &mut last, 50);
+    n1.start_controller();
+    change(&api, &mut last, 20);
+    api.kill_apiserver();
+    // changes refused while it is away
+    change(&api, &mut last, 5);
+    thread::sleep(Duration::from_secs(2));
+    api.start_apiserver();
+    change(&api, &mut last, 50);
+    n1.kill9_controller();
+    api.kill_apiserver();
+    n1.start_controller();
+    thread::sleep(Duration::from_secs(2));
+    api.start_apiserver();
+    change(&api, &mut last, 30);
+    wait_for(
+        "every pod at its last annotation",
+        Duration::from_secs(60),
+        Some(&n1),
+        || {
+            pods.iter()
+                .zip(&last)
+                .all(|((_, uid), rate)| n1.limits(uid) == Some((Some(*rate), None)))
+        },
+    );
+    assert_eq!(n1.daemon.list().len(), pods.len());
+}

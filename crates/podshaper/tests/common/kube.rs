@@ -307,6 +307,17 @@ impl ApiServer {
 
     /// Sets (Some) or removes (None) annotations of a pod.
     pub fn annotate(&self, ns: &str, name: &str, changes: &[(&str, Option<&str>)]) {
+        self.try_annotate(ns, name, changes)
+            .unwrap_or_else(|e| panic!("annotate {ns}/{name}: {e}"));
+    }
+
+    /// The same, returning the API server's refusal (or absence) as an error.
+    pub fn try_annotate(
+        &self,
+        ns: &str,
+        name: &str,
+        changes: &[(&str, Option<&str>)],
+    ) -> Result<(), kube::Error> {
         let map: serde_json::Map<String, serde_json::Value> = changes
             .iter()
             .map(|(k, v)| {
@@ -320,7 +331,7 @@ impl ApiServer {
         let patch = json!({"metadata": {"annotations": map}});
         self.runtime
             .block_on(api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)))
-            .unwrap_or_else(|e| panic!("annotate {ns}/{name}: {e}"));
+            .map(|_| ())
     }
 
     /// A Node whose daemon is reached at `internal_ip` (cluster mode).
