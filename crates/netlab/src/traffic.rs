@@ -124,7 +124,9 @@ fn is_peer_gone(e: &io::Error) -> bool {
 
 /// Accepts connections on `listener` and counts everything they send into
 /// `meter`, until `until`. Returns the number of connections accepted.
-pub fn tcp_sink(listener: TcpListener, meter: Meter, until: &Until) -> io::Result<usize> {
+/// Accepts and reads connections until `until`; returns the bytes read on
+/// each connection (for fairness among flows).
+pub fn tcp_sink(listener: TcpListener, meter: Meter, until: &Until) -> io::Result<Vec<u64>> {
     listener.set_nonblocking(true)?;
     let mut readers = Vec::new();
     while !until.reached() {
@@ -142,27 +144,33 @@ pub fn tcp_sink(listener: TcpListener, meter: Meter, until: &Until) -> io::Resul
             Err(e) => return Err(e),
         }
     }
-    let accepted = readers.len();
+    let mut per_flow = Vec::with_capacity(readers.len());
     for r in readers {
-        r.join()
-            .map_err(|_| io::Error::other("reader thread panicked"))??;
+        per_flow.push(
+            r.join()
+                .map_err(|_| io::Error::other("reader thread panicked"))??,
+        );
     }
-    Ok(accepted)
+    Ok(per_flow)
 }
 
-fn read_until(mut stream: TcpStream, meter: &Meter, until: &Until) -> io::Result<()> {
+fn read_until(mut stream: TcpStream, meter: &Meter, until: &Until) -> io::Result<u64> {
     let mut buf = vec![0u8; TCP_CHUNK];
+    let mut total = 0u64;
     while !until.reached() {
         match stream.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => meter.add(n as u64),
+            Ok(n) => {
+                meter.add(n as u64);
+                total += n as u64;
+            }
             // a timeout that lets us look at the deadline, or a signal: go on
             Err(e) if is_retry(&e) => {}
             Err(e) if is_peer_gone(&e) => break,
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(total)
 }
 
 /// Sends UDP datagrams of [`UDP_PAYLOAD`] bytes at `bits_per_sec` (counting
@@ -215,4 +223,26 @@ pub fn udp_sink(socket: UdpSocket, meter: Meter, until: &Until) -> io::Result<()
         }
     }
     Ok(())
+}
+
+/// Jain's fairness index of per-flow amounts: 1 when all are equal, 1/n when
+/// one flow has everything. None for no flows or nothing received.
+pub fn jain_index(amounts: &[u64]) -> Option<f64> {
+    let n = amounts.len() as f64;
+    let sum: f64 = amounts.iter().map(|a| *a as f64).sum();
+    let squares: f64 = amounts.iter().map(|a| (*a as f64).powi(2)).sum();
+    (n > 0.0 && squares > 0.0).then(|| sum * sum / (n * squares))
+}
+
+#[cfg(test)]
+mod jain_tests {
+    use super::jain_index;
+
+    #[test]
+    fn jain_index_bounds() {
+        assert_eq!(jain_index(&[]), None);
+        assert_eq!(jain_index(&[5, 5, 5, 5]), Some(1.0));
+        let one_hog = jain_index(&[100, 0, 0, 0]).unwrap_or(0.0);
+        assert!((one_hog - 0.25).abs() < 1e-9, "{one_hog}");
+    }
 }

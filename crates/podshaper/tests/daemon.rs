@@ -534,6 +534,10 @@ fn the_daemon_benchmark_runs_and_leaks_nothing() {
             "50",
             "--clients",
             "20",
+            "--traffic-cgroups",
+            "5",
+            "--traffic-seconds",
+            "3",
             "--json",
         ])
         .output()
@@ -542,6 +546,17 @@ fn the_daemon_benchmark_runs_and_leaks_nothing() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(r["listed"], 50);
     assert_eq!(r["concurrent_errors"], 0);
+    // 5 cgroups at 20M each; the kernel's statistics saw the shaper run.
+    let t = &r["traffic"];
+    let ratio = t["achieved_bps"].as_f64().unwrap_or(0.0) / 100e6;
+    assert!((0.8..1.1).contains(&ratio), "{t}");
+    assert!(
+        t["programs"]["podshaper_egres"]["runs"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{t}"
+    );
     assert!(r["attach_p99_ms"].as_f64().unwrap_or(1e9) < 1000.0, "{r}");
 }
 

@@ -60,21 +60,6 @@ fn cpu_time(pid: u32) -> Result<Duration> {
     Ok(Duration::from_secs_f64(total as f64 / hz as f64))
 }
 
-/// Run time and count of the shaper's programs loaded since `since`, by name.
-fn bpf_stats(since: std::time::SystemTime) -> std::collections::BTreeMap<String, (Duration, u64)> {
-    let mut out = std::collections::BTreeMap::new();
-    for info in aya::programs::loaded_programs().flatten() {
-        let name = info.name_as_str().unwrap_or_default().to_string();
-        let fresh = info.loaded_at().is_some_and(|t| t >= since);
-        if fresh && name.starts_with("podshaper_") {
-            let e = out.entry(name).or_insert((Duration::ZERO, 0));
-            e.0 += info.run_time();
-            e.1 += info.run_count();
-        }
-    }
-    out
-}
-
 /// Runs TCP senders in `cgroups` (one each, in namespace A of a fresh lab)
 /// for `seconds`, with BPF run-time statistics on. Returns the achieved
 /// aggregate rate and, per program, nanoseconds per run and runs.
@@ -100,9 +85,8 @@ fn traffic_phase(
     };
     std::thread::sleep(Duration::from_millis(200));
     // Stats are on while this fd is open.
-    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .map_err(|e| anyhow::anyhow!("cannot enable BPF statistics: {e}"))?;
-    let before = bpf_stats(loaded_since);
+    let stats = super::bpf_stats::enable()?;
+    let before = super::bpf_stats::snapshot(loaded_since);
     let mut senders = Vec::new();
     for cg in cgroups {
         let cgroup = Cgroup::open(Path::new(cg))?;
@@ -121,19 +105,13 @@ fn traffic_phase(
     for mut s in senders {
         let _ = s.wait();
     }
-    let after = bpf_stats(loaded_since);
+    let after = super::bpf_stats::snapshot(loaded_since);
     drop(stats);
     until.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = sink.join();
     let mut programs = serde_json::Map::new();
-    for (name, (time, count)) in &after {
-        let (t0, c0) = before.get(name).copied().unwrap_or_default();
-        let runs = count.saturating_sub(c0);
-        let ns = (time.saturating_sub(t0).as_nanos() as f64) / (runs.max(1) as f64);
-        programs.insert(
-            name.clone(),
-            serde_json::json!({"ns_per_run": ns, "runs": runs}),
-        );
+    for (name, (ns, runs)) in super::bpf_stats::per_run(&before, &after) {
+        programs.insert(name, serde_json::json!({"ns_per_run": ns, "runs": runs}));
     }
     let achieved = last.bits_per_sec_since(&first);
     Ok(serde_json::json!({

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_daemon;
+pub mod bpf_stats;
 pub mod client;
 pub mod controller;
 pub mod daemon;

@@ -93,12 +93,12 @@ pub fn run(command: TrafficCommand) -> Result<ExitCode> {
             println!("{{\"datagrams_sent\":{sent}}}");
         }
         TrafficCommand::TcpRecv { common, listen } => {
-            receive(&common, listen, TcpListener::bind, |l, m, u| {
-                traffic::tcp_sink(l, m, u).map(|_| ())
-            })?;
+            receive(&common, listen, TcpListener::bind, traffic::tcp_sink)?;
         }
         TrafficCommand::UdpRecv { common, listen } => {
-            receive(&common, listen, UdpSocket::bind, traffic::udp_sink)?;
+            receive(&common, listen, UdpSocket::bind, |s, m, u| {
+                traffic::udp_sink(s, m, u).map(|()| Vec::new())
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -109,7 +109,7 @@ fn receive<S: Send + 'static>(
     common: &Common,
     listen: SocketAddr,
     bind: fn(SocketAddr) -> std::io::Result<S>,
-    sink: fn(S, Meter, &Until) -> std::io::Result<()>,
+    sink: fn(S, Meter, &Until) -> std::io::Result<Vec<u64>>,
 ) -> Result<()> {
     let until = common.enter()?;
     let socket = bind(listen).with_context(|| format!("listening on {listen}"))?;
@@ -118,15 +118,17 @@ fn receive<S: Send + 'static>(
         let (meter, until) = (meter.clone(), until.clone());
         thread::spawn(move || sink(socket, meter, &until))
     };
-    report(&meter, common, &until)?;
-    handle
+    let mut report = report(&meter, common, &until)?;
+    let per_flow = handle
         .join()
         .map_err(|_| anyhow::anyhow!("sink panicked"))??;
+    report["flow_bytes"] = serde_json::json!(per_flow);
+    println!("{report}");
     Ok(())
 }
 
-/// Waits out the run and prints the received rate after the skipped start, as JSON.
-fn report(meter: &Meter, common: &Common, until: &Until) -> Result<()> {
+/// Waits out the run; the received rate after the skipped start, as JSON.
+fn report(meter: &Meter, common: &Common, until: &Until) -> Result<serde_json::Value> {
     let start = Instant::now();
     thread::sleep(secs(common.skip)?);
     let first = meter.read();
@@ -134,13 +136,11 @@ fn report(meter: &Meter, common: &Common, until: &Until) -> Result<()> {
         thread::sleep(Duration::from_millis(20));
     }
     let last = meter.read();
-    println!(
-        "{{\"bytes\":{},\"seconds\":{:.3},\"bits_per_second\":{:.0},\"total_bytes\":{},\"elapsed\":{:.3}}}",
-        last.bytes - first.bytes,
-        last.at.duration_since(first.at).as_secs_f64(),
-        last.bits_per_sec_since(&first),
-        last.bytes,
-        start.elapsed().as_secs_f64()
-    );
-    Ok(())
+    Ok(serde_json::json!({
+        "bytes": last.bytes - first.bytes,
+        "seconds": last.at.duration_since(first.at).as_secs_f64(),
+        "bits_per_second": last.bits_per_sec_since(&first).round(),
+        "total_bytes": last.bytes,
+        "elapsed": start.elapsed().as_secs_f64(),
+    }))
 }

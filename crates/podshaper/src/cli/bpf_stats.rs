@@ -1,0 +1,48 @@
+//! The kernel's BPF run-time statistics for the shaper's programs: total run
+//! time and run count per program, read from the programs' info while
+//! statistics are enabled (BPF_ENABLE_STATS, held by an fd).
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Result;
+
+/// Statistics are collected while this is alive.
+pub struct StatsOn(#[allow(dead_code)] OwnedFd);
+
+pub fn enable() -> Result<StatsOn> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map(StatsOn)
+        .map_err(|e| anyhow::anyhow!("cannot enable BPF run-time statistics: {e}"))
+}
+
+/// (total run time, runs) of the shaper's programs loaded since `since`, by
+/// program name (the kernel keeps 15 characters: `podshaper_egres`, ...).
+pub type Snapshot = BTreeMap<String, (Duration, u64)>;
+
+pub fn snapshot(since: SystemTime) -> Snapshot {
+    let mut out = Snapshot::new();
+    for info in aya::programs::loaded_programs().flatten() {
+        let name = info.name_as_str().unwrap_or_default().to_string();
+        if name.starts_with("podshaper_") && info.loaded_at().is_some_and(|t| t >= since) {
+            let e = out.entry(name).or_insert((Duration::ZERO, 0));
+            e.0 += info.run_time();
+            e.1 += info.run_count();
+        }
+    }
+    out
+}
+
+/// Per program between two snapshots: (mean nanoseconds per run, runs).
+pub fn per_run(before: &Snapshot, after: &Snapshot) -> BTreeMap<String, (f64, u64)> {
+    after
+        .iter()
+        .map(|(name, (time, count))| {
+            let (t0, c0) = before.get(name).copied().unwrap_or_default();
+            let runs = count.saturating_sub(c0);
+            let ns = time.saturating_sub(t0).as_nanos() as f64 / runs.max(1) as f64;
+            (name.clone(), (ns, runs))
+        })
+        .collect()
+}
