@@ -5,6 +5,7 @@
 //! Only addresses from the benchmarking ranges are used (198.18.0.0/15 and
 //! 2001:2::/48), and only inside namespaces this crate made.
 
+pub mod latency;
 pub mod meter;
 pub mod netns;
 pub mod traffic;

@@ -67,6 +67,19 @@ struct Cell {
     achieved: f64,
     retrans: Option<(u64, u64)>,
     cpu_busy: f64,
+    /// Jain's index over the flows' bytes (TCP, more than one flow)
+    jain: Option<f64>,
+    /// round trips of a small request/response beside the bulk traffic: p50, p99
+    rtt: Option<(Duration, Duration)>,
+    /// mean run time of the shaper's program for this direction (podshaper only)
+    bpf_ns: Option<f64>,
+}
+
+/// What one measurement saw.
+struct Measured {
+    achieved: f64,
+    flow_bytes: Vec<u64>,
+    rtts: Vec<Duration>,
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
@@ -106,7 +119,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         traffics.push(Traffic::Udp);
     }
 
+    let loaded_since = std::time::SystemTime::now() - Duration::from_secs(1);
     let mut shaper = Shaper::load()?;
+    // The kernel keeps run-time statistics of BPF programs while this is open.
+    let _stats = super::bpf_stats::enable()?;
     let mut cells = Vec::new();
     for direction in &directions {
         for rate in &rates {
@@ -119,6 +135,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                         *traffic,
                         *mechanism,
                         args.seconds,
+                        loaded_since,
                     )
                     .with_context(|| format!("{direction} {rate} {traffic:?} {mechanism:?}"))?;
                     if !args.json {
@@ -143,6 +160,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                     "retransmitted_segments": c.retrans.map(|r| r.0),
                     "sent_segments": c.retrans.map(|r| r.1),
                     "cpu_busy": c.cpu_busy,
+                    "jain_index": c.jain,
+                    "rtt_p50_ms": c.rtt.map(|r| ms(r.0)),
+                    "rtt_p99_ms": c.rtt.map(|r| ms(r.1)),
+                    "bpf_ns_per_packet": c.bpf_ns,
                 })
             })
             .collect();
@@ -177,7 +198,16 @@ fn describe(c: &Cell) -> String {
             ", retrans {:.2}%",
             pct(r, s)
         ))
-    )
+    ) + &c.jain.map_or(String::new(), |j| format!(", jain {j:.3}"))
+        + &c.rtt.map_or(String::new(), |(p50, p99)| {
+            format!(", rtt p50 {:.2} ms p99 {:.2} ms", ms(p50), ms(p99))
+        })
+        + &c.bpf_ns
+            .map_or(String::new(), |ns| format!(", bpf {ns:.0} ns/pkt"))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 fn pct(r: u64, s: u64) -> f64 {
@@ -195,6 +225,7 @@ fn run_cell(
     traffic: Traffic,
     mechanism: Mechanism,
     seconds: f64,
+    loaded_since: std::time::SystemTime,
 ) -> Result<Cell> {
     let lab = NetnsPair::create("bench")?;
     let cgroup = TransientCgroup::create(&format!("podshaper-bench-{}", std::process::id()))?;
@@ -244,7 +275,21 @@ fn run_cell(
     let sender_ns = if egress { lab.a() } else { lab.b() };
     let before_tcp = nstat(sender_ns);
     let before_cpu = cpu_times();
+    let before_bpf = super::bpf_stats::snapshot(loaded_since);
     let result = measure(&lab, &cgroup, egress, rate, traffic, seconds);
+    let bpf_ns = (mechanism == Mechanism::Podshaper)
+        .then(|| {
+            let program = if egress {
+                "podshaper_egres"
+            } else {
+                "podshaper_ingre"
+            };
+            super::bpf_stats::per_run(&before_bpf, &super::bpf_stats::snapshot(loaded_since))
+                .get(program)
+                .filter(|(_, runs)| *runs > 0)
+                .map(|(ns, _)| *ns)
+        })
+        .flatten();
     let cpu_busy = cpu_times()
         .zip(before_cpu)
         .map(|((b1, t1), (b0, t0))| (b1 - b0) as f64 / (t1 - t0).max(1) as f64)
@@ -257,14 +302,29 @@ fn run_cell(
         shaper.detach(a)?;
         shaper.remove_limits(cgroup.cgroup().id())?;
     }
+    let measured = result?;
+    let jain = match traffic {
+        Traffic::Tcp(n) if n > 1 => podshaper_netlab::traffic::jain_index(&measured.flow_bytes),
+        _ => None,
+    };
+    let mut rtts = measured.rtts;
+    let rtt = (!rtts.is_empty()).then(|| {
+        (
+            podshaper_netlab::latency::quantile(&mut rtts, 0.5),
+            podshaper_netlab::latency::quantile(&mut rtts, 0.99),
+        )
+    });
     Ok(Cell {
         direction,
         rate,
         traffic,
         mechanism,
-        achieved: result?,
+        achieved: measured.achieved,
         retrans,
         cpu_busy,
+        jain,
+        rtt,
+        bpf_ns,
     })
 }
 
@@ -277,8 +337,9 @@ fn measure(
     rate: Rate,
     traffic: Traffic,
     seconds: f64,
-) -> Result<f64> {
+) -> Result<Measured> {
     const PORT: u16 = 5301;
+    const ECHO_PORT: u16 = 5302;
     let skip = 2.0;
     let total = Duration::from_secs_f64(seconds);
     let exe = std::env::current_exe()?;
@@ -287,6 +348,14 @@ fn measure(
         Traffic::Tcp(n) => n,
         Traffic::Udp => 1,
     };
+    // Beside TCP bulk traffic: a request/response probe. Its far end runs in
+    // the limited cgroup (in A); this process pings it from B, so one leg of
+    // each round trip crosses the limit in the direction being measured.
+    let probe = match traffic {
+        Traffic::Tcp(_) => Some(start_probe(lab, cgroup, seconds, skip, ECHO_PORT)?),
+        Traffic::Udp => None,
+    };
+    let rtts = || -> Vec<Duration> { probe.map(|p| p.finish()).unwrap_or_default() };
     if egress {
         let to = SocketAddr::new(NetnsPair::addr_b(false), PORT);
         let meter = Meter::default();
@@ -294,10 +363,10 @@ fn measure(
         let sink = {
             let (meter, until) = (meter.clone(), until.clone());
             traffic::spawn_in(Some(lab.b().to_string()), move || match traffic {
-                Traffic::Tcp(_) => {
-                    traffic::tcp_sink(TcpListener::bind(to)?, meter, &until).map(|_| ())
+                Traffic::Tcp(_) => traffic::tcp_sink(TcpListener::bind(to)?, meter, &until),
+                Traffic::Udp => {
+                    traffic::udp_sink(UdpSocket::bind(to)?, meter, &until).map(|()| Vec::new())
                 }
-                Traffic::Udp => traffic::udp_sink(UdpSocket::bind(to)?, meter, &until),
             })
         };
         thread::sleep(Duration::from_millis(200));
@@ -326,8 +395,15 @@ fn measure(
         let last = meter.read();
         let _ = child.wait();
         until.stop.store(true, Ordering::Relaxed);
-        let _ = sink.join();
-        Ok(last.bits_per_sec_since(&first))
+        let flow_bytes = match sink.join() {
+            Ok(Ok(f)) => f,
+            _ => Vec::new(),
+        };
+        Ok(Measured {
+            achieved: last.bits_per_sec_since(&first),
+            flow_bytes,
+            rtts: rtts(),
+        })
     } else {
         let listen = SocketAddr::new(NetnsPair::addr_a(false), PORT);
         let mut cmd = Command::new(exe);
@@ -365,10 +441,74 @@ fn measure(
         let _ = source.join();
         let report: serde_json::Value =
             serde_json::from_slice(&out.stdout).context("the receiver's report")?;
-        report["bits_per_second"]
-            .as_f64()
-            .context("no rate in the receiver's report")
+        let flow_bytes = report["flow_bytes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+            .unwrap_or_default();
+        Ok(Measured {
+            achieved: report["bits_per_second"]
+                .as_f64()
+                .context("no rate in the receiver's report")?,
+            flow_bytes,
+            rtts: rtts(),
+        })
     }
+}
+
+/// A latency probe in flight: the echo child and the pinging thread.
+struct Probe {
+    echo: std::process::Child,
+    pinger: thread::JoinHandle<std::io::Result<Vec<(Instant, Duration)>>>,
+    measure_from: Instant,
+}
+
+impl Probe {
+    /// Round trips of requests sent after the warm-up.
+    fn finish(mut self) -> Vec<Duration> {
+        let samples = match self.pinger.join() {
+            Ok(Ok(s)) => s,
+            _ => Vec::new(),
+        };
+        let _ = self.echo.wait();
+        samples
+            .into_iter()
+            .filter(|(sent, _)| *sent >= self.measure_from)
+            .map(|(_, rtt)| rtt)
+            .collect()
+    }
+}
+
+fn start_probe(
+    lab: &NetnsPair,
+    cgroup: &TransientCgroup,
+    seconds: f64,
+    skip: f64,
+    port: u16,
+) -> Result<Probe> {
+    let at = SocketAddr::new(NetnsPair::addr_a(false), port);
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["traffic", "tcp-echo", "--netns", lab.a()])
+        .args([
+            "--seconds",
+            &(seconds + 0.5).to_string(),
+            "--listen",
+            &at.to_string(),
+        ])
+        .stdout(Stdio::null());
+    cgroup.cgroup().spawn_inside(&mut cmd)?;
+    let echo = cmd.spawn()?;
+    let start = Instant::now();
+    let until = Until::after(Duration::from_secs_f64(seconds));
+    let pinger = traffic::spawn_in(Some(lab.b().to_string()), move || {
+        // the echo server needs a moment to listen
+        thread::sleep(Duration::from_millis(150));
+        podshaper_netlab::latency::tcp_ping(at, Duration::from_millis(10), &until)
+    });
+    Ok(Probe {
+        echo,
+        pinger,
+        measure_from: start + Duration::from_secs_f64(skip),
+    })
 }
 
 fn tc(ns: &str, args: &[&str]) -> Result<()> {
@@ -454,4 +594,44 @@ fn print_table(cells: &[Cell], mechanisms: &[Mechanism]) {
         println!("{line}");
     }
     println!("ratio: goodput at the receiver / target (unlimited: / the target it would have had)");
+    println!();
+    let mut header = format!("{:<8}{:>11}  {:<9}", "dir", "target", "traffic");
+    for m in mechanisms {
+        header.push_str(&format!("  {:>22}", format!("{} (rtt p99/jain)", name(*m))));
+    }
+    header.push_str(&format!("  {:>10}", "bpf ns/pkt"));
+    println!("{header}");
+    for chunk in cells.chunks(mechanisms.len()) {
+        let c0 = &chunk[0];
+        if c0.traffic == Traffic::Udp {
+            continue;
+        }
+        let mut line = format!(
+            "{:<8}{:>11}  {:<9}",
+            c0.direction,
+            c0.rate.to_string(),
+            match c0.traffic {
+                Traffic::Tcp(n) => format!("tcp x{n}"),
+                Traffic::Udp => "udp 4x".into(),
+            }
+        );
+        for c in chunk {
+            let rtt = c
+                .rtt
+                .map_or("-".into(), |(_, p99)| format!("{:.2}ms", ms(p99)));
+            let jain = c.jain.map_or("-".into(), |j| format!("{j:.3}"));
+            line.push_str(&format!("  {:>22}", format!("{rtt} / {jain}")));
+        }
+        let bpf = chunk
+            .iter()
+            .find_map(|c| c.bpf_ns)
+            .map_or("-".into(), |ns| format!("{ns:.0}"));
+        line.push_str(&format!("  {bpf:>10}"));
+        println!("{line}");
+    }
+    println!(
+        "rtt p99: round trip of a 64-byte request/response beside the bulk flows, one leg \
+         through the limit; jain: fairness of the flows' bytes (1 = equal); \
+         bpf: mean run time of the shaper's program per packet (kernel BPF statistics)"
+    );
 }

@@ -48,6 +48,13 @@ pub enum TrafficCommand {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Echo small TCP messages back (the far end of a latency probe).
+    TcpEcho {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        listen: SocketAddr,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +101,12 @@ pub fn run(command: TrafficCommand) -> Result<ExitCode> {
         }
         TrafficCommand::TcpRecv { common, listen } => {
             receive(&common, listen, TcpListener::bind, traffic::tcp_sink)?;
+        }
+        TrafficCommand::TcpEcho { common, listen } => {
+            let until = common.enter()?;
+            let listener =
+                TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+            podshaper_netlab::latency::tcp_echo(listener, &until)?;
         }
         TrafficCommand::UdpRecv { common, listen } => {
             receive(&common, listen, UdpSocket::bind, |s, m, u| {
