@@ -41,13 +41,19 @@ pub struct BenchArgs {
     /// Seconds per run (the first 2 are left out of the measurement).
     #[arg(long, default_value_t = 6.0)]
     seconds: f64,
+    /// Also measure limit change to effect (one TCP flow, egress, limit halved).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    change: bool,
+    /// Draw the limit-change runs (rate over time per mechanism) to this PNG.
+    #[arg(long, value_name = "FILE.png")]
+    plot: Option<std::path::PathBuf>,
     /// One JSON document instead of a table.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mechanism {
+pub(super) enum Mechanism {
     Podshaper,
     Tbf,
     Unlimited,
@@ -146,6 +152,38 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             }
         }
     }
+    let mut changes = Vec::new();
+    if args.change || args.plot.is_some() {
+        for rate in &rates {
+            for mechanism in mechanisms.iter().filter(|m| **m != Mechanism::Unlimited) {
+                let run = super::bench_change::run(&mut shaper, *rate, *mechanism)
+                    .with_context(|| format!("limit change at {rate} with {mechanism:?}"))?;
+                if !args.json {
+                    eprintln!(
+                        "  change  {:>10} {:<9} new limit in effect after {}",
+                        rate.to_string(),
+                        name(*mechanism),
+                        run.effect
+                            .map_or("(never)".into(), |d| format!("{:.0} ms", ms(d)))
+                    );
+                }
+                changes.push(run);
+            }
+        }
+    }
+    if let Some(file) = &args.plot {
+        super::bench_change::plot(&changes, file)?;
+    }
+    let change_rows: Vec<_> = changes
+        .iter()
+        .map(|c| {
+            json!({
+                "target_bps": c.rate.bits_per_sec(),
+                "mechanism": name(c.mechanism),
+                "change_to_effect_ms": c.effect.map(ms),
+            })
+        })
+        .collect();
     if args.json {
         let rows: Vec<_> = cells
             .iter()
@@ -167,14 +205,27 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        println!("{}", json!({"cells": rows, "limit_changes": change_rows}));
     } else {
         print_table(&cells, &mechanisms);
+        if !changes.is_empty() {
+            println!();
+            println!("limit halved mid-flow (one TCP flow, egress): time until the new rate holds");
+            for c in &changes {
+                println!(
+                    "  {:>11}  {:<9}  {}",
+                    c.rate.to_string(),
+                    name(c.mechanism),
+                    c.effect
+                        .map_or("never".into(), |d| format!("{:.0} ms", ms(d)))
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn name(m: Mechanism) -> &'static str {
+pub(super) fn name(m: Mechanism) -> &'static str {
     match m {
         Mechanism::Podshaper => "podshaper",
         Mechanism::Tbf => "tbf",
@@ -251,24 +302,7 @@ fn run_cell(
         Mechanism::Tbf => {
             // The CNI bandwidth plugin's queue: on the sending side's veth.
             let ns = if egress { lab.a() } else { lab.b() };
-            let burst = (rate.bits_per_sec() / 250 / 8).max(16 * 1024);
-            tc(
-                ns,
-                &[
-                    "qdisc",
-                    "add",
-                    "dev",
-                    "veth0",
-                    "root",
-                    "tbf",
-                    "rate",
-                    &format!("{}bit", rate.bits_per_sec()),
-                    "burst",
-                    &burst.to_string(),
-                    "latency",
-                    "25ms",
-                ],
-            )?;
+            tc(ns, &tbf_args("add", rate))?;
         }
         Mechanism::Unlimited => {}
     }
@@ -511,7 +545,24 @@ fn start_probe(
     })
 }
 
-fn tc(ns: &str, args: &[&str]) -> Result<()> {
+/// `tc qdisc add|change` of the tbf the CNI bandwidth plugin builds on veth0:
+/// burst = rate/250 (at least 16 KiB), latency 25 ms.
+pub(super) fn tbf_args(verb: &'static str, rate: Rate) -> Vec<String> {
+    let burst = (rate.bits_per_sec() / 250 / 8).max(16 * 1024);
+    ["qdisc", verb, "dev", "veth0", "root", "tbf", "rate"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            format!("{}bit", rate.bits_per_sec()),
+            "burst".into(),
+            burst.to_string(),
+            "latency".into(),
+            "25ms".into(),
+        ])
+        .collect()
+}
+
+pub(super) fn tc(ns: &str, args: &[String]) -> Result<()> {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "tc"])
         .args(args)

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_change;
 pub mod bench_daemon;
 pub mod bpf_stats;
 pub mod client;
