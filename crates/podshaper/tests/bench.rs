@@ -5,6 +5,9 @@ mod common;
 
 #[test]
 fn bench_compares_podshaper_with_tbf_and_no_limit() {
+    let dir = std::env::temp_dir().join(format!("podshaper-test-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let plot = dir.join("change.png");
     let out = common::podshaper()
         .args([
             "bench",
@@ -22,8 +25,10 @@ fn bench_compares_podshaper_with_tbf_and_no_limit() {
             "true",
             "--seconds",
             "4",
-            "--json",
+            "--plot",
         ])
+        .arg(&plot)
+        .arg("--json")
         .output()
         .expect("run the bench");
     assert!(
@@ -31,8 +36,49 @@ fn bench_compares_podshaper_with_tbf_and_no_limit() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let plotted = std::fs::read(&plot).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(plotted.starts_with(b"\x89PNG"), "no PNG written");
+    let rows = report["cells"].as_array().cloned().unwrap_or_default();
     assert_eq!(rows.len(), 6, "2 traffics x 3 mechanisms: {rows:?}");
+    // the extra columns: latency beside TCP, the kernel's BPF statistics
+    let tcp = |m: &str| {
+        rows.iter()
+            .find(|r| r["mechanism"] == m && r["traffic"] == "tcp x1")
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        tcp("podshaper")["rtt_p99_ms"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0),
+        "{rows:?}"
+    );
+    assert!(
+        tcp("tbf")["rtt_p99_ms"].as_f64().is_some_and(|v| v > 0.0),
+        "{rows:?}"
+    );
+    assert!(
+        tcp("podshaper")["bpf_ns_per_packet"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0),
+        "{rows:?}"
+    );
+    // limit halved mid-flow: podshaper and tbf (none has no limit to change)
+    let changes = report["limit_changes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    let podshaper_change = changes
+        .iter()
+        .find(|c| c["mechanism"] == "podshaper")
+        .and_then(|c| c["change_to_effect_ms"].as_f64());
+    assert!(
+        podshaper_change.is_some_and(|ms| ms < 1000.0),
+        "podshaper's new limit did not take hold: {changes:?}"
+    );
     let ratio = |mechanism: &str, traffic: &str| -> f64 {
         rows.iter()
             .find(|r| r["mechanism"] == mechanism && r["traffic"] == traffic)
