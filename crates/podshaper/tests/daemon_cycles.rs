@@ -7,14 +7,6 @@ mod common;
 use common::daemon::{TestDaemon, TestRoot};
 use podshaper_api::pb;
 
-fn kernel_objects() -> (usize, usize, usize) {
-    (
-        aya::programs::loaded_programs().count(),
-        aya::maps::loaded_maps().count(),
-        aya::programs::loaded_links().count(),
-    )
-}
-
 fn target(cgroup: &str) -> Option<pb::Target> {
     Some(pb::Target {
         target: Some(pb::target::Target::Cgroup(cgroup.to_string())),
@@ -45,7 +37,7 @@ fn attach_detach_cycles_and_concurrent_clients_leak_nothing() {
     let daemon = TestDaemon::start(&root.path, &[]);
     let address: podshaper_api::DaemonAddress = daemon.address().parse().expect("address");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let before = kernel_objects();
+    let before = common::settled_kernel_objects();
     let pins_before = std::fs::read_dir(&daemon.bpffs)
         .map(|d| d.count())
         .unwrap_or(0);
@@ -73,11 +65,7 @@ fn attach_detach_cycles_and_concurrent_clients_leak_nothing() {
                 .unwrap_or_else(|e| panic!("detach {i}: {e}"));
         }
     });
-    assert_eq!(
-        kernel_objects(),
-        before,
-        "(programs, maps, links) changed over 300 cycles"
-    );
+    common::assert_no_bpf_leak(before, "300 cycles");
     assert_eq!(
         std::fs::read_dir(daemon.bpffs.join("links"))
             .map(|d| d.count())
@@ -117,9 +105,5 @@ fn attach_detach_cycles_and_concurrent_clients_leak_nothing() {
         }
     });
     assert!(daemon.list().is_empty());
-    assert_eq!(
-        kernel_objects(),
-        before,
-        "(programs, maps, links) changed with concurrent clients"
-    );
+    common::assert_no_bpf_leak(before, "concurrent clients");
 }

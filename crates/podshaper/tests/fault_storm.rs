@@ -14,14 +14,6 @@ use std::time::Duration;
 use common::daemon::{TestDaemon, TestRoot};
 use podshaper_api::pb;
 
-fn kernel_objects() -> (usize, usize, usize) {
-    (
-        aya::programs::loaded_programs().count(),
-        aya::maps::loaded_maps().count(),
-        aya::programs::loaded_links().count(),
-    )
-}
-
 fn target(cgroup: &str) -> Option<pb::Target> {
     Some(pb::Target {
         target: Some(pb::target::Target::Cgroup(cgroup.to_string())),
@@ -130,7 +122,7 @@ fn assert_consistent(daemon: &TestDaemon) {
 
 #[test]
 fn daemon_killed_during_an_attach_storm_leaves_nothing_half_made_or_leaked() {
-    let before = kernel_objects();
+    let before = common::settled_kernel_objects();
     let root = TestRoot::new("storm");
     let cgroups: Vec<String> = (0..40)
         .map(|i| root.make(&format!("c{i}")).path().display().to_string())
@@ -167,5 +159,5 @@ fn daemon_killed_during_an_attach_storm_leaves_nothing_half_made_or_leaked() {
     }
     drop(daemon);
     drop(root);
-    assert_eq!(kernel_objects(), before, "(programs, maps, links) leaked");
+    common::assert_no_bpf_leak(before, "after removing everything");
 }

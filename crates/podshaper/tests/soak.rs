@@ -19,14 +19,6 @@ use common::{podshaper, unique_port};
 use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::{Meter, NetnsPair};
 
-fn kernel_objects() -> (usize, usize, usize) {
-    (
-        aya::programs::loaded_programs().count(),
-        aya::maps::loaded_maps().count(),
-        aya::programs::loaded_links().count(),
-    )
-}
-
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -72,7 +64,7 @@ fn soak_random_operations_and_traffic() {
         .unwrap_or(20);
     let seed = std::process::id() as u64;
     eprintln!("soak: {seconds} s, seed {seed}");
-    let before = kernel_objects();
+    let before = common::settled_kernel_objects();
     let root = TestRoot::new("soak");
     let cgroups: Vec<podshaper_shaper::Cgroup> =
         (0..24).map(|i| root.make(&format!("c{i}"))).collect();
@@ -191,8 +183,12 @@ fn soak_random_operations_and_traffic() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(pinned, model.len(), "link pin directories");
-    let links_now = kernel_objects().2;
-    assert_eq!(links_now - before.2, 3 * model.len(), "links in the kernel");
+    let links_now = common::kernel_objects().2;
+    assert_eq!(
+        links_now as i64 - before.2 as i64,
+        3 * model.len() as i64,
+        "links in the kernel"
+    );
     eprintln!(
         "soak: {ops} operations, {flows} traffic flows ({:.1} GB received), {restarts} kill -9 restarts, \
          {checks} model checks; {} cgroups limited at the end; daemon RSS {rss_start} KiB at start, \
@@ -215,5 +211,5 @@ fn soak_random_operations_and_traffic() {
     drop(lab);
     drop(daemon);
     drop(root);
-    assert_eq!(kernel_objects(), before, "(programs, maps, links) leaked");
+    common::assert_no_bpf_leak(before, "after removing everything");
 }

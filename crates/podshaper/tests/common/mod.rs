@@ -302,3 +302,44 @@ pub fn compile_bpf(dir: &std::path::Path, name: &str, body: &str) -> String {
     assert!(status.success(), "clang failed on {name}");
     obj.display().to_string()
 }
+
+/// (programs, maps, links) loaded on the whole machine.
+pub fn kernel_objects() -> (usize, usize, usize) {
+    (
+        aya::programs::loaded_programs().count(),
+        aya::maps::loaded_maps().count(),
+        aya::programs::loaded_links().count(),
+    )
+}
+
+/// The counts once they stop moving: the kernel frees the objects of a
+/// process that just exited (an earlier test binary) a little later.
+pub fn settled_kernel_objects() -> (usize, usize, usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = kernel_objects();
+    loop {
+        thread::sleep(Duration::from_millis(300));
+        let now = kernel_objects();
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Fails if the machine holds more BPF objects than `before` (waiting a
+/// little for deferred frees). Fewer is fine: another process may have ended.
+pub fn assert_no_bpf_leak(before: (usize, usize, usize), what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = kernel_objects();
+        if now.0 <= before.0 && now.1 <= before.1 && now.2 <= before.2 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: (programs, maps, links) went from {before:?} to {now:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
