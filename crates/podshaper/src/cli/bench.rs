@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// Seconds per run (the first 2 are left out of the measurement).
     #[arg(long, default_value_t = 6.0)]
     seconds: f64,
+    /// Run the latency probe beside TCP traffic (it is a second TCP flow in
+    /// the limited cgroup, and changes what the bulk flows get).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    probe: bool,
     /// Also measure limit change to effect (one TCP flow, egress, limit halved).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     change: bool,
@@ -79,6 +83,15 @@ struct Cell {
     rtt: Option<(Duration, Duration)>,
     /// mean run time of the shaper's program for this direction (podshaper only)
     bpf_ns: Option<f64>,
+}
+
+/// What every cell runs with.
+struct RunOptions {
+    seconds: f64,
+    /// the shaper's programs are those loaded since
+    loaded_since: std::time::SystemTime,
+    /// the latency probe beside TCP traffic
+    probe: bool,
 }
 
 /// What one measurement saw.
@@ -129,6 +142,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut shaper = Shaper::load()?;
     // The kernel keeps run-time statistics of BPF programs while this is open.
     let _stats = super::bpf_stats::enable()?;
+    let run_options = RunOptions {
+        seconds: args.seconds,
+        loaded_since,
+        probe: args.probe,
+    };
     let mut cells = Vec::new();
     for direction in &directions {
         for rate in &rates {
@@ -140,8 +158,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                         *rate,
                         *traffic,
                         *mechanism,
-                        args.seconds,
-                        loaded_since,
+                        &run_options,
                     )
                     .with_context(|| format!("{direction} {rate} {traffic:?} {mechanism:?}"))?;
                     if !args.json {
@@ -275,9 +292,9 @@ fn run_cell(
     rate: Rate,
     traffic: Traffic,
     mechanism: Mechanism,
-    seconds: f64,
-    loaded_since: std::time::SystemTime,
+    run: &RunOptions,
 ) -> Result<Cell> {
+    let (seconds, loaded_since, with_probe) = (run.seconds, run.loaded_since, run.probe);
     let lab = NetnsPair::create("bench")?;
     let cgroup = TransientCgroup::create(&format!("podshaper-bench-{}", std::process::id()))?;
     let egress = direction == "egress";
@@ -310,7 +327,7 @@ fn run_cell(
     let before_tcp = nstat(sender_ns);
     let before_cpu = cpu_times();
     let before_bpf = super::bpf_stats::snapshot(loaded_since);
-    let result = measure(&lab, &cgroup, egress, rate, traffic, seconds);
+    let result = measure(&lab, &cgroup, egress, rate, traffic, seconds, with_probe);
     let bpf_ns = (mechanism == Mechanism::Podshaper)
         .then(|| {
             let program = if egress {
@@ -371,6 +388,7 @@ fn measure(
     rate: Rate,
     traffic: Traffic,
     seconds: f64,
+    with_probe: bool,
 ) -> Result<Measured> {
     const PORT: u16 = 5301;
     const ECHO_PORT: u16 = 5302;
@@ -386,8 +404,8 @@ fn measure(
     // the limited cgroup (in A); this process pings it from B, so one leg of
     // each round trip crosses the limit in the direction being measured.
     let probe = match traffic {
-        Traffic::Tcp(_) => Some(start_probe(lab, cgroup, seconds, skip, ECHO_PORT)?),
-        Traffic::Udp => None,
+        Traffic::Tcp(_) if with_probe => Some(start_probe(lab, cgroup, seconds, skip, ECHO_PORT)?),
+        _ => None,
     };
     let rtts = || -> Vec<Duration> { probe.map(|p| p.finish()).unwrap_or_default() };
     if egress {
