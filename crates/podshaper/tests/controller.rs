@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::daemon::{TestDaemon, TestRoot};
 use common::kube::ApiServer;
-use common::{assert_ratio, measure_with, podshaper, ChildGuard, Flow, Limiter};
+use common::{assert_ratio, measure_with, podshaper, rss_kib, ChildGuard, Flow, Limiter};
+use podshaper_netlab::latency::quantile;
 
 const EGRESS: &str = "kubernetes.io/egress-bandwidth";
 const INGRESS: &str = "kubernetes.io/ingress-bandwidth";
@@ -64,11 +65,8 @@ impl SimNode {
     }
 
     fn kill9_controller(&mut self) {
-        if let Some(mut g) = self.controller.take() {
-            if let Some(mut c) = g.0.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        if let Some(g) = self.controller.take() {
+            g.kill9();
         }
     }
 
@@ -406,21 +404,6 @@ fn deploy_manifests_pass_a_server_side_dry_run() {
     assert!(!can("get", "secrets"));
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
 /// The figures in docs/benchmarks.md: annotation change to limit in force
 /// (100 changes) and the controller's memory with 1,000 limited pods
 /// (`PODSHAPER_SCALE_PODS` to change the count).
@@ -447,8 +430,10 @@ fn annotation_change_latency_and_memory_at_scale() {
         });
         latencies.push(start.elapsed());
     }
-    latencies.sort();
-    let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
+    let (p50, p99) = (
+        quantile(&mut latencies, 0.50),
+        quantile(&mut latencies, 0.99),
+    );
     eprintln!(
         "annotation change -> limit in force, 100 changes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         p50.as_secs_f64() * 1e3,
@@ -554,7 +539,7 @@ fn cluster_mode_reaches_daemons_over_mtls_and_one_replica_acts() {
             .stderr(file);
         (ChildGuard::spawn(&mut cmd), log)
     };
-    let (mut first, first_log) = start_replica("replica-1");
+    let (first, first_log) = start_replica("replica-1");
     thread::sleep(Duration::from_secs(2));
     let (_second, second_log) = start_replica("replica-2");
 
@@ -596,10 +581,7 @@ fn cluster_mode_reaches_daemons_over_mtls_and_one_replica_acts() {
     assert!(leading(&first_log) && !leading(&second_log), "{}", logs());
 
     // The leader dies; the other takes over once the lease runs out (15 s).
-    if let Some(mut c) = first.0.take() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    first.kill9();
     api.annotate(&ns, "a", &[(EGRESS, Some("30M"))]);
     let deadline = Instant::now() + Duration::from_secs(45);
     while limits(&nodes[0].1, &a) != Some(Some(30_000_000)) {

@@ -15,18 +15,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::daemon::{TestDaemon, TestRoot};
-use common::{podshaper, unique_port};
+use common::{podshaper, rss_kib, unique_port};
 use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::{Meter, NetnsPair};
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 /// A small deterministic generator: a failing run can be replayed by seed.
 struct Lcg(u64);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use podshaper_api::{pb, DaemonAddress};
+use podshaper_netlab::latency::quantile;
 use podshaper_shaper::cgroup::{cgroup2_mount, remove_cgroup_tree};
 
 #[derive(Debug, Args)]
@@ -143,14 +144,6 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.socket_dir);
         let _ = remove_cgroup_tree(&self.root);
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn ms(d: Duration) -> f64 {
@@ -284,15 +277,13 @@ pub fn run(args: BenchDaemonArgs) -> Result<ExitCode> {
             aya::maps::loaded_maps().count(),
             aya::programs::loaded_links().count(),
         );
-        attach.sort();
-        update.sort();
         Ok::<_, anyhow::Error>(serde_json::json!({
             "cgroups": args.cgroups,
             "listed": listed,
-            "attach_p50_ms": ms(percentile(&attach, 0.5)),
-            "attach_p99_ms": ms(percentile(&attach, 0.99)),
-            "update_p50_ms": ms(percentile(&update, 0.5)),
-            "update_p99_ms": ms(percentile(&update, 0.99)),
+            "attach_p50_ms": ms(quantile(&mut attach, 0.5)),
+            "attach_p99_ms": ms(quantile(&mut attach, 0.99)),
+            "update_p50_ms": ms(quantile(&mut update, 0.5)),
+            "update_p99_ms": ms(quantile(&mut update, 0.99)),
             "attach_all_seconds": total.as_secs_f64(),
             "rss_idle_kib": rss_idle,
             "rss_after_attach_kib": rss_loaded,

@@ -139,11 +139,8 @@ impl TestDaemon {
 
     /// SIGKILL: no cleanup of any kind.
     pub fn kill9(&mut self) {
-        if let Some(mut guard) = self.child.take() {
-            if let Some(mut c) = guard.0.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        if let Some(guard) = self.child.take() {
+            guard.kill9();
         }
     }
 

@@ -76,7 +76,8 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn start() -> Self {
-        let binary = apiserver_binary();
+        // Fail early, with how to build it, if the binary is missing.
+        apiserver_binary();
         let dir = std::env::temp_dir().join(format!(
             "podshaper-test-kube-{}-{}",
             std::process::id(),
@@ -107,7 +108,6 @@ impl ApiServer {
         let controller_kubeconfig = dir.join("controller.kubeconfig");
         fs::write(&admin_kubeconfig, kubeconfig(ADMIN_TOKEN)).expect("write kubeconfig");
         fs::write(&controller_kubeconfig, kubeconfig(CONTROLLER_TOKEN)).expect("write kubeconfig");
-        let _ = binary;
         let mut s = Self {
             dir,
             port,
@@ -230,11 +230,8 @@ impl ApiServer {
 
     /// SIGKILL, as a crash would.
     pub fn kill_apiserver(&mut self) {
-        if let Some(mut g) = self.apiserver.take() {
-            if let Some(mut c) = g.0.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        if let Some(g) = self.apiserver.take() {
+            g.kill9();
         }
     }
 
