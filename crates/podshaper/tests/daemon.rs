@@ -271,7 +271,7 @@ fn the_cli_names_what_is_wrong_in_one_line() {
 #[test]
 fn metrics_and_health_are_served() {
     let root = TestRoot::new("metrics");
-    let port = unique_port() + 20000;
+    let port = unique_port();
     let addr = format!("127.0.0.1:{port}");
     let daemon = TestDaemon::start(&root.path, &["--metrics-addr", &addr]);
     let app = root.make("app").path().display().to_string();
@@ -318,7 +318,7 @@ fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
     std::fs::create_dir_all(&dir).expect("tls dir");
     let _cleanup = Cleanup(dir.clone());
     let certs = common::tls::write_test_pki(&dir);
-    let port = unique_port() + 21000;
+    let port = unique_port();
     let listen = format!("127.0.0.1:{port}");
     let daemon = TestDaemon::start(
         &root.path,

@@ -116,11 +116,10 @@ impl TestDaemon {
                 .and_then(|c| c.0.as_mut())
                 .map(|c| c.try_wait())
             {
-                let out = self.child.take().map(|c| c.wait_output());
+                self.child = None;
                 panic!(
-                    "daemon exited with {status}: {}",
-                    out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-                        .unwrap_or_default()
+                    "daemon exited with {status}; its log:\n{}",
+                    fs::read_to_string(self.log_path()).unwrap_or_default()
                 );
             }
             assert!(

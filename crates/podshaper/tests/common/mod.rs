@@ -25,10 +25,23 @@ pub fn podshaper() -> Command {
     Command::new(env!("CARGO_BIN_EXE_podshaper"))
 }
 
-/// A port no other test in this process uses.
+/// A port no other test in this process uses, and free on the host's
+/// loopback right now. Taken from below the kernel's ephemeral range
+/// (32768-60999 here): a port in that range can be the local end of any
+/// outgoing connection on the machine (a CI run once lost its daemon's TLS
+/// port to one).
 pub fn unique_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(21000);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(port < 32768, "the tests ran out of ports below 32768");
+        let free = |ip: Ipv4Addr| {
+            TcpListener::bind((ip, port)).is_ok() && UdpSocket::bind((ip, port)).is_ok()
+        };
+        if free(Ipv4Addr::LOCALHOST) && free(Ipv4Addr::UNSPECIFIED) {
+            return port;
+        }
+    }
 }
 
 /// A child process that is sent SIGTERM (and reaped) if the test ends early,
