@@ -18,7 +18,7 @@ use clap::Args;
 use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::{Meter, NetnsPair};
 use podshaper_rate::Rate;
-use podshaper_shaper::{DirectionLimit, Limits, Shaper, TransientCgroup};
+use podshaper_shaper::{DirectionCounters, DirectionLimit, Limits, Shaper, TransientCgroup};
 use serde_json::json;
 
 #[derive(Debug, Args)]
@@ -83,6 +83,9 @@ struct Cell {
     rtt: Option<(Duration, Duration)>,
     /// mean run time of the shaper's program for this direction (podshaper only)
     bpf_ns: Option<f64>,
+    /// the shaper's own counters for this direction (podshaper only): what it
+    /// passed, dropped and marked
+    shaped: Option<DirectionCounters>,
 }
 
 /// What every cell runs with.
@@ -219,6 +222,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                     "rtt_p50_ms": c.rtt.map(|r| ms(r.0)),
                     "rtt_p99_ms": c.rtt.map(|r| ms(r.1)),
                     "bpf_ns_per_packet": c.bpf_ns,
+                    "shaper_packets": c.shaped.map(|s| s.packets),
+                    "shaper_dropped": c.shaped.map(|s| s.dropped),
+                    "shaper_marked": c.shaped.map(|s| s.marked),
                 })
             })
             .collect();
@@ -272,6 +278,13 @@ fn describe(c: &Cell) -> String {
         })
         + &c.bpf_ns
             .map_or(String::new(), |ns| format!(", bpf {ns:.0} ns/pkt"))
+        + &c.shaped.map_or(String::new(), |s| {
+            format!(
+                ", dropped {:.2}% marked {:.2}%",
+                pct(s.dropped, s.packets + s.dropped),
+                pct(s.marked, s.packets + s.dropped)
+            )
+        })
 }
 
 fn ms(d: Duration) -> f64 {
@@ -349,6 +362,17 @@ fn run_cell(
         (Some(b), Some(a), Traffic::Tcp(_)) => Some((a.0 - b.0, a.1 - b.1)),
         _ => None,
     };
+    let shaped = match attachment {
+        Some(_) => {
+            let counters = shaper.counters(cgroup.cgroup().id())?;
+            Some(if egress {
+                counters.egress
+            } else {
+                counters.ingress
+            })
+        }
+        None => None,
+    };
     if let Some(a) = attachment {
         shaper.detach(a)?;
         shaper.remove_limits(cgroup.cgroup().id())?;
@@ -376,6 +400,7 @@ fn run_cell(
         jain,
         rtt,
         bpf_ns,
+        shaped,
     })
 }
 
