@@ -40,6 +40,8 @@
 /* the congestion window of a paced socket is clamped to twice its share's
  * bandwidth-delay product plus this many segments */
 #define CWND_CLAMP_SLACK 8
+/* ... and to at least this long at the share */
+#define CWND_CLAMP_MIN_US 2000
 #define CWND_UNCLAMPED 0x7fffffff
 
 /* cgroup_skb verdicts (egress may add a congestion notification). */
@@ -64,6 +66,13 @@
 #define MIN_DEFICIT_BURSTS 2
 /* ingress: longest a TCP flow goes without a packet let in */
 #define FEEDBACK_GAP_NS (1ULL * 1000 * 1000)
+/*
+ * TCP packets this small (pure ACKs, small requests and replies) pass while
+ * a bulk packet would be dropped, charged to the bucket like any other: they
+ * move no bulk, but a drop of one leaves its sender nothing to retransmit on
+ * but its timer (an RPC waits 200 ms or more).
+ */
+#define SMALL_PACKET_BYTES 256
 /* fixed point for the steering ratio */
 #define RATIO_ONE 1024ULL
 /* the bucket level's weight in the steering: 1/8 (1/2 oscillated) */
@@ -349,6 +358,11 @@ int podshaper_egress(struct __sk_buff *skb)
 		b->tokens -= (__s64)len;
 		verdict = VERDICT_PASS_CN;
 		marked = 1;
+	} else if (tcp && len <= SMALL_PACKET_BYTES &&
+		   b->tokens + 2 * (__s64)b->burst >= (__s64)len) {
+		b->tokens -= (__s64)len;
+		verdict = VERDICT_PASS_CN;
+		marked = 1;
 	} else {
 		verdict = VERDICT_DROP_CN;
 	}
@@ -420,7 +434,7 @@ int podshaper_ingress(struct __sk_buff *skb)
 	struct ps_state *st;
 	struct ps_bucket *b;
 	__u64 rate, burst;
-	int verdict = VERDICT_PASS, congested = 0, marked = 0, retransmission = 0;
+	int verdict = VERDICT_PASS, congested = 0, marked = 0, may_borrow = 0;
 	struct sock_state *ss = 0;
 	struct bpf_sock *tcp;
 	__u32 seq = 0, end = 0;
@@ -439,24 +453,27 @@ int podshaper_ingress(struct __sk_buff *skb)
 		return VERDICT_PASS;
 	}
 	/*
-	 * A TCP retransmission (data below the highest sequence already seen)
-	 * always passes and is charged: dropping it again would leave the
-	 * sender nothing to do but wait for its retransmission timer, which is
-	 * what collapses TCP under a plain policer. New data pays the deficit.
+	 * Some TCP packets may take the bucket into deficit (charged; new data
+	 * pays it back): a retransmission (data below the highest sequence
+	 * already seen), since dropping it again would leave the sender nothing
+	 * to do but wait for its retransmission timer, which is what collapses
+	 * TCP under a plain policer; and small packets (ACKs, requests).
 	 */
 	tcp = tcp_fullsock(skb);
 	now = bpf_ktime_get_ns();
+	if (tcp && len <= SMALL_PACKET_BYTES)
+		may_borrow = 1;
 	if (tcp && tcp_payload_range(skb, &seq, &end)) {
 		ss = bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (ss && ss->rcv_high_valid && (__s32)(end - ss->rcv_high) <= 0)
-			retransmission = 1;
+			may_borrow = 1;
 		/*
 		 * A flow that has had nothing let in for a while gets one packet
 		 * through, so that its sender hears (by SACK) what was lost and
 		 * recovers fast instead of waiting for a retransmission timeout.
 		 */
 		if (ss && (ss->rcv_dropped_last || now - ss->rcv_last_pass_ns > FEEDBACK_GAP_NS))
-			retransmission = 1;
+			may_borrow = 1;
 	}
 
 	bpf_spin_lock(&st->lock);
@@ -467,7 +484,7 @@ int podshaper_ingress(struct __sk_buff *skb)
 	if (b->tokens >= (__s64)len) {
 		b->tokens -= (__s64)len;
 		congested = b->tokens < (__s64)(b->burst / 2);
-	} else if (retransmission && b->tokens + (__s64)b->max_deficit >= (__s64)len) {
+	} else if (may_borrow && b->tokens + (__s64)b->max_deficit >= (__s64)len) {
 		b->tokens -= (__s64)len;
 		congested = 1;
 	} else {
@@ -511,6 +528,10 @@ static __always_inline void clamp_cwnd(struct bpf_sock_ops *skops, struct sock_s
 		clamp = CWND_UNCLAMPED;
 	} else {
 		want = 2 * p->applied * srtt_us / 1000000 / mss + CWND_CLAMP_SLACK;
+		/* never below CWND_CLAMP_MIN_US of the share: at high rates the
+		 * clamp would only cost CPU (smaller packets, same rate) */
+		if (want < p->applied * CWND_CLAMP_MIN_US / 1000000 / mss)
+			want = p->applied * CWND_CLAMP_MIN_US / 1000000 / mss;
 		clamp = want > CWND_UNCLAMPED ? CWND_UNCLAMPED : (__u32)want;
 	}
 	if (p->cwnd_clamp == 0 && clamp == CWND_UNCLAMPED)
