@@ -362,18 +362,14 @@ fn run_cell(
         (Some(b), Some(a), Traffic::Tcp(_)) => Some((a.0 - b.0, a.1 - b.1)),
         _ => None,
     };
-    let shaped = match attachment {
-        Some(_) => {
-            let counters = shaper.counters(cgroup.cgroup().id())?;
-            Some(if egress {
-                counters.egress
-            } else {
-                counters.ingress
-            })
-        }
-        None => None,
-    };
+    let mut shaped = None;
     if let Some(a) = attachment {
+        let counters = shaper.counters(cgroup.cgroup().id())?;
+        shaped = Some(if egress {
+            counters.egress
+        } else {
+            counters.ingress
+        });
         shaper.detach(a)?;
         shaper.remove_limits(cgroup.cgroup().id())?;
     }
