@@ -152,6 +152,19 @@ pub async fn connect(
     Ok(ShaperClient::new(channel))
 }
 
+/// An error and its causes on one line (`a: b: c`), as the daemon answers
+/// a request and as the controller logs a failed call.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -215,7 +215,7 @@ impl Controller {
                         retry.insert(node, Instant::now() + self.config.retry);
                     }
                     Err(e) => {
-                        tracing::warn!(%node, error = %chain(&e), "node not reconciled; retrying");
+                        tracing::warn!(%node, error = %podshaper_api::error_chain(&e), "node not reconciled; retrying");
                         self.daemons.forget(&node).await;
                         retry.insert(node, Instant::now() + self.config.retry * 4);
                     }
@@ -382,16 +382,4 @@ fn want(pod: &Pod) -> Option<(PodWant, ObjectReference)> {
         },
         pod.object_ref(&()),
     ))
-}
-
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

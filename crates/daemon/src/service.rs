@@ -61,24 +61,12 @@ fn confine_status(e: ConfineError) -> Status {
 }
 
 fn node_status(e: NodeError) -> Status {
-    let message = chain(&e);
+    let message = podshaper_api::error_chain(&e);
     match e {
         NodeError::Nested { .. } => Status::failed_precondition(message),
         NodeError::NotAttached { .. } => Status::not_found(message),
         _ => Status::internal(message),
     }
-}
-
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn direction(
@@ -172,7 +160,7 @@ impl pb::shaper_server::Shaper for ShaperService {
                 .map_err(|_| Status::internal("custom program state poisoned"))?;
             custom
                 .attach(&cgroup, &req.custom_program)
-                .map_err(|e| Status::invalid_argument(chain(&e)))?;
+                .map_err(|e| Status::invalid_argument(podshaper_api::error_chain(&e)))?;
             tracing::info!(cgroup = %cgroup.path().display(), "custom program attached");
             return Ok(Response::new(pb::CgroupStatus {
                 cgroup: cgroup.path().display().to_string(),
