@@ -521,8 +521,8 @@ int podshaper_ingress(struct __sk_buff *skb)
  */
 static __always_inline void clamp_cwnd(struct bpf_sock_ops *skops, struct sock_state *p)
 {
-	__u64 srtt_us = skops->srtt_us >> 3, mss = skops->mss_cache, want;
-	__u32 clamp;
+	__u64 srtt_us = skops->srtt_us >> 3, mss = skops->mss_cache, want, floor;
+	__u32 clamp, tolerance = p->cwnd_clamp >> 3;
 
 	if (p->applied == 0 || mss == 0) {
 		clamp = CWND_UNCLAMPED;
@@ -530,15 +530,16 @@ static __always_inline void clamp_cwnd(struct bpf_sock_ops *skops, struct sock_s
 		want = 2 * p->applied * srtt_us / 1000000 / mss + CWND_CLAMP_SLACK;
 		/* never below CWND_CLAMP_MIN_US of the share: at high rates the
 		 * clamp would only cost CPU (smaller packets, same rate) */
-		if (want < p->applied * CWND_CLAMP_MIN_US / 1000000 / mss)
-			want = p->applied * CWND_CLAMP_MIN_US / 1000000 / mss;
+		floor = p->applied * CWND_CLAMP_MIN_US / 1000000 / mss;
+		if (want < floor)
+			want = floor;
 		clamp = want > CWND_UNCLAMPED ? CWND_UNCLAMPED : (__u32)want;
 	}
 	if (p->cwnd_clamp == 0 && clamp == CWND_UNCLAMPED)
 		return;
-	/* within an eighth: not worth a setsockopt on this ACK */
-	if (p->cwnd_clamp && clamp <= p->cwnd_clamp + (p->cwnd_clamp >> 3) &&
-	    clamp + (p->cwnd_clamp >> 3) >= p->cwnd_clamp)
+	/* within an eighth of the clamp in force: not worth a setsockopt on this ACK */
+	if (p->cwnd_clamp && clamp <= p->cwnd_clamp + tolerance &&
+	    clamp + tolerance >= p->cwnd_clamp)
 		return;
 	if (bpf_setsockopt(skops, SOL_TCP, TCP_BPF_SNDCWND_CLAMP, &clamp, sizeof(clamp)) == 0)
 		p->cwnd_clamp = clamp;

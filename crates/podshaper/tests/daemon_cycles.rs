@@ -7,15 +7,9 @@ mod common;
 use common::daemon::{TestDaemon, TestRoot};
 use podshaper_api::pb;
 
-fn target(cgroup: &str) -> Option<pb::Target> {
-    Some(pb::Target {
-        target: Some(pb::target::Target::Cgroup(cgroup.to_string())),
-    })
-}
-
 fn attach_request(cgroup: &str, egress_bits: u64) -> pb::AttachRequest {
     pb::AttachRequest {
-        target: target(cgroup),
+        target: common::cgroup_target(cgroup),
         egress: Some(pb::DirectionLimit {
             bits_per_second: egress_bits,
             burst_bytes: 0,
@@ -60,7 +54,9 @@ fn attach_detach_cycles_and_concurrent_clients_leak_nothing() {
                     .unwrap_or_else(|e| panic!("update {i}: {e}"));
             }
             client
-                .detach(pb::DetachRequest { target: target(cg) })
+                .detach(pb::DetachRequest {
+                    target: common::cgroup_target(cg),
+                })
                 .await
                 .unwrap_or_else(|e| panic!("detach {i}: {e}"));
         }
@@ -92,7 +88,7 @@ fn attach_detach_cycles_and_concurrent_clients_leak_nothing() {
                     client.attach(attach_request(&cg, 10_000_000)).await?;
                     client
                         .detach(pb::DetachRequest {
-                            target: target(&cg),
+                            target: common::cgroup_target(&cg),
                         })
                         .await?;
                 }

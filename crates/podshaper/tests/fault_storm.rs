@@ -14,12 +14,6 @@ use std::time::Duration;
 use common::daemon::{TestDaemon, TestRoot};
 use podshaper_api::pb;
 
-fn target(cgroup: &str) -> Option<pb::Target> {
-    Some(pb::Target {
-        target: Some(pb::target::Target::Cgroup(cgroup.to_string())),
-    })
-}
-
 /// Attaches, updates and detaches random cgroups from `clients` connections
 /// until `stop`; errors (the daemon is being killed) are counted, not fatal.
 fn storm(
@@ -50,7 +44,9 @@ fn storm(
                     let cg = &cgroups[(x >> 33) as usize % cgroups.len()];
                     let ok = if x % 3 == 0 {
                         client
-                            .detach(pb::DetachRequest { target: target(cg) })
+                            .detach(pb::DetachRequest {
+                                target: common::cgroup_target(cg),
+                            })
                             .await
                             .is_ok()
                     } else {
@@ -62,7 +58,7 @@ fn storm(
                         };
                         client
                             .attach(pb::AttachRequest {
-                                target: target(cg),
+                                target: common::cgroup_target(cg),
                                 egress: limit(1_000_000 + (x % 1000) * 1000),
                                 ingress: limit(2_000_000),
                                 ..Default::default()

@@ -146,6 +146,15 @@ impl Drop for Scratch {
     }
 }
 
+/// (programs, maps, links) loaded on the whole machine.
+fn kernel_objects() -> (usize, usize, usize) {
+    (
+        aya::programs::loaded_programs().count(),
+        aya::maps::loaded_maps().count(),
+        aya::programs::loaded_links().count(),
+    )
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -249,11 +258,7 @@ pub fn run(args: BenchDaemonArgs) -> Result<ExitCode> {
             client.detach(detach_request(cg)).await.map_err(|e| anyhow::anyhow!("detach: {e}"))?;
         }
         // concurrent clients, each on its own connection
-        let before = (
-            aya::programs::loaded_programs().count(),
-            aya::maps::loaded_maps().count(),
-            aya::programs::loaded_links().count(),
-        );
+        let before = kernel_objects();
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for cg in &cgroups[..args.clients] {
@@ -272,11 +277,7 @@ pub fn run(args: BenchDaemonArgs) -> Result<ExitCode> {
             }
         }
         let concurrent = started.elapsed();
-        let after = (
-            aya::programs::loaded_programs().count(),
-            aya::maps::loaded_maps().count(),
-            aya::programs::loaded_links().count(),
-        );
+        let after = kernel_objects();
         Ok::<_, anyhow::Error>(serde_json::json!({
             "cgroups": args.cgroups,
             "listed": listed,

@@ -63,9 +63,7 @@ impl ChildGuard {
             Err(e) => panic!("waiting for child: {e}"),
         }
     }
-}
 
-impl ChildGuard {
     /// SIGKILL and reap, as a crash would: the child cleans up nothing.
     pub fn kill9(mut self) {
         if let Some(mut c) = self.0.take() {
@@ -334,6 +332,15 @@ pub fn compile_bpf(dir: &std::path::Path, name: &str, body: &str) -> String {
         .expect("run clang");
     assert!(status.success(), "clang failed on {name}");
     obj.display().to_string()
+}
+
+/// A daemon API target naming a cgroup path.
+pub fn cgroup_target(cgroup: &str) -> Option<podshaper_api::pb::Target> {
+    Some(podshaper_api::pb::Target {
+        target: Some(podshaper_api::pb::target::Target::Cgroup(
+            cgroup.to_string(),
+        )),
+    })
 }
 
 /// (programs, maps, links) loaded on the whole machine.
