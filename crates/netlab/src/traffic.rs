@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::{setsockopt, sockopt};
+
 use crate::meter::Meter;
 use crate::netns;
 
@@ -17,6 +19,9 @@ const TCP_CHUNK: usize = 128 * 1024;
 pub const UDP_PAYLOAD: usize = 1400;
 /// How often blocked calls wake up to look at the deadline and stop flag.
 const POLL: Duration = Duration::from_millis(100);
+
+/// A UDP receiver's socket buffer (bytes; the kernel doubles it for overhead).
+const UDP_RECEIVE_BUFFER: usize = 16 << 20;
 
 /// When a source or sink should stop: at the deadline, or once `stop` is set.
 #[derive(Debug, Clone)]
@@ -213,6 +218,12 @@ pub fn udp_send(to: SocketAddr, bits_per_sec: u64, until: &Until) -> io::Result<
 /// Counts the payload of every datagram arriving on `socket` into `meter`.
 pub fn udp_sink(socket: UdpSocket, meter: Meter, until: &Until) -> io::Result<()> {
     socket.set_read_timeout(Some(POLL))?;
+    // Room for a whole burst of the limit: a token bucket that refilled while
+    // the sender was off the CPU passes up to its depth (25 ms at 500 Mbit/s
+    // is 1.5 MiB) at once, more than the default 208 KiB receive buffer, and
+    // datagrams the receiver's socket drops are not the limit's doing.
+    // Forcing past rmem_max needs root; anyone else keeps the default.
+    let _ = setsockopt(&socket, sockopt::RcvBufForce, &UDP_RECEIVE_BUFFER);
     let mut buf = vec![0u8; 65536];
     while !until.reached() {
         match socket.recv(&mut buf) {

@@ -6,17 +6,7 @@
 
 mod common;
 
-use std::sync::{Mutex, MutexGuard};
-
 use common::{assert_ratio, measure, Flow};
-
-/// Cells at 1 Gbit/s keep both cores busy (sender, receiver, softirq): two at
-/// once measure the machine, not the shaper. They take turns.
-static HEAVY: Mutex<()> = Mutex::new(());
-
-fn heavy(bits: f64) -> Option<MutexGuard<'static, ()>> {
-    (bits >= 1e9).then(|| HEAVY.lock().unwrap_or_else(|e| e.into_inner()))
-}
 
 /// Achieved/target bounds. Ingress single flows at 1G are the known weak
 /// cell (docs/benchmarks.md): the policer makes the sender retransmit.
@@ -32,7 +22,6 @@ fn tcp(arg: &str, rate: &str, bits: f64, flows: usize, egress: bool, bounds: (f6
         skip: 2.0,
         ..Flow::tcp(egress)
     };
-    let _turn = heavy(bits);
     let got = measure(&[arg, rate], &flow);
     let what = format!(
         "TCP {} {rate} x{flows}",
@@ -68,8 +57,6 @@ tcp_cases! {
 }
 
 fn udp(arg: &str, rate: &str, bits: f64, egress: bool) {
-    // UDP is offered at 4x: even the 100M cell keeps a core busy.
-    let _turn = heavy(bits * 10.0);
     let got = measure(&[arg, rate], &Flow::udp(egress, (bits * 4.0) as u64));
     let what = format!(
         "UDP {} {rate} offered 4x",

@@ -8,6 +8,7 @@ fn bench_compares_podshaper_with_tbf_and_no_limit() {
     let dir = std::env::temp_dir().join(format!("podshaper-test-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let plot = dir.join("change.png");
+    let turn = common::traffic_turn();
     let out = common::podshaper()
         .args([
             "bench",
@@ -31,6 +32,7 @@ fn bench_compares_podshaper_with_tbf_and_no_limit() {
         .arg("--json")
         .output()
         .expect("run the bench");
+    drop(turn);
     assert!(
         out.status.success(),
         "{}",

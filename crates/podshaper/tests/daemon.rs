@@ -526,6 +526,8 @@ fn a_nul_byte_or_a_missing_target_is_refused_over_the_api() {
 
 #[test]
 fn the_daemon_benchmark_runs_and_leaks_nothing() {
+    // its traffic phase measures a rate, and would disturb another's
+    let turn = common::traffic_turn();
     let out = common::podshaper()
         .args([
             "bench",
@@ -542,6 +544,7 @@ fn the_daemon_benchmark_runs_and_leaks_nothing() {
         ])
         .output()
         .expect("run the bench");
+    drop(turn);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(r["listed"], 50);
@@ -575,6 +578,7 @@ fn limits_change_and_lift_on_a_connection_that_stays_open() {
     let daemon = TestDaemon::start(&root.path, &[]);
     daemon.ok(&["attach", "--cgroup", &path, "--egress", "40M"]);
 
+    let _turn = common::traffic_turn();
     let lab = NetnsPair::create("live").expect("lab");
     let port = unique_port();
     let meter = Meter::default();

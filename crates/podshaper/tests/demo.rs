@@ -8,6 +8,7 @@ use common::podshaper;
 #[test]
 fn demo_shows_unlimited_limited_and_changed_rates_and_cleans_up() {
     let before = netns_list();
+    let turn = common::traffic_turn();
     let out = podshaper()
         .args([
             "demo",
@@ -20,6 +21,7 @@ fn demo_shows_unlimited_limited_and_changed_rates_and_cleans_up() {
         ])
         .output()
         .expect("run the demo");
+    drop(turn);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

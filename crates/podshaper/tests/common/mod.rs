@@ -44,6 +44,31 @@ pub fn unique_port() -> u16 {
     }
 }
 
+/// Held while a test measures a rate: measurements take turns, across test
+/// threads and test processes alone. On 2 cores one 1 Gbit/s flow keeps both
+/// busy (sender, receiver, softirq), so two measurements at once measure the
+/// machine, not the shaper (CI failed cells at 0.79-0.89 that read 0.97-1.00
+/// alone). A `flock` on one file serializes threads too: each turn opens its
+/// own file description.
+pub struct TrafficTurn(nix::fcntl::Flock<std::fs::File>);
+
+pub fn traffic_turn() -> TrafficTurn {
+    const LOCK: &str = "/run/podshaper-tests-traffic.lock";
+    let file = match std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK)
+    {
+        Ok(f) => f,
+        Err(e) => panic!("cannot open {LOCK}: {e}"),
+    };
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive) {
+        Ok(lock) => TrafficTurn(lock),
+        Err((_, e)) => panic!("cannot lock {LOCK}: {e}"),
+    }
+}
+
 /// A child process that is sent SIGTERM (and reaped) if the test ends early,
 /// so that `podshaper run` gets to remove what it made.
 pub struct ChildGuard(pub Option<Child>);
@@ -163,6 +188,7 @@ pub enum Limiter<'a> {
 }
 
 pub fn measure_with(limiter: &Limiter<'_>, flow: &Flow) -> f64 {
+    let _turn = traffic_turn();
     let lab = match NetnsPair::create("t") {
         Ok(l) => l,
         Err(e) => panic!("cannot build the lab: {e}"),
