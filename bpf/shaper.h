@@ -57,6 +57,11 @@ struct ps_bucket {
 	__u64 share;
 	/* how far below empty TCP retransmissions may take the bucket (ingress) */
 	__u64 max_deficit;
+	/* steering windows so far, TCP sockets that sent bulk packets in this
+	 * window and in the last complete one (egress only) */
+	__u64 window_seq;
+	__u64 window_flows;
+	__u64 flows;
 };
 
 /* Value of the `states` map, keyed by cgroup id: owned by BPF, created on a

@@ -13,6 +13,8 @@ use nix::sched::{setns, CloneFlags};
 pub enum NetnsError {
     #[error("`ip {args}` failed: {stderr}")]
     Ip { args: String, stderr: String },
+    #[error("{0:?} is not a TCP congestion control name (cubic, bbr, reno, ...)")]
+    CongestionControl(String),
     #[error("cannot run `ip` (install iproute2)")]
     Spawn(#[source] std::io::Error),
     #[error("cannot enter network namespace {name}")]
@@ -97,6 +99,25 @@ impl NetnsPair {
             }
         }
         Ok(pair)
+    }
+
+    /// Sets the TCP congestion control of both namespaces (a new namespace
+    /// inherits the host's; senders' reactions to the shaper differ by
+    /// algorithm, so measurements say which one they used).
+    pub fn set_congestion_control(&self, algorithm: &str) -> Result<(), NetnsError> {
+        let valid = !algorithm.is_empty()
+            && algorithm.len() <= 16
+            && algorithm
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_');
+        if !valid {
+            return Err(NetnsError::CongestionControl(algorithm.to_string()));
+        }
+        let setting = format!("net.ipv4.tcp_congestion_control={algorithm}");
+        for ns in [&self.a, &self.b] {
+            ip(&["netns", "exec", ns, "sysctl", "-qw", &setting])?;
+        }
+        Ok(())
     }
 
     pub fn a(&self) -> &str {

@@ -13,47 +13,67 @@ use common::{assert_ratio, measure, Flow};
 const EGRESS: (f64, f64) = (0.90, 1.05);
 const INGRESS: (f64, f64) = (0.85, 1.05);
 const INGRESS_1G_ONE_FLOW: (f64, f64) = (0.75, 1.05);
+/// Senders using BBR: it ignores the bucket's congestion notifications and
+/// its own gain cycle probes below the pacing cap, so the share alone steers
+/// it and the aggregate wanders more (0.91-1.00 here where cubic reads
+/// 0.97-1.00; docs/shaping.md).
+const BBR_EGRESS: (f64, f64) = (0.85, 1.05);
 
-fn tcp(arg: &str, rate: &str, bits: f64, flows: usize, egress: bool, bounds: (f64, f64)) {
+fn tcp(
+    cc: &'static str,
+    arg: &str,
+    rate: &str,
+    bits: f64,
+    flows: usize,
+    egress: bool,
+    bounds: (f64, f64),
+) {
     let flow = Flow {
         flows,
         // ingress needs longer to settle: the sender's cwnd meets the policer
         seconds: if egress { 6.0 } else { 8.0 },
         skip: 2.0,
+        cc,
         ..Flow::tcp(egress)
     };
     let got = measure(&[arg, rate], &flow);
     let what = format!(
-        "TCP {} {rate} x{flows}",
+        "TCP ({cc}) {} {rate} x{flows}",
         if egress { "egress" } else { "ingress" }
     );
     assert_ratio(&what, got, bits, bounds.0, bounds.1);
 }
 
 macro_rules! tcp_cases {
-    ($($name:ident: $arg:literal $rate:literal $bits:literal, flows $flows:literal, $egress:literal, $bounds:expr;)*) => {
+    ($($name:ident: $cc:literal $arg:literal $rate:literal $bits:literal, flows $flows:literal, $egress:literal, $bounds:expr;)*) => {
         $(
             #[test]
             fn $name() {
-                tcp($arg, $rate, $bits, $flows, $egress, $bounds);
+                tcp($cc, $arg, $rate, $bits, $flows, $egress, $bounds);
             }
         )*
     };
 }
 
 tcp_cases! {
-    tcp_egress_10m_1_flow: "--egress" "10M" 10e6, flows 1, true, EGRESS;
-    tcp_egress_10m_8_flows: "--egress" "10M" 10e6, flows 8, true, EGRESS;
-    tcp_egress_100m_1_flow: "--egress" "100M" 100e6, flows 1, true, EGRESS;
-    tcp_egress_100m_8_flows: "--egress" "100M" 100e6, flows 8, true, EGRESS;
-    tcp_egress_1g_1_flow: "--egress" "1G" 1e9, flows 1, true, EGRESS;
-    tcp_egress_1g_8_flows: "--egress" "1G" 1e9, flows 8, true, EGRESS;
-    tcp_ingress_10m_1_flow: "--ingress" "10M" 10e6, flows 1, false, INGRESS;
-    tcp_ingress_10m_8_flows: "--ingress" "10M" 10e6, flows 8, false, INGRESS;
-    tcp_ingress_100m_1_flow: "--ingress" "100M" 100e6, flows 1, false, INGRESS;
-    tcp_ingress_100m_8_flows: "--ingress" "100M" 100e6, flows 8, false, INGRESS;
-    tcp_ingress_1g_1_flow: "--ingress" "1G" 1e9, flows 1, false, INGRESS_1G_ONE_FLOW;
-    tcp_ingress_1g_8_flows: "--ingress" "1G" 1e9, flows 8, false, INGRESS;
+    tcp_egress_10m_1_flow: "cubic" "--egress" "10M" 10e6, flows 1, true, EGRESS;
+    tcp_egress_10m_8_flows: "cubic" "--egress" "10M" 10e6, flows 8, true, EGRESS;
+    tcp_egress_100m_1_flow: "cubic" "--egress" "100M" 100e6, flows 1, true, EGRESS;
+    tcp_egress_100m_8_flows: "cubic" "--egress" "100M" 100e6, flows 8, true, EGRESS;
+    tcp_egress_1g_1_flow: "cubic" "--egress" "1G" 1e9, flows 1, true, EGRESS;
+    tcp_egress_1g_8_flows: "cubic" "--egress" "1G" 1e9, flows 8, true, EGRESS;
+    tcp_ingress_10m_1_flow: "cubic" "--ingress" "10M" 10e6, flows 1, false, INGRESS;
+    tcp_ingress_10m_8_flows: "cubic" "--ingress" "10M" 10e6, flows 8, false, INGRESS;
+    tcp_ingress_100m_1_flow: "cubic" "--ingress" "100M" 100e6, flows 1, false, INGRESS;
+    tcp_ingress_100m_8_flows: "cubic" "--ingress" "100M" 100e6, flows 8, false, INGRESS;
+    tcp_ingress_1g_1_flow: "cubic" "--ingress" "1G" 1e9, flows 1, false, INGRESS_1G_ONE_FLOW;
+    tcp_ingress_1g_8_flows: "cubic" "--ingress" "1G" 1e9, flows 8, false, INGRESS;
+    tcp_bbr_egress_100m_1_flow: "bbr" "--egress" "100M" 100e6, flows 1, true, BBR_EGRESS;
+    tcp_bbr_egress_100m_8_flows: "bbr" "--egress" "100M" 100e6, flows 8, true, BBR_EGRESS;
+    tcp_bbr_egress_1g_1_flow: "bbr" "--egress" "1G" 1e9, flows 1, true, BBR_EGRESS;
+    tcp_bbr_egress_1g_8_flows: "bbr" "--egress" "1G" 1e9, flows 8, true, BBR_EGRESS;
+    tcp_bbr_ingress_100m_1_flow: "bbr" "--ingress" "100M" 100e6, flows 1, false, INGRESS;
+    tcp_bbr_ingress_100m_8_flows: "bbr" "--ingress" "100M" 100e6, flows 8, false, INGRESS;
 }
 
 fn udp(arg: &str, rate: &str, bits: f64, egress: bool) {

@@ -580,6 +580,7 @@ fn limits_change_and_lift_on_a_connection_that_stays_open() {
 
     let _turn = common::traffic_turn();
     let lab = NetnsPair::create("live").expect("lab");
+    lab.set_congestion_control("cubic").expect("cubic");
     let port = unique_port();
     let meter = Meter::default();
     let until = Until::after(Duration::from_secs(12));

@@ -54,6 +54,12 @@ pub struct Bucket {
     pub share: u64,
     /// how far below empty TCP retransmissions may take the bucket (ingress)
     pub max_deficit: u64,
+    /// steering windows so far (egress)
+    pub window_seq: u64,
+    /// TCP sockets that sent bulk packets in this window
+    pub window_flows: u64,
+    /// ... and in the last complete window
+    pub flows: u64,
 }
 
 /// `struct ps_state`: the value of the `states` map.
@@ -90,10 +96,11 @@ mod tests {
         assert_eq!(offset_of!(DirCounters, dropped), 16);
         assert_eq!(offset_of!(DirCounters, marked), 24);
         assert_eq!(size_of::<Counters>(), 64);
-        assert_eq!(size_of::<Bucket>(), 80);
+        assert_eq!(size_of::<Bucket>(), 104);
         assert_eq!(offset_of!(Bucket, share), 64);
+        assert_eq!(offset_of!(Bucket, flows), 96);
         assert_eq!(offset_of!(State, dir), 8);
-        assert_eq!(size_of::<State>(), 168);
+        assert_eq!(size_of::<State>(), 216);
     }
 
     /// The C header, parsed: the same fields in the same order.
@@ -148,7 +155,10 @@ mod tests {
                 "__u64 window_start_ns",
                 "__u64 window_bytes",
                 "__u64 share",
-                "__u64 max_deficit"
+                "__u64 max_deficit",
+                "__u64 window_seq",
+                "__u64 window_flows",
+                "__u64 flows"
             ]
         );
         assert!(header.contains("__s64 tokens;"));

@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// the limited cgroup, and changes what the bulk flows get).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     probe: bool,
+    /// TCP congestion control of the senders (both namespaces): cubic is
+    /// Linux's default; bbr reacts to the shaper differently.
+    #[arg(long, default_value = "cubic")]
+    cc: String,
     /// Also measure limit change to effect (one TCP flow, egress, limit halved).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     change: bool,
@@ -95,6 +99,8 @@ struct RunOptions {
     loaded_since: std::time::SystemTime,
     /// the latency probe beside TCP traffic
     probe: bool,
+    /// the senders' TCP congestion control
+    cc: String,
 }
 
 /// What one measurement saw.
@@ -149,6 +155,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         seconds: args.seconds,
         loaded_since,
         probe: args.probe,
+        cc: args.cc.clone(),
     };
     let mut cells = Vec::new();
     for direction in &directions {
@@ -176,7 +183,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if args.change || args.plot.is_some() {
         for rate in &rates {
             for mechanism in mechanisms.iter().filter(|m| **m != Mechanism::Unlimited) {
-                let run = super::bench_change::run(&mut shaper, *rate, *mechanism)
+                let run = super::bench_change::run(&mut shaper, *rate, *mechanism, &args.cc)
                     .with_context(|| format!("limit change at {rate} with {mechanism:?}"))?;
                 if !args.json {
                     eprintln!(
@@ -228,8 +235,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", json!({"cells": rows, "limit_changes": change_rows}));
+        println!(
+            "{}",
+            json!({"congestion_control": args.cc, "cells": rows, "limit_changes": change_rows})
+        );
     } else {
+        println!("TCP congestion control: {}", args.cc);
         print_table(&cells, &mechanisms);
         if !changes.is_empty() {
             println!();
@@ -309,6 +320,7 @@ fn run_cell(
 ) -> Result<Cell> {
     let (seconds, loaded_since, with_probe) = (run.seconds, run.loaded_since, run.probe);
     let lab = NetnsPair::create("bench")?;
+    lab.set_congestion_control(&run.cc)?;
     let cgroup = TransientCgroup::create(&format!("podshaper-bench-{}", std::process::id()))?;
     let egress = direction == "egress";
     let mut attachment = None;

@@ -39,8 +39,14 @@ pub(super) struct ChangeRun {
     pub series: Vec<(f64, f64)>,
 }
 
-pub(super) fn run(shaper: &mut Shaper, rate: Rate, mechanism: Mechanism) -> Result<ChangeRun> {
+pub(super) fn run(
+    shaper: &mut Shaper,
+    rate: Rate,
+    mechanism: Mechanism,
+    cc: &str,
+) -> Result<ChangeRun> {
     let lab = NetnsPair::create("chg")?;
+    lab.set_congestion_control(cc)?;
     let cgroup = TransientCgroup::create(&format!("podshaper-change-{}", std::process::id()))?;
     let half = Rate::from_bits_per_sec(rate.bits_per_sec() / 2)?;
     let limits = |r: Rate| Limits {

@@ -147,6 +147,8 @@ pub struct Flow {
     pub seconds: f64,
     /// seconds at the start left out of the measurement
     pub skip: f64,
+    /// TCP congestion control of both namespaces (not for `host` flows)
+    pub cc: &'static str,
 }
 
 impl Flow {
@@ -160,6 +162,8 @@ impl Flow {
             offered: 0,
             seconds: 6.0,
             skip: 1.5,
+            // Linux's default; the BBR cells of tests/accuracy.rs say so
+            cc: "cubic",
         }
     }
 
@@ -193,6 +197,9 @@ pub fn measure_with(limiter: &Limiter<'_>, flow: &Flow) -> f64 {
         Ok(l) => l,
         Err(e) => panic!("cannot build the lab: {e}"),
     };
+    if let Err(e) = lab.set_congestion_control(flow.cc) {
+        panic!("cannot set {}: {e}", flow.cc);
+    }
     let port = unique_port();
     let seconds = flow.seconds.to_string();
     let skip = flow.skip.to_string();
