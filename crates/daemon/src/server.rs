@@ -25,6 +25,9 @@ use crate::service::{ShaperService, State};
 
 /// How often pins whose cgroup disappeared are cleaned up.
 const STALE_SWEEP: Duration = Duration::from_secs(5);
+/// How often limited pods are checked for a missing ingress queue (their
+/// processes joined after the limit, or the daemon restarted).
+const QUEUE_SWEEP: Duration = Duration::from_secs(1);
 /// A request that takes longer than this is failed (a stuck client cannot hold the node).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -41,6 +44,9 @@ pub struct DaemonConfig {
     pub bpffs_dir: PathBuf,
     pub metrics_addr: Option<SocketAddr>,
     pub allow_custom_programs: bool,
+    /// Queue ingress in front of pods with a network namespace of their own
+    /// (an ifb with htb in the pod's namespace), besides the cgroup policer.
+    pub ingress_queue: bool,
 }
 
 /// Runs the daemon until `shutdown` completes.
@@ -50,8 +56,9 @@ pub async fn run(
 ) -> Result<()> {
     let tls = tls_config(&config)?;
     let root = CgroupRoot::new(config.cgroup_root.as_deref()).context("invalid --cgroup-root")?;
-    let (node, adoption) =
+    let (mut node, adoption) =
         Node::open(&config.bpffs_dir, root).context("cannot open the shaper state")?;
+    node.set_ingress_queue(config.ingress_queue);
     tracing::info!(
         bpffs = %config.bpffs_dir.display(),
         cgroup_root = %node.root().root().display(),
@@ -145,6 +152,26 @@ pub async fn run(
                         "pins were removed under the daemon; pinned and attached them again"
                     ),
                     Err(e) => tracing::error!(error = %e, "cannot repair removed pins"),
+                }
+            }
+        });
+    }
+    if config.ingress_queue {
+        let (state, mut rx) = (state.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(QUEUE_SWEEP) => {}
+                    _ = rx.wait_for(|s| *s) => return Ok(()),
+                }
+                let Ok(mut node) = state.node.lock() else {
+                    tracing::error!("daemon state poisoned");
+                    continue;
+                };
+                match node.sync_ingress_queues() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(cgroups = n, "ingress queues installed"),
+                    Err(e) => tracing::warn!(error = %e, "ingress queue sweep failed"),
                 }
             }
         });

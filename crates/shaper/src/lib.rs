@@ -7,7 +7,9 @@ pub mod abi;
 pub mod cgroup;
 pub mod confine;
 pub mod counters;
+pub mod ingress_queue;
 pub mod limits;
+pub mod netns;
 pub mod node;
 pub mod shaper;
 

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use crate::cgroup::Cgroup;
 use crate::confine::{pod_uid_of, CgroupRoot};
 use crate::counters::CgroupCounters;
-use crate::limits::Limits;
+use crate::ingress_queue;
+use crate::limits::{DirectionLimit, Limits};
+use crate::netns::{self, network_namespaces_in};
 use crate::shaper::{detach_pinned, is_fully_pinned, Shaper, ShaperError};
 
 /// statfs magic of bpffs.
@@ -60,6 +62,10 @@ pub struct Adoption {
     pub repaired: usize,
 }
 
+/// Pods whose ingress queue one [`Node::sync_ingress_queues`] pass looks
+/// at, at most: each costs a few `tc` runs, and the node is locked meanwhile.
+const QUEUE_SYNCS_PER_PASS: usize = 32;
+
 /// What [`Node::repair`] put back.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Repair {
@@ -77,6 +83,12 @@ pub struct Node {
     /// Paths of the attached cgroups: an index of the pins, so that requests
     /// do not walk every pin (rebuilt from the pins on open).
     attached: HashMap<u64, PathBuf>,
+    /// Whether pods with a network namespace of their own get an ingress
+    /// queue in front of them (crate::ingress_queue).
+    ingress_queue: bool,
+    /// The network namespaces (dev, inode) each limited cgroup's ingress
+    /// queue is installed in, with its current limit.
+    queued: HashMap<u64, Vec<(u64, u64)>>,
 }
 
 impl Node {
@@ -105,9 +117,17 @@ impl Node {
             links_dir,
             root,
             attached: HashMap::new(),
+            ingress_queue: true,
+            queued: HashMap::new(),
         };
         let adoption = node.adopt()?;
         Ok((node, adoption))
+    }
+
+    /// Turns the ingress queue for pods with a network namespace of their
+    /// own on (the default) or off (the cgroup policer alone).
+    pub fn set_ingress_queue(&mut self, enabled: bool) {
+        self.ingress_queue = enabled;
     }
 
     pub fn root(&self) -> &CgroupRoot {
@@ -166,7 +186,75 @@ impl Node {
         }
         self.attached
             .insert(cgroup.id(), cgroup.path().to_path_buf());
+        self.queued.remove(&cgroup.id());
+        self.sync_ingress_queue(cgroup.id(), cgroup.path(), limits.ingress);
         self.status_of(cgroup.id(), Some(cgroup.path().to_path_buf()))
+    }
+
+    /// Puts the ingress queue in front of every network namespace of the
+    /// cgroup's processes other than the host's, with the cgroup's ingress
+    /// limit, or takes it away if there is none. Failures leave the cgroup
+    /// with its policer (never unlimited): they are logged, not returned.
+    fn sync_ingress_queue(&mut self, id: u64, path: &Path, ingress: Option<DirectionLimit>) {
+        if !self.ingress_queue {
+            return;
+        }
+        let pods: Vec<fs::File> = network_namespaces_in(path)
+            .into_iter()
+            .filter(|ns| !netns::is_ours(ns).unwrap_or(true))
+            .collect();
+        let mut installed = Vec::new();
+        for ns in &pods {
+            let done = match ingress {
+                Some(limit) => ingress_queue::install(ns, &limit),
+                None => ingress_queue::remove(ns),
+            };
+            match done {
+                Ok(()) => installed.extend(netns::identity(ns).ok()),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    cgroup = %path.display(),
+                    "ingress queue not updated; the cgroup policer holds the limit"
+                ),
+            }
+        }
+        if ingress.is_some() && !installed.is_empty() {
+            self.queued.insert(id, installed);
+        } else {
+            self.queued.remove(&id);
+        }
+    }
+
+    /// Installs the ingress queue where it is missing: pods whose processes
+    /// joined their cgroup after it was limited, pods in a new network
+    /// namespace, and every pod after the daemon starts. Returns how many
+    /// cgroups it updated.
+    pub fn sync_ingress_queues(&mut self) -> Result<usize, NodeError> {
+        if !self.ingress_queue {
+            return Ok(0);
+        }
+        let mut todo = Vec::new();
+        for (id, path) in &self.attached {
+            let Some(ingress) = self.shaper.limits(*id)?.and_then(|l| l.ingress) else {
+                continue;
+            };
+            let now: Vec<(u64, u64)> = network_namespaces_in(path)
+                .iter()
+                .filter(|ns| !netns::is_ours(ns).unwrap_or(true))
+                .filter_map(|ns| netns::identity(ns).ok())
+                .collect();
+            let known = self.queued.get(id);
+            if !now.is_empty() && now.iter().any(|n| !known.is_some_and(|k| k.contains(n))) {
+                todo.push((*id, path.clone(), ingress));
+            }
+            if todo.len() == QUEUE_SYNCS_PER_PASS {
+                break;
+            }
+        }
+        for (id, path, ingress) in &todo {
+            self.sync_ingress_queue(*id, path, Some(*ingress));
+        }
+        Ok(todo.len())
     }
 
     /// Detaches the shaper from a cgroup and forgets its limits.
@@ -182,9 +270,12 @@ impl Node {
         detach_pinned(&dir)?;
         self.shaper.remove_limits(cgroup_id)?;
         // Open connections would otherwise stay paced at the old share.
-        let netns = self
-            .attached
-            .remove(&cgroup_id)
+        let path = self.attached.remove(&cgroup_id);
+        if let Some(path) = &path {
+            self.sync_ingress_queue(cgroup_id, path, None);
+        }
+        self.queued.remove(&cgroup_id);
+        let netns = path
             .map(|path| network_namespaces_in(&path))
             .unwrap_or_default();
         if let Err(e) = self.shaper.unpace(cgroup_id, &netns) {
@@ -225,6 +316,8 @@ impl Node {
             detach_pinned(&self.link_dir(*id))?;
             self.shaper.remove_limits(*id)?;
             self.attached.remove(id);
+            // its namespace went with its processes, and the queue with it
+            self.queued.remove(id);
         }
         Ok(stale.len())
     }
@@ -303,36 +396,6 @@ impl Node {
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .collect())
     }
-}
-
-/// The distinct network namespaces of the processes in a cgroup subtree.
-fn network_namespaces_in(cgroup: &Path) -> Vec<fs::File> {
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    let mut dirs = vec![cgroup.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
-            for pid in procs.lines() {
-                let Ok(file) = fs::File::open(format!("/proc/{}/ns/net", pid.trim())) else {
-                    continue;
-                };
-                if let Ok(meta) = file.metadata() {
-                    if seen.insert((meta.dev(), meta.ino())) {
-                        out.push(file);
-                    }
-                }
-            }
-        }
-        if let Ok(entries) = fs::read_dir(&dir) {
-            dirs.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    out
 }
 
 fn is_bpffs(path: &Path) -> io::Result<bool> {

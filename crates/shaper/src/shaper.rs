@@ -306,26 +306,12 @@ impl Shaper {
             .map_err(|e| map_error(UNPACE_TARGET_MAP, e))?;
         self.run_unpace_iterator()?;
         for ns in netns {
-            // setns changes only the calling thread: do it on a thread of its own.
-            std::thread::scope(|scope| {
-                scope
-                    .spawn(|| -> Result<(), ShaperError> {
-                        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-                            |e| ShaperError::Pin {
-                                path: "setns".into(),
-                                source: Box::new(std::io::Error::from(e)),
-                            },
-                        )?;
-                        self.run_unpace_iterator()
-                    })
-                    .join()
-                    .unwrap_or_else(|_| {
-                        Err(ShaperError::Missing {
-                            kind: "thread",
-                            name: UNPACE_PROGRAM,
-                        })
-                    })
-            })?;
+            crate::netns::run_in(ns, || self.run_unpace_iterator()).map_err(|e| {
+                ShaperError::Pin {
+                    path: "setns".into(),
+                    source: Box::new(e),
+                }
+            })??;
         }
         Ok(())
     }

@@ -49,6 +49,11 @@ pub struct BenchArgs {
     /// Linux's default; bbr reacts to the shaper differently.
     #[arg(long, default_value = "cubic")]
     cc: String,
+    /// podshaper's ingress: the queue the daemon puts in front of a pod with
+    /// its own network namespace, with the cgroup policer behind it (true),
+    /// or the policer alone, as for hostNetwork pods (false).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    ingress_queue: bool,
     /// Also measure limit change to effect (one TCP flow, egress, limit halved).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     change: bool,
@@ -101,6 +106,8 @@ struct RunOptions {
     probe: bool,
     /// the senders' TCP congestion control
     cc: String,
+    /// podshaper's ingress queue in front of the limited namespace
+    ingress_queue: bool,
 }
 
 /// What one measurement saw.
@@ -156,6 +163,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         loaded_since,
         probe: args.probe,
         cc: args.cc.clone(),
+        ingress_queue: args.ingress_queue,
     };
     let mut cells = Vec::new();
     for direction in &directions {
@@ -237,10 +245,20 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             .collect();
         println!(
             "{}",
-            json!({"congestion_control": args.cc, "cells": rows, "limit_changes": change_rows})
+            json!({"congestion_control": args.cc, "ingress_queue": args.ingress_queue, "cells": rows, "limit_changes": change_rows})
         );
     } else {
         println!("TCP congestion control: {}", args.cc);
+        if directions.contains(&"ingress") {
+            println!(
+                "podshaper ingress: {}",
+                if args.ingress_queue {
+                    "queue in front of the namespace (ifb + htb) and the cgroup policer"
+                } else {
+                    "cgroup policer alone"
+                }
+            );
+        }
         print_table(&cells, &mechanisms);
         if !changes.is_empty() {
             println!();
@@ -340,6 +358,11 @@ fn run_cell(
             };
             shaper.set_limits(cgroup.cgroup().id(), &limits)?;
             attachment = Some(shaper.attach(cgroup.cgroup())?);
+            if let (Some(ingress), true) = (limits.ingress, run.ingress_queue) {
+                // what the daemon does for a pod in a namespace of its own
+                let ns = std::fs::File::open(podshaper_netlab::netns::netns_path(lab.a()))?;
+                podshaper_shaper::ingress_queue::install(&ns, &ingress)?;
+            }
         }
         Mechanism::Tbf => {
             // The CNI bandwidth plugin's queue: on the sending side's veth.

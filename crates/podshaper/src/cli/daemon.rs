@@ -42,6 +42,11 @@ pub struct DaemonArgs {
     /// Accept BPF objects sent by clients (cgroup program types only). Off by default.
     #[arg(long)]
     allow_custom_programs: bool,
+    /// Put a queue (ifb + htb, built with iproute2) in front of pods that have
+    /// a network namespace of their own, so that ingress waits instead of
+    /// being dropped; `false` leaves ingress to the cgroup policer alone.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    ingress_queue: bool,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -63,6 +68,7 @@ pub fn run(args: DaemonArgs, signals: Signals) -> Result<ExitCode> {
         bpffs_dir: args.bpffs_dir,
         metrics_addr: args.metrics_addr,
         allow_custom_programs: args.allow_custom_programs,
+        ingress_queue: args.ingress_queue,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
