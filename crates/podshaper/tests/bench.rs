@@ -8,8 +8,8 @@ fn bench_compares_podshaper_with_tbf_and_no_limit() {
     let dir = std::env::temp_dir().join(format!("podshaper-test-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let plot = dir.join("change.png");
-    let turn = common::traffic_turn();
-    let out = common::podshaper()
+    let mut command = common::podshaper();
+    command
         .args([
             "bench",
             "--rates",
@@ -29,10 +29,8 @@ fn bench_compares_podshaper_with_tbf_and_no_limit() {
             "--plot",
         ])
         .arg(&plot)
-        .arg("--json")
-        .output()
-        .expect("run the bench");
-    drop(turn);
+        .arg("--json");
+    let out = common::output_in_turn(&mut command);
     assert!(
         out.status.success(),
         "{}",

@@ -527,24 +527,21 @@ fn a_nul_byte_or_a_missing_target_is_refused_over_the_api() {
 #[test]
 fn the_daemon_benchmark_runs_and_leaks_nothing() {
     // its traffic phase measures a rate, and would disturb another's
-    let turn = common::traffic_turn();
-    let out = common::podshaper()
-        .args([
-            "bench",
-            "daemon",
-            "--cgroups",
-            "50",
-            "--clients",
-            "20",
-            "--traffic-cgroups",
-            "5",
-            "--traffic-seconds",
-            "3",
-            "--json",
-        ])
-        .output()
-        .expect("run the bench");
-    drop(turn);
+    let mut command = common::podshaper();
+    command.args([
+        "bench",
+        "daemon",
+        "--cgroups",
+        "50",
+        "--clients",
+        "20",
+        "--traffic-cgroups",
+        "5",
+        "--traffic-seconds",
+        "3",
+        "--json",
+    ]);
+    let out = common::output_in_turn(&mut command);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(r["listed"], 50);

@@ -8,20 +8,17 @@ use common::podshaper;
 #[test]
 fn demo_shows_unlimited_limited_and_changed_rates_and_cleans_up() {
     let before = netns_list();
-    let turn = common::traffic_turn();
-    let out = podshaper()
-        .args([
-            "demo",
-            "--seconds",
-            "3",
-            "--first",
-            "80mbit",
-            "--second",
-            "20mbit",
-        ])
-        .output()
-        .expect("run the demo");
-    drop(turn);
+    let mut command = podshaper();
+    command.args([
+        "demo",
+        "--seconds",
+        "3",
+        "--first",
+        "80mbit",
+        "--second",
+        "20mbit",
+    ]);
+    let out = common::output_in_turn(&mut command);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

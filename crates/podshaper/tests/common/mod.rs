@@ -69,6 +69,14 @@ pub fn traffic_turn() -> TrafficTurn {
     }
 }
 
+/// Runs a command that measures rates, in its turn; its output.
+pub fn output_in_turn(command: &mut Command) -> Output {
+    let _turn = traffic_turn();
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
+}
+
 /// A child process that is sent SIGTERM (and reaped) if the test ends early,
 /// so that `podshaper run` gets to remove what it made.
 pub struct ChildGuard(pub Option<Child>);
