@@ -170,7 +170,7 @@ pub async fn run(
                 };
                 match node.sync_ingress_queues() {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(cgroups = n, "ingress queues installed"),
+                    Ok(n) => tracing::info!(cgroups = n, "ingress queues synced"),
                     Err(e) => tracing::warn!(error = %e, "ingress queue sweep failed"),
                 }
             }

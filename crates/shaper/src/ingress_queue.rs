@@ -74,16 +74,6 @@ pub fn remove(ns: &File) -> Result<(), QueueError> {
     netns::run_in(ns, remove_here).map_err(QueueError::Enter)?
 }
 
-/// Whether `ns` has the queue's device.
-pub fn is_installed(ns: &File) -> Result<bool, QueueError> {
-    netns::run_in(ns, || interfaces().map(|i| i.iter().any(|n| n == IFB_NAME)))
-        .map_err(QueueError::Enter)?
-        .map_err(|source| QueueError::Spawn {
-            program: "/proc/thread-self/net/dev",
-            source,
-        })
-}
-
 fn install_here(limit: &DirectionLimit) -> Result<(), QueueError> {
     let have = interfaces().map_err(|source| QueueError::Spawn {
         program: "/proc/thread-self/net/dev",

@@ -87,7 +87,9 @@ pub struct Node {
     /// queue in front of them (crate::ingress_queue).
     ingress_queue: bool,
     /// The network namespaces (dev, inode) each limited cgroup's ingress
-    /// queue is installed in, with its current limit.
+    /// queue was put in, with its current limit (or tried: a namespace where
+    /// it failed is not tried again every sweep, only when the limit
+    /// changes, the pod gets a new namespace, or the daemon restarts).
     queued: HashMap<u64, Vec<(u64, u64)>>,
 }
 
@@ -203,23 +205,23 @@ impl Node {
             .into_iter()
             .filter(|ns| !netns::is_ours(ns).unwrap_or(true))
             .collect();
-        let mut installed = Vec::new();
+        let mut tried = Vec::new();
         for ns in &pods {
             let done = match ingress {
                 Some(limit) => ingress_queue::install(ns, &limit),
                 None => ingress_queue::remove(ns),
             };
-            match done {
-                Ok(()) => installed.extend(netns::identity(ns).ok()),
-                Err(e) => tracing::warn!(
+            if let Err(e) = done {
+                tracing::warn!(
                     error = %e,
                     cgroup = %path.display(),
                     "ingress queue not updated; the cgroup policer holds the limit"
-                ),
+                );
             }
+            tried.extend(netns::identity(ns).ok());
         }
-        if ingress.is_some() && !installed.is_empty() {
-            self.queued.insert(id, installed);
+        if ingress.is_some() && !tried.is_empty() {
+            self.queued.insert(id, tried);
         } else {
             self.queued.remove(&id);
         }

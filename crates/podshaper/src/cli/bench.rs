@@ -337,6 +337,7 @@ fn run_cell(
     run: &RunOptions,
 ) -> Result<Cell> {
     let (seconds, loaded_since, with_probe) = (run.seconds, run.loaded_since, run.probe);
+    settle();
     let lab = NetnsPair::create("bench")?;
     lab.set_congestion_control(&run.cc)?;
     let cgroup = TransientCgroup::create(&format!("podshaper-bench-{}", std::process::id()))?;
@@ -671,6 +672,26 @@ fn nstat(ns: &str) -> Option<(u64, u64)> {
 }
 
 /// (busy, total) jiffies of all CPUs.
+/// Waits (5 s at most) until the machine is nearly idle: the previous cell's
+/// namespaces are torn down in the background (their sockets freed by a
+/// kernel worker), and a cell that starts meanwhile measures that too (5G x1
+/// right after an unlimited cell: 0.65-0.78, alone 0.987-0.999; tbf as well).
+pub(super) fn settle() {
+    const IDLE_ENOUGH: f64 = 0.15;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut before = cpu_times();
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = cpu_times();
+        if let (Some((b1, t1)), Some((b0, t0))) = (now, before) {
+            if ((b1 - b0) as f64 / (t1 - t0).max(1) as f64) < IDLE_ENOUGH {
+                return;
+            }
+        }
+        before = now;
+    }
+}
+
 fn cpu_times() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let cpu: Vec<u64> = stat

@@ -45,6 +45,7 @@ pub(super) fn run(
     mechanism: Mechanism,
     cc: &str,
 ) -> Result<ChangeRun> {
+    super::bench::settle();
     let lab = NetnsPair::create("chg")?;
     lab.set_congestion_control(cc)?;
     let cgroup = TransientCgroup::create(&format!("podshaper-change-{}", std::process::id()))?;
