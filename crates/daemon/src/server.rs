@@ -31,6 +31,25 @@ const QUEUE_SWEEP: Duration = Duration::from_secs(1);
 /// A request that takes longer than this is failed (a stuck client cannot hold the node).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Runs `pass` on the node every `interval` until the daemon stops.
+async fn every(
+    interval: Duration,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+    pass: impl Fn(&mut Node),
+) -> Result<()> {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        match state.node.lock() {
+            Ok(mut node) => pass(&mut node),
+            Err(_) => tracing::error!("daemon state poisoned"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub socket: PathBuf,
@@ -124,57 +143,34 @@ pub async fn run(
         let (state, stop) = (state.clone(), stopped());
         tasks.spawn(async move { metrics::serve(listener, state, stop).await });
     }
-    {
-        let (state, mut rx) = (state.clone(), stop_rx.clone());
-        tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(STALE_SWEEP) => {}
-                    _ = rx.wait_for(|s| *s) => return Ok(()),
-                }
-                let Ok(mut node) = state.node.lock() else {
-                    tracing::error!("daemon state poisoned");
-                    continue;
-                };
-                match node.remove_stale() {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(removed = n, "removed the pins of cgroups that are gone")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "stale pin sweep failed"),
-                }
-                // Pins removed under us: put them back before limits are lost.
-                match node.repair() {
-                    Ok(r) if r == podshaper_shaper::Repair::default() => {}
-                    Ok(r) => tracing::warn!(
-                        maps = r.maps,
-                        cgroups = r.cgroups,
-                        "pins were removed under the daemon; pinned and attached them again"
-                    ),
-                    Err(e) => tracing::error!(error = %e, "cannot repair removed pins"),
-                }
-            }
-        });
-    }
+    tasks.spawn(every(STALE_SWEEP, state.clone(), stop_rx.clone(), |node| {
+        match node.remove_stale() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed the pins of cgroups that are gone"),
+            Err(e) => tracing::warn!(error = %e, "stale pin sweep failed"),
+        }
+        // Pins removed under us: put them back before limits are lost.
+        match node.repair() {
+            Ok(r) if r == podshaper_shaper::Repair::default() => {}
+            Ok(r) => tracing::warn!(
+                maps = r.maps,
+                cgroups = r.cgroups,
+                "pins were removed under the daemon; pinned and attached them again"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot repair removed pins"),
+        }
+    }));
     if config.ingress_queue {
-        let (state, mut rx) = (state.clone(), stop_rx.clone());
-        tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(QUEUE_SWEEP) => {}
-                    _ = rx.wait_for(|s| *s) => return Ok(()),
-                }
-                let Ok(mut node) = state.node.lock() else {
-                    tracing::error!("daemon state poisoned");
-                    continue;
-                };
-                match node.sync_ingress_queues() {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(cgroups = n, "ingress queues synced"),
-                    Err(e) => tracing::warn!(error = %e, "ingress queue sweep failed"),
-                }
-            }
-        });
+        tasks.spawn(every(
+            QUEUE_SWEEP,
+            state.clone(),
+            stop_rx.clone(),
+            |node| match node.sync_ingress_queues() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(cgroups = n, "ingress queues synced"),
+                Err(e) => tracing::warn!(error = %e, "ingress queue sweep failed"),
+            },
+        ));
     }
     tracing::info!(socket = %config.socket.display(), "ready");
 

@@ -54,6 +54,12 @@ pub enum QueueError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot read {path}")]
+    Read {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("`{command}` failed: {stderr}")]
     Command { command: String, stderr: String },
 }
@@ -75,10 +81,7 @@ pub fn remove(ns: &File) -> Result<(), QueueError> {
 }
 
 fn install_here(limit: &DirectionLimit) -> Result<(), QueueError> {
-    let have = interfaces().map_err(|source| QueueError::Spawn {
-        program: "/proc/thread-self/net/dev",
-        source,
-    })?;
+    let have = interfaces()?;
     if have.iter().any(|n| n == IFB_NAME) {
         // A live change: the classes' rates and the FIFOs' sizes, nothing else.
         if tc_batch(&classes("change", limit)).is_ok() {
@@ -141,68 +144,26 @@ fn redirect_interfaces(have: &[String]) -> Result<(), QueueError> {
         }
         // The ingress qdisc may be there already (ours from before, or
         // another tool's): our filter goes beside whatever it holds.
-        let _ = run(
-            "tc",
-            &["qdisc", "add", "dev", dev, "handle", "ffff:", "ingress"],
-        );
-        run(
-            "tc",
-            &[
-                "filter",
-                "add",
-                "dev",
-                dev,
-                "parent",
-                "ffff:",
-                "pref",
-                FILTER_PREF,
-                "protocol",
-                "all",
-                "u32",
-                "match",
-                "u32",
-                "0",
-                "0",
-                "action",
-                "mirred",
-                "egress",
-                "redirect",
-                "dev",
-                IFB_NAME,
-            ],
-        )?;
+        let _ = tc(&format!("qdisc add dev {dev} handle ffff: ingress"));
+        tc(&format!(
+            "filter add dev {dev} parent ffff: pref {FILTER_PREF} protocol all u32 match u32 0 0 action mirred egress redirect dev {IFB_NAME}"
+        ))?;
     }
     Ok(())
 }
 
 fn remove_here() -> Result<(), QueueError> {
-    let have = interfaces().map_err(|source| QueueError::Spawn {
-        program: "/proc/thread-self/net/dev",
-        source,
-    })?;
+    let have = interfaces()?;
     // Filters first: a redirect to a device that is gone drops packets.
     for dev in have.iter().filter(|n| is_pod_interface(n)) {
         if !redirects_to_ifb(dev) {
             continue;
         }
-        run(
-            "tc",
-            &[
-                "filter",
-                "del",
-                "dev",
-                dev,
-                "parent",
-                "ffff:",
-                "pref",
-                FILTER_PREF,
-            ],
-        )?;
+        tc(&format!(
+            "filter del dev {dev} parent ffff: pref {FILTER_PREF}"
+        ))?;
         if ingress_filters(dev).is_some_and(|f| f.trim().is_empty()) {
-            let _ = run(
-                "tc",
-                &["qdisc", "del", "dev", dev, "handle", "ffff:", "ingress"],
-            );
+            let _ = tc(&format!("qdisc del dev {dev} handle ffff: ingress"));
         }
     }
     if have.iter().any(|n| n == IFB_NAME) {
@@ -213,7 +174,7 @@ fn remove_here() -> Result<(), QueueError> {
 
 /// The filters on an interface's ingress; None if it has no ingress qdisc.
 fn ingress_filters(dev: &str) -> Option<String> {
-    output("tc", &["filter", "show", "dev", dev, "parent", "ffff:"]).ok()
+    tc(&format!("filter show dev {dev} parent ffff:")).ok()
 }
 
 fn redirects_to_ifb(dev: &str) -> bool {
@@ -234,8 +195,12 @@ fn is_pod_interface(name: &str) -> bool {
 }
 
 /// The network interfaces of the calling thread's namespace.
-fn interfaces() -> io::Result<Vec<String>> {
-    let table = fs::read_to_string("/proc/thread-self/net/dev")?;
+fn interfaces() -> Result<Vec<String>, QueueError> {
+    const NET_DEV: &str = "/proc/thread-self/net/dev";
+    let table = fs::read_to_string(NET_DEV).map_err(|source| QueueError::Read {
+        path: NET_DEV,
+        source,
+    })?;
     Ok(parse_net_dev(&table))
 }
 
@@ -246,6 +211,12 @@ fn parse_net_dev(table: &str) -> Vec<String> {
         .filter_map(|l| l.split_once(':'))
         .map(|(name, _)| name.trim().to_string())
         .collect()
+}
+
+/// One tc command, its output. Words are split on whitespace: interface
+/// names in it have passed [`is_pod_interface`], which admits none.
+fn tc(command: &str) -> Result<String, QueueError> {
+    output("tc", &command.split_whitespace().collect::<Vec<_>>())
 }
 
 fn run(program: &'static str, args: &[&str]) -> Result<(), QueueError> {
