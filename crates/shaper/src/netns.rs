@@ -49,11 +49,17 @@ pub fn identity(ns: &File) -> io::Result<(u64, u64)> {
     Ok((meta.dev(), meta.ino()))
 }
 
-/// Whether `ns` is this process's own network namespace (for the daemon,
-/// which runs with the host's network: a hostNetwork pod's).
-pub fn is_ours(ns: &File) -> io::Result<bool> {
-    let ours = File::open("/proc/self/ns/net")?;
-    Ok(identity(ns)? == identity(&ours)?)
+/// Of `namespaces`, those that are not this process's own (for the daemon,
+/// which runs with the host's network, its own is a hostNetwork pod's). If
+/// ours cannot be read, none are returned: nothing is done to the host's.
+pub fn not_ours(namespaces: &[File]) -> Vec<&File> {
+    let Ok(ours) = File::open("/proc/self/ns/net").and_then(|f| identity(&f)) else {
+        return Vec::new();
+    };
+    namespaces
+        .iter()
+        .filter(|ns| identity(ns).is_ok_and(|id| id != ours))
+        .collect()
 }
 
 /// Runs `f` on a thread of its own that has entered `ns`: setns changes only

@@ -188,25 +188,27 @@ impl Node {
         }
         self.attached
             .insert(cgroup.id(), cgroup.path().to_path_buf());
-        self.queued.remove(&cgroup.id());
-        self.sync_ingress_queue(cgroup.id(), cgroup.path(), limits.ingress);
+        let namespaces = network_namespaces_in(cgroup.path());
+        self.sync_ingress_queue(cgroup.id(), cgroup.path(), &namespaces, limits.ingress);
         self.status_of(cgroup.id(), Some(cgroup.path().to_path_buf()))
     }
 
-    /// Puts the ingress queue in front of every network namespace of the
-    /// cgroup's processes other than the host's, with the cgroup's ingress
+    /// Puts the ingress queue in front of each of `namespaces` (those of the
+    /// cgroup's processes) other than the host's, with the cgroup's ingress
     /// limit, or takes it away if there is none. Failures leave the cgroup
     /// with its policer (never unlimited): they are logged, not returned.
-    fn sync_ingress_queue(&mut self, id: u64, path: &Path, ingress: Option<DirectionLimit>) {
+    fn sync_ingress_queue(
+        &mut self,
+        id: u64,
+        path: &Path,
+        namespaces: &[fs::File],
+        ingress: Option<DirectionLimit>,
+    ) {
         if !self.ingress_queue {
             return;
         }
-        let pods: Vec<fs::File> = network_namespaces_in(path)
-            .into_iter()
-            .filter(|ns| !netns::is_ours(ns).unwrap_or(true))
-            .collect();
         let mut tried = Vec::new();
-        for ns in &pods {
+        for ns in netns::not_ours(namespaces) {
             let done = match ingress {
                 Some(limit) => ingress_queue::install(ns, &limit),
                 None => ingress_queue::remove(ns),
@@ -240,21 +242,20 @@ impl Node {
             let Some(ingress) = self.shaper.limits(*id)?.and_then(|l| l.ingress) else {
                 continue;
             };
-            let now: Vec<(u64, u64)> = network_namespaces_in(path)
-                .iter()
-                .filter(|ns| !netns::is_ours(ns).unwrap_or(true))
-                .filter_map(|ns| netns::identity(ns).ok())
-                .collect();
+            let namespaces = network_namespaces_in(path);
             let known = self.queued.get(id);
-            if !now.is_empty() && now.iter().any(|n| !known.is_some_and(|k| k.contains(n))) {
-                todo.push((*id, path.clone(), ingress));
+            let new = netns::not_ours(&namespaces).into_iter().any(|ns| {
+                netns::identity(ns).is_ok_and(|n| !known.is_some_and(|k| k.contains(&n)))
+            });
+            if new {
+                todo.push((*id, path.clone(), namespaces, ingress));
             }
             if todo.len() == QUEUE_SYNCS_PER_PASS {
                 break;
             }
         }
-        for (id, path, ingress) in &todo {
-            self.sync_ingress_queue(*id, path, Some(*ingress));
+        for (id, path, namespaces, ingress) in &todo {
+            self.sync_ingress_queue(*id, path, namespaces, Some(*ingress));
         }
         Ok(todo.len())
     }
@@ -272,14 +273,11 @@ impl Node {
         detach_pinned(&dir)?;
         self.shaper.remove_limits(cgroup_id)?;
         // Open connections would otherwise stay paced at the old share.
-        let path = self.attached.remove(&cgroup_id);
-        if let Some(path) = &path {
-            self.sync_ingress_queue(cgroup_id, path, None);
+        let mut netns = Vec::new();
+        if let Some(path) = self.attached.remove(&cgroup_id) {
+            netns = network_namespaces_in(&path);
+            self.sync_ingress_queue(cgroup_id, &path, &netns, None);
         }
-        self.queued.remove(&cgroup_id);
-        let netns = path
-            .map(|path| network_namespaces_in(&path))
-            .unwrap_or_default();
         if let Err(e) = self.shaper.unpace(cgroup_id, &netns) {
             tracing::warn!(error = %e, cgroup_id, "cannot lift the pacing of open sockets");
         }
