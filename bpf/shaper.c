@@ -21,9 +21,12 @@
  *
  * Ingress is a token-bucket policer: ECN-capable packets are marked CE while
  * the bucket is less than half full, and packets that find it empty are
- * dropped.
+ * dropped. Where a pod has a network namespace of its own, a queue in front
+ * of it (ifb + htb, built by the daemon) holds the rate first; the flow
+ * classifier at the end of this file gives each flow a FIFO of its own there.
  */
 #include <linux/bpf.h>
+#include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
@@ -656,6 +659,113 @@ int podshaper_unpace(struct bpf_iter__tcp *ctx)
 		ss->paced_cgid = 0;
 	}
 	return 0;
+}
+
+/*
+ * The ingress queue's flow classifier (tc, on the ifb's htb root): which of
+ * the PS_FLOW_QUEUES per-flow FIFOs a bulk packet waits in. htb serves them
+ * in turn, so flows share the limit equally, where one shared FIFO let a few
+ * flows take most of it (Jain 0.66 at 16 flows, docs/shaping.md).
+ *
+ * A flow is its addresses, protocol and ports (not the packet's hash, which
+ * a TCP sender changes after a timeout). A hash of those modulo the FIFOs
+ * would put two of 16 flows in one FIFO about half the time; instead a new
+ * flow takes the next FIFO in turn for its destination (the pod's address:
+ * flows of different pods never share an ifb), so up to PS_FLOW_QUEUES flows
+ * each get one of their own. An LRU map remembers each flow's FIFO: flows
+ * that end are forgotten.
+ */
+struct ps_flow {
+	__u32 src[4];
+	__u32 dst[4];
+	__u16 sport;
+	__u16 dport;
+	__u32 proto;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ps_flow);
+	__type(value, __u32);
+} flow_queues SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32[4]);
+	__type(value, __u32);
+} next_flow_queue SEC(".maps");
+
+/* A classifier (not direct-action) returns the class id, major:minor. */
+static __always_inline int to_flow_queue(__u32 queue)
+{
+	return (PS_QUEUE_MAJOR << 16) | (PS_FLOW_CLASS_BASE + queue % PS_FLOW_QUEUES);
+}
+
+/* The packet's flow; 0 if it is not IP. Ports stay 0 for other protocols,
+ * IPv4 fragments and IPv6 extension headers. */
+static __always_inline int read_flow(struct __sk_buff *skb, struct ps_flow *f)
+{
+	__u32 l4 = 0;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes_relative(skb, 0, &ip, sizeof(ip), BPF_HDR_START_NET))
+			return 0;
+		f->src[0] = ip.saddr;
+		f->dst[0] = ip.daddr;
+		f->proto = ip.protocol;
+		if (!(ip.frag_off & bpf_htons(0x3fff)))
+			l4 = ip.ihl * 4;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes_relative(skb, 0, &ip6, sizeof(ip6), BPF_HDR_START_NET))
+			return 0;
+		__builtin_memcpy(f->src, &ip6.saddr, sizeof(f->src));
+		__builtin_memcpy(f->dst, &ip6.daddr, sizeof(f->dst));
+		f->proto = ip6.nexthdr;
+		l4 = sizeof(ip6);
+	} else {
+		return 0;
+	}
+	if (l4 && (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP)) {
+		__u16 ports[2];
+
+		if (!bpf_skb_load_bytes_relative(skb, l4, ports, sizeof(ports), BPF_HDR_START_NET)) {
+			f->sport = ports[0];
+			f->dport = ports[1];
+		}
+	}
+	return 1;
+}
+
+SEC("classifier")
+int podshaper_flow_class(struct __sk_buff *skb)
+{
+	struct ps_flow flow = {};
+	__u32 *queue, *next, first = 0, mine;
+
+	if (!read_flow(skb, &flow))
+		return to_flow_queue(bpf_get_hash_recalc(skb));
+	queue = bpf_map_lookup_elem(&flow_queues, &flow);
+	if (queue)
+		return to_flow_queue(*queue);
+	next = bpf_map_lookup_elem(&next_flow_queue, &flow.dst);
+	if (!next) {
+		bpf_map_update_elem(&next_flow_queue, &flow.dst, &first, BPF_NOEXIST);
+		next = bpf_map_lookup_elem(&next_flow_queue, &flow.dst);
+		if (!next)
+			return to_flow_queue(bpf_get_hash_recalc(skb));
+	}
+	/* atomic: flows that start together on two CPUs (or a queue put in
+	 * front of flows already running) must not take the same turn */
+	mine = __sync_fetch_and_add(next, 1);
+	bpf_map_update_elem(&flow_queues, &flow, &mine, BPF_NOEXIST);
+	queue = bpf_map_lookup_elem(&flow_queues, &flow);
+	return to_flow_queue(queue ? *queue : mine);
 }
 
 char LICENSE[] SEC("license") = "GPL";

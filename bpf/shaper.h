@@ -71,4 +71,13 @@ struct ps_state {
 	struct ps_bucket dir[PS_DIRECTIONS];
 };
 
+/*
+ * The ingress queue (crates/shaper/src/ingress_queue.rs): the flow classifier
+ * sends each flow's bulk packets to one of PS_FLOW_QUEUES htb classes,
+ * PS_QUEUE_MAJOR:PS_FLOW_CLASS_BASE and up, each with a FIFO of its own.
+ */
+#define PS_QUEUE_MAJOR 1
+#define PS_FLOW_CLASS_BASE 0x100
+#define PS_FLOW_QUEUES 16
+
 #endif

@@ -28,7 +28,10 @@ fn main() {
         println!("cargo:rerun-if-changed={}", src.display());
         let obj = out_dir.join(Path::new(source).with_extension("o"));
         let status = Command::new("clang")
-            .args(["-g", "-O2", "-target", "bpf", "-Wall", "-Werror"])
+            // v3: atomic fetch-and-add (the flow classifier's turn counter)
+            .args([
+                "-g", "-O2", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror",
+            ])
             .arg(format!("-I{multiarch}"))
             .arg(format!("-I{}", bpf_dir.display()))
             .arg("-c")

@@ -6,6 +6,12 @@ pub const EGRESS: usize = 0;
 /// Index of the ingress half of a per-direction array.
 pub const INGRESS: usize = 1;
 
+/// The ingress queue's per-flow htb classes: `QUEUE_MAJOR:FLOW_CLASS_BASE`
+/// and the next `FLOW_QUEUES - 1` (`PS_QUEUE_MAJOR`, ...).
+pub const QUEUE_MAJOR: u32 = 1;
+pub const FLOW_CLASS_BASE: u32 = 0x100;
+pub const FLOW_QUEUES: u32 = 16;
+
 /// `struct ps_dir_limit`: rate 0 means "no limit this way".
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -101,6 +107,27 @@ mod tests {
         assert_eq!(offset_of!(Bucket, flows), 96);
         assert_eq!(offset_of!(State, dir), 8);
         assert_eq!(size_of::<State>(), 216);
+    }
+
+    #[test]
+    fn constants_match_shaper_h() {
+        let header = include_str!("../../../bpf/shaper.h");
+        let define = |name: &str| -> u32 {
+            let line = header
+                .lines()
+                .find(|l| l.split_whitespace().take(2).eq(["#define", name]))
+                .unwrap_or_else(|| panic!("{name} missing from shaper.h"));
+            let value = line.split_whitespace().nth(2).unwrap_or_default();
+            match value.strip_prefix("0x") {
+                Some(hex) => u32::from_str_radix(hex, 16),
+                None => value.parse(),
+            }
+            .unwrap_or_else(|e| panic!("{name} = {value:?}: {e}"))
+        };
+        assert_eq!(define("PS_QUEUE_MAJOR"), QUEUE_MAJOR);
+        assert_eq!(define("PS_FLOW_CLASS_BASE"), FLOW_CLASS_BASE);
+        assert_eq!(define("PS_FLOW_QUEUES"), FLOW_QUEUES);
+        assert_eq!(define("PS_INGRESS") as usize, INGRESS);
     }
 
     /// The C header, parsed: the same fields in the same order.

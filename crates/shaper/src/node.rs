@@ -1,5 +1,7 @@
 //! A node's shaping state, kept in bpffs: maps pinned under `<dir>/maps`, one
-//! directory of pinned links per limited cgroup under `<dir>/links/<id>`.
+//! directory of pinned links per limited cgroup under `<dir>/links/<id>`, and
+//! the ingress queue's flow classifier at `<dir>/programs/flow_class`, where
+//! `tc` finds it.
 //! The pins are the state: limits stay enforced while no process holds them,
 //! and a new [`Node`] adopts what an earlier one left.
 
@@ -69,7 +71,7 @@ const QUEUE_SYNCS_PER_PASS: usize = 32;
 /// What [`Node::repair`] put back.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Repair {
-    /// map pins made again
+    /// map and program pins made again
     pub maps: usize,
     /// limited cgroups whose links were attached and pinned again
     pub cgroups: usize,
@@ -79,6 +81,8 @@ pub struct Node {
     shaper: Shaper,
     maps_dir: PathBuf,
     links_dir: PathBuf,
+    /// where the flow classifier is pinned
+    flow_classifier: PathBuf,
     root: CgroupRoot,
     /// Paths of the attached cgroups: an index of the pins, so that requests
     /// do not walk every pin (rebuilt from the pins on open).
@@ -109,14 +113,21 @@ impl Node {
         }
         let maps_dir = bpffs_dir.join("maps");
         let links_dir = bpffs_dir.join("links");
-        for d in [&maps_dir, &links_dir] {
+        let programs_dir = bpffs_dir.join("programs");
+        for d in [&maps_dir, &links_dir, &programs_dir] {
             fs::create_dir_all(d).map_err(pin_dir_error)?;
         }
-        let shaper = Shaper::load_pinned(&maps_dir)?;
+        let mut shaper = Shaper::load_pinned(&maps_dir)?;
+        let flow_classifier = programs_dir.join("flow_class");
+        if let Err(e) = shaper.pin_flow_classifier(&flow_classifier) {
+            // queues cannot be built (tc finds no classifier): the policer holds
+            tracing::warn!(error = %e, "the ingress queue's flow classifier is not pinned");
+        }
         let mut node = Self {
             shaper,
             maps_dir,
             links_dir,
+            flow_classifier,
             root,
             attached: HashMap::new(),
             ingress_queue: true,
@@ -210,7 +221,7 @@ impl Node {
         let mut tried = Vec::new();
         for ns in netns::not_ours(namespaces) {
             let done = match ingress {
-                Some(limit) => ingress_queue::install(ns, &limit),
+                Some(limit) => ingress_queue::install(ns, &limit, &self.flow_classifier),
                 None => ingress_queue::remove(ns),
             };
             if let Err(e) = done {
@@ -331,6 +342,17 @@ impl Node {
             maps: self.shaper.repin_maps(&self.maps_dir)?,
             cgroups: 0,
         };
+        if self.shaper.has_flow_classifier() && !self.flow_classifier.exists() {
+            // queues built before keep their program; new ones need the pin
+            if let Some(dir) = self.flow_classifier.parent() {
+                fs::create_dir_all(dir).map_err(|source| NodeError::PinDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+            self.shaper.pin_flow_classifier(&self.flow_classifier)?;
+            report.maps += 1;
+        }
         fs::create_dir_all(&self.links_dir).map_err(|source| NodeError::PinDir {
             path: self.links_dir.display().to_string(),
             source,

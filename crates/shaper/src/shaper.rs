@@ -9,7 +9,7 @@ use aya::programs::cgroup_skb::CgroupSkbLinkId;
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::sock_ops::SockOpsLinkId;
 use aya::programs::{
-    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Iter, ProgramError, SockOps,
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Iter, ProgramError, SchedClassifier, SockOps,
 };
 use aya::Btf;
 use aya::{Ebpf, EbpfError, EbpfLoader};
@@ -31,6 +31,7 @@ const COUNTERS_MAP: &str = "counters";
 const SOCK_STATES_MAP: &str = "sock_states";
 const UNPACE_TARGET_MAP: &str = "unpace_target";
 const UNPACE_PROGRAM: &str = "podshaper_unpace";
+const FLOW_CLASS_PROGRAM: &str = "podshaper_flow_class";
 const ALL_MAPS: [&str; 5] = [
     LIMITS_MAP,
     STATES_MAP,
@@ -102,6 +103,8 @@ pub struct Shaper {
     ebpf: Ebpf,
     /// whether the un-pacing iterator loaded (it needs kernel BTF and iter/tcp)
     can_unpace: bool,
+    /// whether the ingress queue's flow classifier loaded
+    has_flow_classifier: bool,
 }
 
 impl Shaper {
@@ -137,6 +140,16 @@ impl Shaper {
         sockops
             .load()
             .map_err(|e| program_error(SOCKOPS_PROGRAM, e))?;
+        // Only the ingress queue needs it (and kernel 5.12 for its atomics):
+        // without it, pods keep the cgroup policer.
+        let flow_class: &mut SchedClassifier = program(&mut ebpf, FLOW_CLASS_PROGRAM)?;
+        let has_flow_classifier = match flow_class.load() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load the ingress queue's flow classifier: ingress is held by the cgroup policer alone");
+                false
+            }
+        };
         let can_unpace = match Btf::from_sys_fs() {
             Ok(btf) => match program::<Iter>(&mut ebpf, UNPACE_PROGRAM)?.load("tcp", &btf) {
                 Ok(()) => true,
@@ -150,7 +163,11 @@ impl Shaper {
                 false
             }
         };
-        Ok(Self { ebpf, can_unpace })
+        Ok(Self {
+            ebpf,
+            can_unpace,
+            has_flow_classifier,
+        })
     }
 
     /// Attaches the egress, ingress and sockops programs to a cgroup. Its
@@ -240,6 +257,36 @@ impl Shaper {
             }
         }
         Ok(())
+    }
+
+    /// Pins the ingress queue's flow classifier at `path` (in bpffs), where
+    /// `tc` finds it (crate::ingress_queue). A pin already there is replaced:
+    /// the queues built with the program it named keep that program.
+    pub fn pin_flow_classifier(&mut self, path: &Path) -> Result<(), ShaperError> {
+        if !self.has_flow_classifier {
+            return Err(ShaperError::Missing {
+                kind: "loaded program",
+                name: FLOW_CLASS_PROGRAM,
+            });
+        }
+        let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| ShaperError::Pin {
+            path: path.display().to_string(),
+            source,
+        };
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(pin_error(Box::new(e)))
+            }
+            _ => {}
+        }
+        program::<SchedClassifier>(&mut self.ebpf, FLOW_CLASS_PROGRAM)?
+            .pin(path)
+            .map_err(|e| pin_error(Box::new(e)))
+    }
+
+    /// Whether the flow classifier loaded (it needs kernel 5.12).
+    pub fn has_flow_classifier(&self) -> bool {
+        self.has_flow_classifier
     }
 
     /// Pins again, in `maps_dir`, the maps whose pins were removed (the maps

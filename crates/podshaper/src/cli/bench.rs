@@ -8,6 +8,7 @@
 //! busy fraction of the whole machine during the run.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::Ordering;
 use std::thread;
@@ -106,8 +107,31 @@ struct RunOptions {
     probe: bool,
     /// the senders' TCP congestion control
     cc: String,
-    /// podshaper's ingress queue in front of the limited namespace
-    ingress_queue: bool,
+    /// podshaper's ingress queue in front of the limited namespace: where
+    /// its flow classifier is pinned (None: no queue)
+    ingress_queue: Option<PathBuf>,
+}
+
+/// The flow classifier pinned where `tc` can find it, for as long as the
+/// bench runs (the daemon pins it in its own bpffs directory).
+struct ClassifierPin(PathBuf);
+
+impl ClassifierPin {
+    fn new(shaper: &mut Shaper) -> Result<Self> {
+        let path = PathBuf::from("/sys/fs/bpf")
+            .join(format!("podshaper-bench-{}-flow_class", std::process::id()));
+        shaper.pin_flow_classifier(&path).with_context(|| {
+            "cannot pin the ingress queue's flow classifier under /sys/fs/bpf \
+             (mount bpffs there, or measure without the queue: --ingress-queue false)"
+        })?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for ClassifierPin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// What one measurement saw.
@@ -158,12 +182,17 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut shaper = Shaper::load()?;
     // The kernel keeps run-time statistics of BPF programs while this is open.
     let _stats = super::bpf_stats::enable()?;
+    let flow_classifier = if args.ingress_queue {
+        Some(ClassifierPin::new(&mut shaper)?)
+    } else {
+        None
+    };
     let run_options = RunOptions {
         seconds: args.seconds,
         loaded_since,
         probe: args.probe,
         cc: args.cc.clone(),
-        ingress_queue: args.ingress_queue,
+        ingress_queue: flow_classifier.as_ref().map(|p| p.0.clone()),
     };
     let mut cells = Vec::new();
     for direction in &directions {
@@ -359,10 +388,10 @@ fn run_cell(
             };
             shaper.set_limits(cgroup.cgroup().id(), &limits)?;
             attachment = Some(shaper.attach(cgroup.cgroup())?);
-            if let (Some(ingress), true) = (limits.ingress, run.ingress_queue) {
+            if let (Some(ingress), Some(classifier)) = (limits.ingress, &run.ingress_queue) {
                 // what the daemon does for a pod in a namespace of its own
                 let ns = std::fs::File::open(podshaper_netlab::netns::netns_path(lab.a()))?;
-                podshaper_shaper::ingress_queue::install(&ns, &ingress)?;
+                podshaper_shaper::ingress_queue::install(&ns, &ingress, classifier)?;
             }
         }
         Mechanism::Tbf => {

@@ -200,6 +200,17 @@ pub enum Limiter<'a> {
 }
 
 pub fn measure_with(limiter: &Limiter<'_>, flow: &Flow) -> f64 {
+    measure_flows(limiter, flow).bits_per_second
+}
+
+/// What the receiving side saw.
+pub struct Received {
+    pub bits_per_second: f64,
+    /// bytes of each TCP flow over the whole run
+    pub flow_bytes: Vec<u64>,
+}
+
+pub fn measure_flows(limiter: &Limiter<'_>, flow: &Flow) -> Received {
     let _turn = traffic_turn();
     let lab = match NetnsPair::create("t") {
         Ok(l) => l,
@@ -270,10 +281,10 @@ pub fn measure_with(limiter: &Limiter<'_>, flow: &Flow) -> f64 {
             let (meter, until, proto) = (meter.clone(), until.clone(), flow.proto);
             let bind = SocketAddr::new(our_addr, port);
             traffic::spawn_in(our_ns.clone(), move || match proto {
-                Proto::Tcp => {
-                    traffic::tcp_sink(TcpListener::bind(bind)?, meter, &until).map(|_| ())
+                Proto::Tcp => traffic::tcp_sink(TcpListener::bind(bind)?, meter, &until),
+                Proto::Udp => {
+                    traffic::udp_sink(UdpSocket::bind(bind)?, meter, &until).map(|()| Vec::new())
                 }
-                Proto::Udp => traffic::udp_sink(UdpSocket::bind(bind)?, meter, &until),
             })
         };
         thread::sleep(Duration::from_millis(200));
@@ -287,13 +298,19 @@ pub fn measure_with(limiter: &Limiter<'_>, flow: &Flow) -> f64 {
         let last = meter.read();
         let out = child.wait_output();
         until.stop.store(true, Ordering::Relaxed);
-        let _ = sink.join();
+        let flow_bytes = match sink.join() {
+            Ok(Ok(bytes)) => bytes,
+            _ => Vec::new(),
+        };
         assert!(
             out.status.success(),
             "podshaper run failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        last.bits_per_sec_since(&first)
+        Received {
+            bits_per_second: last.bits_per_sec_since(&first),
+            flow_bytes,
+        }
     } else {
         // The limited process receives and reports; we send from B.
         let child = ChildGuard::spawn(&mut cmd);
@@ -332,7 +349,13 @@ pub fn measure_with(limiter: &Limiter<'_>, flow: &Flow) -> f64 {
             Ok(v) => v,
             Err(e) => panic!("bad report {:?}: {e}", String::from_utf8_lossy(&out.stdout)),
         };
-        report["bits_per_second"].as_f64().unwrap_or(0.0)
+        Received {
+            bits_per_second: report["bits_per_second"].as_f64().unwrap_or(0.0),
+            flow_bytes: report["flow_bytes"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+                .unwrap_or_default(),
+        }
     }
 }
 
