@@ -1,13 +1,29 @@
 //! Counts bytes as they arrive, for rates over any interval.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// A shared byte counter. Clones count into the same total.
 #[derive(Debug, Clone, Default)]
 pub struct Meter {
     bytes: Arc<AtomicU64>,
+    /// each flow's own count, in the order the flows were made
+    flows: Arc<Mutex<Vec<Arc<AtomicU64>>>>,
+}
+
+/// One flow's share of a [`Meter`]: counts into the total and its own.
+#[derive(Debug, Clone)]
+pub struct FlowMeter {
+    total: Meter,
+    own: Arc<AtomicU64>,
+}
+
+impl FlowMeter {
+    pub fn add(&self, n: u64) {
+        self.total.add(n);
+        self.own.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 /// The total at one moment.
@@ -22,12 +38,42 @@ impl Meter {
         self.bytes.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// A meter for one more flow, counted in this total too.
+    pub fn flow(&self) -> FlowMeter {
+        let own = Arc::new(AtomicU64::new(0));
+        if let Ok(mut flows) = self.flows.lock() {
+            flows.push(own.clone());
+        }
+        FlowMeter {
+            total: self.clone(),
+            own,
+        }
+    }
+
+    /// Each flow's bytes so far, in the order the flows were made.
+    pub fn flow_bytes(&self) -> Vec<u64> {
+        self.flows
+            .lock()
+            .map(|f| f.iter().map(|b| b.load(Ordering::Relaxed)).collect())
+            .unwrap_or_default()
+    }
+
     pub fn read(&self) -> Reading {
         Reading {
             at: Instant::now(),
             bytes: self.bytes.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Each flow's bytes between two [`Meter::flow_bytes`] snapshots (a flow
+/// made after the first counts from zero).
+pub fn flow_bytes_since(earlier: &[u64], later: &[u64]) -> Vec<u64> {
+    later
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b.saturating_sub(earlier.get(i).copied().unwrap_or(0)))
+        .collect()
 }
 
 impl Reading {
@@ -38,5 +84,25 @@ impl Reading {
             return 0.0;
         }
         self.bytes.saturating_sub(earlier.bytes) as f64 * 8.0 / secs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flows_count_into_the_total_and_their_own() {
+        let meter = Meter::default();
+        let (a, b) = (meter.flow(), meter.flow());
+        a.add(10);
+        let before = meter.flow_bytes();
+        a.add(5);
+        b.add(7);
+        let c = meter.flow();
+        c.add(1);
+        assert_eq!(meter.read().bytes, 23);
+        assert_eq!(meter.flow_bytes(), [15, 7, 1]);
+        assert_eq!(flow_bytes_since(&before, &meter.flow_bytes()), [5, 7, 1]);
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{setsockopt, sockopt};
 
-use crate::meter::Meter;
+use crate::meter::{FlowMeter, Meter};
 use crate::netns;
 
 const TCP_CHUNK: usize = 128 * 1024;
@@ -139,7 +139,7 @@ pub fn tcp_sink(listener: TcpListener, meter: Meter, until: &Until) -> io::Resul
             Ok((stream, _)) => {
                 stream.set_nonblocking(false)?;
                 stream.set_read_timeout(Some(POLL))?;
-                let meter = meter.clone();
+                let meter = meter.flow();
                 let until = until.clone();
                 readers.push(thread::spawn(move || read_until(stream, &meter, &until)));
             }
@@ -159,7 +159,7 @@ pub fn tcp_sink(listener: TcpListener, meter: Meter, until: &Until) -> io::Resul
     Ok(per_flow)
 }
 
-fn read_until(mut stream: TcpStream, meter: &Meter, until: &Until) -> io::Result<u64> {
+fn read_until(mut stream: TcpStream, meter: &FlowMeter, until: &Until) -> io::Result<u64> {
     let mut buf = vec![0u8; TCP_CHUNK];
     let mut total = 0u64;
     while !until.reached() {

@@ -114,11 +114,10 @@ fn install_here(limit: &DirectionLimit, classifier: &str) -> Result<(), QueueErr
     }
     run("ip", &["link", "add", IFB_NAME, "type", "ifb"])?;
     run("ip", &["link", "set", IFB_NAME, "up"])?;
-    let first_flow = FLOW_CLASS_BASE;
     let mut commands = vec![
         // stab: count IP bytes (the frame less its Ethernet header), and a
         // GRO packet once, as the cgroup programs count them
-        format!("qdisc add dev {IFB_NAME} root handle {QUEUE_MAJOR:x}: stab overhead -14 htb default {first_flow:x}"),
+        format!("qdisc add dev {IFB_NAME} root handle {QUEUE_MAJOR:x}: stab overhead -14 htb default {FLOW_CLASS_BASE:x}"),
     ];
     commands.extend(classes("add", limit));
     commands.extend([

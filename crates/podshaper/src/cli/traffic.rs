@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use podshaper_netlab::meter::flow_bytes_since;
 use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::{netns, Meter};
 use podshaper_rate::Rate;
@@ -144,16 +145,18 @@ fn receive<S: Send + 'static>(
 fn report(meter: &Meter, common: &Common, until: &Until) -> Result<serde_json::Value> {
     let start = Instant::now();
     thread::sleep(secs(common.skip)?);
-    let first = meter.read();
+    let (first, first_flows) = (meter.read(), meter.flow_bytes());
     while !until.reached() {
         thread::sleep(Duration::from_millis(20));
     }
-    let last = meter.read();
+    let (last, last_flows) = (meter.read(), meter.flow_bytes());
     Ok(serde_json::json!({
         "bytes": last.bytes - first.bytes,
         "seconds": last.at.duration_since(first.at).as_secs_f64(),
         "bits_per_second": last.bits_per_sec_since(&first).round(),
         "total_bytes": last.bytes,
         "elapsed": start.elapsed().as_secs_f64(),
+        // each TCP flow's bytes after the skipped start
+        "flow_bytes_measured": flow_bytes_since(&first_flows, &last_flows),
     }))
 }

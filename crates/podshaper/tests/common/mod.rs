@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use podshaper_netlab::meter::flow_bytes_since;
 use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::{Meter, NetnsPair};
 
@@ -157,6 +158,10 @@ pub struct Flow {
     pub skip: f64,
     /// TCP congestion control of both namespaces (not for `host` flows)
     pub cc: &'static str,
+    /// ingress: send only once a daemon has put its ingress queue in front
+    /// of the receiver's namespace (as for a pod whose queue is built when
+    /// its processes start), at most 5 s after the receiver started
+    pub after_ingress_queue: bool,
 }
 
 impl Flow {
@@ -172,6 +177,7 @@ impl Flow {
             skip: 1.5,
             // Linux's default; the BBR cells of tests/accuracy.rs say so
             cc: "cubic",
+            after_ingress_queue: false,
         }
     }
 
@@ -206,7 +212,7 @@ pub fn measure_with(limiter: &Limiter<'_>, flow: &Flow) -> f64 {
 /// What the receiving side saw.
 pub struct Received {
     pub bits_per_second: f64,
-    /// bytes of each TCP flow over the whole run
+    /// bytes of each TCP flow after the skipped start
     pub flow_bytes: Vec<u64>,
 }
 
@@ -281,27 +287,25 @@ pub fn measure_flows(limiter: &Limiter<'_>, flow: &Flow) -> Received {
             let (meter, until, proto) = (meter.clone(), until.clone(), flow.proto);
             let bind = SocketAddr::new(our_addr, port);
             traffic::spawn_in(our_ns.clone(), move || match proto {
-                Proto::Tcp => traffic::tcp_sink(TcpListener::bind(bind)?, meter, &until),
-                Proto::Udp => {
-                    traffic::udp_sink(UdpSocket::bind(bind)?, meter, &until).map(|()| Vec::new())
+                Proto::Tcp => {
+                    traffic::tcp_sink(TcpListener::bind(bind)?, meter, &until).map(|_| ())
                 }
+                Proto::Udp => traffic::udp_sink(UdpSocket::bind(bind)?, meter, &until),
             })
         };
         thread::sleep(Duration::from_millis(200));
         let child = ChildGuard::spawn(&mut cmd);
         let start = Instant::now();
         thread::sleep(Duration::from_secs_f64(flow.skip));
-        let first = meter.read();
+        let (first, first_flows) = (meter.read(), meter.flow_bytes());
         while start.elapsed() < total - Duration::from_millis(100) {
             thread::sleep(Duration::from_millis(20));
         }
-        let last = meter.read();
+        let (last, last_flows) = (meter.read(), meter.flow_bytes());
         let out = child.wait_output();
         until.stop.store(true, Ordering::Relaxed);
-        let flow_bytes = match sink.join() {
-            Ok(Ok(bytes)) => bytes,
-            _ => Vec::new(),
-        };
+        let _ = sink.join();
+        let flow_bytes = flow_bytes_since(&first_flows, &last_flows);
         assert!(
             out.status.success(),
             "podshaper run failed: {}",
@@ -322,6 +326,9 @@ pub fn measure_flows(limiter: &Limiter<'_>, flow: &Flow) -> Received {
             Ok(a) => a,
             Err(e) => panic!("{sock}: {e}"),
         };
+        if flow.after_ingress_queue {
+            wait_for_ingress_queue(lab.a());
+        }
         let (proto, flows, offered, u) = (flow.proto, flow.flows, flow.offered, until.clone());
         let source = traffic::spawn_in(our_ns, move || match proto {
             Proto::Tcp => {
@@ -351,12 +358,37 @@ pub fn measure_flows(limiter: &Limiter<'_>, flow: &Flow) -> Received {
         };
         Received {
             bits_per_second: report["bits_per_second"].as_f64().unwrap_or(0.0),
-            flow_bytes: report["flow_bytes"]
+            flow_bytes: report["flow_bytes_measured"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
                 .unwrap_or_default(),
         }
     }
+}
+
+/// Waits (5 s at most) for a daemon's ingress queue (its ifb) to appear in
+/// the namespace `ns`.
+fn wait_for_ingress_queue(ns: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let has_ifb = Command::new("ip")
+            .args([
+                "-n",
+                ns,
+                "link",
+                "show",
+                podshaper_shaper::ingress_queue::IFB_NAME,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if has_ifb {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no ingress queue in {ns} after 5 s");
 }
 
 /// Asserts that `measured / target` is within `[low, high]`.
