@@ -760,8 +760,9 @@ int podshaper_flow_class(struct __sk_buff *skb)
 		if (!next)
 			return to_flow_queue(bpf_get_hash_recalc(skb));
 	}
-	/* atomic: flows that start together on two CPUs (or a queue put in
-	 * front of flows already running) must not take the same turn */
+	/* atomic: one queue classifies under its qdisc's lock, but the map is
+	 * shared by every queue on the node, and pods in different networks
+	 * may have the same address */
 	mine = __sync_fetch_and_add(next, 1);
 	bpf_map_update_elem(&flow_queues, &flow, &mine, BPF_NOEXIST);
 	queue = bpf_map_lookup_elem(&flow_queues, &flow);
