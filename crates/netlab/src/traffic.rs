@@ -127,10 +127,9 @@ fn is_peer_gone(e: &io::Error) -> bool {
     )
 }
 
-/// Accepts connections on `listener` and counts everything they send into
-/// `meter`, until `until`. Returns the number of connections accepted.
-/// Accepts and reads connections until `until`; returns the bytes read on
-/// each connection (for fairness among flows).
+/// Accepts and reads connections on `listener` until `until`, counting
+/// what each sends into `meter` (as a flow of its own); returns the bytes
+/// read on each connection (for fairness among flows).
 pub fn tcp_sink(listener: TcpListener, meter: Meter, until: &Until) -> io::Result<Vec<u64>> {
     listener.set_nonblocking(true)?;
     let mut readers = Vec::new();
@@ -149,33 +148,26 @@ pub fn tcp_sink(listener: TcpListener, meter: Meter, until: &Until) -> io::Resul
             Err(e) => return Err(e),
         }
     }
-    let mut per_flow = Vec::with_capacity(readers.len());
     for r in readers {
-        per_flow.push(
-            r.join()
-                .map_err(|_| io::Error::other("reader thread panicked"))??,
-        );
+        r.join()
+            .map_err(|_| io::Error::other("reader thread panicked"))??;
     }
-    Ok(per_flow)
+    Ok(meter.flow_bytes())
 }
 
-fn read_until(mut stream: TcpStream, meter: &FlowMeter, until: &Until) -> io::Result<u64> {
+fn read_until(mut stream: TcpStream, meter: &FlowMeter, until: &Until) -> io::Result<()> {
     let mut buf = vec![0u8; TCP_CHUNK];
-    let mut total = 0u64;
     while !until.reached() {
         match stream.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => {
-                meter.add(n as u64);
-                total += n as u64;
-            }
+            Ok(n) => meter.add(n as u64),
             // a timeout that lets us look at the deadline, or a signal: go on
             Err(e) if is_retry(&e) => {}
             Err(e) if is_peer_gone(&e) => break,
             Err(e) => return Err(e),
         }
     }
-    Ok(total)
+    Ok(())
 }
 
 /// Sends UDP datagrams of [`UDP_PAYLOAD`] bytes at `bits_per_sec` (counting
