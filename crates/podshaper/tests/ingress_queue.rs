@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::daemon::{TestDaemon, TestRoot};
-use common::{assert_ratio, measure_flows, ChildGuard, Flow, Limiter};
+use common::{assert_ratio, has_ingress_queue, measure_flows, ChildGuard, Flow, Limiter};
 use podshaper_netlab::netns::{netns_path, NetnsPair};
 use podshaper_netlab::traffic::jain_index;
 use podshaper_shaper::ingress_queue::IFB_NAME;
@@ -61,12 +61,6 @@ fn wait_for_rate(ns: &str, rate: &str) {
     }
 }
 
-fn has_ifb(ns: Option<&str>) -> bool {
-    in_ns(ns, &["ip", "link", "show", IFB_NAME])
-        .status
-        .success()
-}
-
 #[test]
 fn the_daemon_queues_a_pods_ingress_changes_it_live_and_removes_it() {
     let root = TestRoot::new("queue");
@@ -89,7 +83,7 @@ fn the_daemon_queues_a_pods_ingress_changes_it_live_and_removes_it() {
         .spawn_inside(&mut cmd)
         .unwrap_or_else(|e| panic!("cannot start in {}: {e}", host_pod.path().display()));
     let _host_process = ChildGuard::spawn(&mut cmd);
-    let host_had_ifb = has_ifb(None);
+    let host_had_ifb = has_ingress_queue(None);
 
     let pod_path = pod.path().display().to_string();
     daemon.ok(&["attach", "--cgroup", &pod_path, "--ingress", "100M"]);
@@ -138,12 +132,16 @@ fn the_daemon_queues_a_pods_ingress_changes_it_live_and_removes_it() {
     let host_path = host_pod.path().display().to_string();
     daemon.ok(&["attach", "--cgroup", &host_path, "--ingress", "40M"]);
     thread::sleep(Duration::from_millis(1500));
-    assert_eq!(has_ifb(None), host_had_ifb, "a queue was put on the host");
+    assert_eq!(
+        has_ingress_queue(None),
+        host_had_ifb,
+        "a queue was put on the host"
+    );
 
     // only the egress limit left: the queue goes, the cgroup stays limited
     daemon.ok(&["attach", "--cgroup", &pod_path, "--egress", "40M"]);
     assert!(
-        !has_ifb(Some(lab.a())),
+        !has_ingress_queue(Some(lab.a())),
         "the queue outlived the ingress limit"
     );
     daemon.ok(&["attach", "--cgroup", &pod_path, "--ingress", "30M"]);
@@ -151,7 +149,10 @@ fn the_daemon_queues_a_pods_ingress_changes_it_live_and_removes_it() {
 
     // detach: no ifb, no ingress qdisc left on the pod's interface
     daemon.ok(&["detach", "--cgroup", &pod_path]);
-    assert!(!has_ifb(Some(lab.a())), "the queue outlived the detach");
+    assert!(
+        !has_ingress_queue(Some(lab.a())),
+        "the queue outlived the detach"
+    );
     let qdiscs = stdout(&in_ns(
         Some(lab.a()),
         &["tc", "qdisc", "show", "dev", "veth0"],

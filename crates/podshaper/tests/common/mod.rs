@@ -366,24 +366,26 @@ pub fn measure_flows(limiter: &Limiter<'_>, flow: &Flow) -> Received {
     }
 }
 
-/// Waits (5 s at most) for a daemon's ingress queue (its ifb) to appear in
-/// the namespace `ns`.
+/// Whether a daemon's ingress queue (its ifb) is in the network namespace
+/// `ns` (None: the host's).
+pub fn has_ingress_queue(ns: Option<&str>) -> bool {
+    let mut ip = Command::new("ip");
+    if let Some(ns) = ns {
+        ip.args(["-n", ns]);
+    }
+    ip.args(["link", "show", podshaper_shaper::ingress_queue::IFB_NAME])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Waits (5 s at most) for a daemon's ingress queue to appear in the
+/// namespace `ns`.
 fn wait_for_ingress_queue(ns: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        let has_ifb = Command::new("ip")
-            .args([
-                "-n",
-                ns,
-                "link",
-                "show",
-                podshaper_shaper::ingress_queue::IFB_NAME,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if has_ifb {
+        if has_ingress_queue(Some(ns)) {
             return;
         }
         thread::sleep(Duration::from_millis(50));
