@@ -12,9 +12,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::daemon::{TestDaemon, TestRoot};
-use common::{assert_ratio, has_ingress_queue, measure_flows, ChildGuard, Flow, Limiter};
+use common::{
+    assert_fair, assert_ratio, has_ingress_queue, measure_flows, ChildGuard, Flow, Limiter,
+};
 use podshaper_netlab::netns::{netns_path, NetnsPair};
-use podshaper_netlab::traffic::jain_index;
 use podshaper_shaper::ingress_queue::IFB_NAME;
 
 /// `ip netns exec <ns> <args>` (or in the host's namespace), its output.
@@ -189,17 +190,8 @@ fn queued_ingress(rate: &str, bits: f64, flows: usize) {
     let what = format!("queued ingress {rate} x{flows} (cubic)");
     assert_ratio(&what, received.bits_per_second, bits, 0.90, 1.05);
     if flows > 1 {
-        // each flow has a FIFO of its own (the bench's target is 0.95)
-        assert_eq!(received.flow_bytes.len(), flows, "{what}: flows received");
-        let jain = jain_index(&received.flow_bytes).unwrap_or(0.0);
-        eprintln!(
-            "{what}: Jain's index {jain:.3} over {:?}",
-            received.flow_bytes
-        );
-        assert!(
-            jain >= 0.90,
-            "{what}: flows shared unfairly, Jain's index {jain:.3}"
-        );
+        // each flow has a FIFO of its own
+        assert_fair(&what, &received.flow_bytes, flows, 0.90);
     }
 }
 

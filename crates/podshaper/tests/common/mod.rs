@@ -403,6 +403,19 @@ pub fn assert_ratio(what: &str, measured: f64, target: f64, low: f64, high: f64)
     );
 }
 
+/// Asserts that `flows` flows were all received and shared fairly: Jain's
+/// index of their bytes at least `min` (the bench's target is 0.95; tests
+/// leave slack for a shared machine).
+pub fn assert_fair(what: &str, flow_bytes: &[u64], flows: usize, min: f64) {
+    assert_eq!(flow_bytes.len(), flows, "{what}: flows received");
+    let jain = podshaper_netlab::traffic::jain_index(flow_bytes).unwrap_or(0.0);
+    eprintln!("{what}: Jain's index {jain:.3} over {flow_bytes:?}");
+    assert!(
+        jain >= min,
+        "{what}: flows shared unfairly, Jain's index {jain:.3} over {flow_bytes:?}"
+    );
+}
+
 pub mod tls;
 
 /// Compiles a one-function BPF C program; returns the object's path.
