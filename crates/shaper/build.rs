@@ -1,11 +1,12 @@
-//! Compiles the BPF shaper (C, under `bpf/` at the workspace root) with clang
-//! into OUT_DIR, where `src/programs.rs` embeds it.
+//! Compiles the BPF shaper and the bench's empty programs (C, under `bpf/` at
+//! the workspace root) with clang into OUT_DIR, where `src/shaper.rs` and
+//! `src/empty.rs` embed them.
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
-const SOURCES: &[&str] = &["shaper.c"];
+const SOURCES: &[&str] = &["shaper.c", "empty.c"];
 const HEADERS: &[&str] = &["shaper.h"];
 
 fn main() {

@@ -59,10 +59,14 @@ fn bench_compares_podshaper_with_tbf_and_no_limit() {
         tcp("tbf")["rtt_p99_ms"].as_f64().is_some_and(|v| v > 0.0),
         "{rows:?}"
     );
+    // the shaper's run time, and beside it that of a program that does
+    // nothing on the same packets (which cannot cost more than the shaper)
+    let shaper_ns = tcp("podshaper")["bpf_ns_per_packet"].as_f64();
+    let empty_ns = tcp("podshaper")["bpf_empty_ns_per_packet"].as_f64();
     assert!(
-        tcp("podshaper")["bpf_ns_per_packet"]
-            .as_f64()
-            .is_some_and(|v| v > 0.0),
+        shaper_ns
+            .zip(empty_ns)
+            .is_some_and(|(s, e)| e > 0.0 && s > e),
         "{rows:?}"
     );
     // limit halved mid-flow: podshaper and tbf (none has no limit to change)

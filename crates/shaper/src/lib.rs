@@ -7,6 +7,7 @@ pub mod abi;
 pub mod cgroup;
 pub mod confine;
 pub mod counters;
+pub mod empty;
 pub mod ingress_queue;
 pub mod limits;
 pub mod netns;

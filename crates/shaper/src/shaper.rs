@@ -485,7 +485,10 @@ pub fn detach_pinned(links_dir: &Path) -> Result<(), ShaperError> {
     }
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ShaperError>
+pub(crate) fn program<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut T, ShaperError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
@@ -524,7 +527,7 @@ fn is_not_found(e: &MapError) -> bool {
     }
 }
 
-fn program_error(name: &'static str, source: ProgramError) -> ShaperError {
+pub(crate) fn program_error(name: &'static str, source: ProgramError) -> ShaperError {
     ShaperError::Program {
         name,
         source: Box::new(source),

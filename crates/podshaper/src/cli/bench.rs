@@ -19,6 +19,7 @@ use clap::Args;
 use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::{Meter, NetnsPair};
 use podshaper_rate::Rate;
+use podshaper_shaper::empty::{EmptyPrograms, EMPTY_EGRESS, EMPTY_INGRESS};
 use podshaper_shaper::{DirectionCounters, DirectionLimit, Limits, Shaper, TransientCgroup};
 use serde_json::json;
 
@@ -93,6 +94,9 @@ struct Cell {
     rtt: Option<(Duration, Duration)>,
     /// mean run time of the shaper's program for this direction (podshaper only)
     bpf_ns: Option<f64>,
+    /// the same for a program that does nothing, attached beside the shaper
+    /// on the same cgroup: what any program costs on these packets here
+    bpf_empty_ns: Option<f64>,
     /// the shaper's own counters for this direction (podshaper only): what it
     /// passed, dropped and marked
     shaped: Option<DirectionCounters>,
@@ -266,6 +270,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                     "rtt_p50_ms": c.rtt.map(|r| ms(r.0)),
                     "rtt_p99_ms": c.rtt.map(|r| ms(r.1)),
                     "bpf_ns_per_packet": c.bpf_ns,
+                    "bpf_empty_ns_per_packet": c.bpf_empty_ns,
                     "shaper_packets": c.shaped.map(|s| s.packets),
                     "shaper_dropped": c.shaped.map(|s| s.dropped),
                     "shaper_marked": c.shaped.map(|s| s.marked),
@@ -336,6 +341,8 @@ fn describe(c: &Cell) -> String {
         })
         + &c.bpf_ns
             .map_or(String::new(), |ns| format!(", bpf {ns:.0} ns/pkt"))
+        + &c.bpf_empty_ns
+            .map_or(String::new(), |ns| format!(" (empty program {ns:.0})"))
         + &c.shaped.map_or(String::new(), |s| {
             format!(
                 ", dropped {:.2}% marked {:.2}%",
@@ -372,6 +379,7 @@ fn run_cell(
     let cgroup = TransientCgroup::create(&format!("podshaper-bench-{}", std::process::id()))?;
     let egress = direction == "egress";
     let mut attachment = None;
+    let mut empty = None;
     match mechanism {
         Mechanism::Podshaper => {
             let limit = Some(DirectionLimit::new(rate, None));
@@ -388,6 +396,13 @@ fn run_cell(
             };
             shaper.set_limits(cgroup.cgroup().id(), &limits)?;
             attachment = Some(shaper.attach(cgroup.cgroup())?);
+            empty = match EmptyPrograms::attach(cgroup.cgroup()) {
+                Ok(programs) => Some(programs),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot attach the empty programs: no baseline for the shaper's BPF cost");
+                    None
+                }
+            };
             if let (Some(ingress), Some(classifier)) = (limits.ingress, &run.ingress_queue) {
                 // what the daemon does for a pod in a namespace of its own
                 let ns = std::fs::File::open(podshaper_netlab::netns::netns_path(lab.a()))?;
@@ -406,19 +421,20 @@ fn run_cell(
     let before_cpu = cpu_times();
     let before_bpf = super::bpf_stats::snapshot(loaded_since);
     let result = measure(&lab, &cgroup, egress, rate, traffic, seconds, with_probe);
-    let bpf_ns = (mechanism == Mechanism::Podshaper)
-        .then(|| {
-            let program = if egress {
-                "podshaper_egres"
-            } else {
-                "podshaper_ingre"
-            };
-            super::bpf_stats::per_run(&before_bpf, &super::bpf_stats::snapshot(loaded_since))
-                .get(program)
-                .filter(|(_, runs)| *runs > 0)
-                .map(|(ns, _)| *ns)
-        })
-        .flatten();
+    let bpf_runs =
+        super::bpf_stats::per_run(&before_bpf, &super::bpf_stats::snapshot(loaded_since));
+    let ns_per_run = |program: &str| {
+        bpf_runs
+            .get(program)
+            .filter(|(_, runs)| *runs > 0)
+            .map(|(ns, _)| *ns)
+    };
+    let (bpf_ns, bpf_empty_ns) = match (mechanism, egress) {
+        (Mechanism::Podshaper, true) => (ns_per_run("podshaper_egres"), ns_per_run(EMPTY_EGRESS)),
+        (Mechanism::Podshaper, false) => (ns_per_run("podshaper_ingre"), ns_per_run(EMPTY_INGRESS)),
+        _ => (None, None),
+    };
+    drop(empty);
     let cpu_busy = cpu_times()
         .zip(before_cpu)
         .map(|((b1, t1), (b0, t0))| (b1 - b0) as f64 / (t1 - t0).max(1) as f64)
@@ -461,6 +477,7 @@ fn run_cell(
         jain,
         rtt,
         bpf_ns,
+        bpf_empty_ns,
         shaped,
     })
 }
@@ -774,7 +791,7 @@ fn print_table(cells: &[Cell], mechanisms: &[Mechanism]) {
     for m in mechanisms {
         header.push_str(&format!("  {:>22}", format!("{} (rtt p99/jain)", name(*m))));
     }
-    header.push_str(&format!("  {:>10}", "bpf ns/pkt"));
+    header.push_str(&format!("  {:>18}", "bpf ns/pkt (empty)"));
     println!("{header}");
     for chunk in cells.chunks(mechanisms.len()) {
         let c0 = &chunk[0];
@@ -799,14 +816,18 @@ fn print_table(cells: &[Cell], mechanisms: &[Mechanism]) {
         }
         let bpf = chunk
             .iter()
-            .find_map(|c| c.bpf_ns)
-            .map_or("-".into(), |ns| format!("{ns:.0}"));
-        line.push_str(&format!("  {bpf:>10}"));
+            .find_map(|c| c.bpf_ns.map(|ns| (ns, c.bpf_empty_ns)))
+            .map_or("-".into(), |(ns, empty)| match empty {
+                Some(e) => format!("{ns:.0} ({e:.0})"),
+                None => format!("{ns:.0}"),
+            });
+        line.push_str(&format!("  {bpf:>18}"));
         println!("{line}");
     }
     println!(
         "rtt p99: round trip of a 64-byte request/response beside the bulk flows, one leg \
          through the limit; jain: fairness of the flows' bytes (1 = equal); \
-         bpf: mean run time of the shaper's program per packet (kernel BPF statistics)"
+         bpf: mean run time of the shaper's program per packet (kernel BPF statistics), \
+         in brackets that of a program that does nothing, on the same packets"
     );
 }

@@ -17,15 +17,17 @@ pub fn enable() -> Result<StatsOn> {
         .map_err(|e| anyhow::anyhow!("cannot enable BPF run-time statistics: {e}"))
 }
 
-/// (total run time, runs) of the shaper's programs loaded since `since`, by
-/// program name (the kernel keeps 15 characters: `podshaper_egres`, ...).
+/// (total run time, runs) of the shaper's programs and the empty baseline's
+/// loaded since `since`, by program name (the kernel keeps 15 characters:
+/// `podshaper_egres`, ...).
 pub type Snapshot = BTreeMap<String, (Duration, u64)>;
 
 pub fn snapshot(since: SystemTime) -> Snapshot {
     let mut out = Snapshot::new();
     for info in aya::programs::loaded_programs().flatten() {
         let name = info.name_as_str().unwrap_or_default().to_string();
-        if name.starts_with("podshaper_") && info.loaded_at().is_some_and(|t| t >= since) {
+        let ours = name.starts_with("podshaper_") || name.starts_with("empty_");
+        if ours && info.loaded_at().is_some_and(|t| t >= since) {
             let e = out.entry(name).or_insert((Duration::ZERO, 0));
             e.0 += info.run_time();
             e.1 += info.run_count();
