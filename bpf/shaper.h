@@ -62,6 +62,10 @@ struct ps_bucket {
 	__u64 window_seq;
 	__u64 window_flows;
 	__u64 flows;
+	/* the most bytes one TCP socket sent in this window, and that socket's
+	 * rate over the last complete window, bytes/s (egress only) */
+	__u64 window_top_bytes;
+	__u64 top_flow_rate;
 };
 
 /* Value of the `states` map, keyed by cgroup id: owned by BPF, created on a

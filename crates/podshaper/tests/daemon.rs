@@ -51,6 +51,54 @@ fn limits_hold_through_kill_9_are_adopted_on_restart_and_detach_removes_them() {
     assert!(rate > 500e6, "still limited after detach: {rate:.0} bit/s");
 }
 
+/// An upgrade that changes the layout of the maps the programs rebuild from
+/// traffic (bucket levels, per-socket state) must not keep the daemon from
+/// starting: it starts those afresh and keeps every limit.
+#[test]
+fn a_restart_over_state_maps_of_another_layout_starts_them_afresh() {
+    let root = TestRoot::new("layout");
+    let old = root.make("old");
+    let new = root.make("new");
+    let mut daemon = TestDaemon::start(&root.path, &[]);
+    let old_path = old.path().display().to_string();
+    daemon.ok(&["attach", "--cgroup", &old_path, "--egress", "100M"]);
+    daemon.kill9();
+
+    // another version's `states`, pinned where the daemon keeps its own
+    let scratch =
+        std::env::temp_dir().join(format!("podshaper-test-layout-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let object = common::compile_bpf(
+        &scratch,
+        "old_states",
+        "struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16); \
+         __type(key, __u64); __type(value, __u64[2]); } states SEC(\".maps\");",
+    );
+    let pin = daemon.bpffs.join("maps").join("states");
+    std::fs::remove_file(&pin).expect("unpin the daemon's states map");
+    let bytes = std::fs::read(&object).expect("read the object");
+    let loaded = aya::EbpfLoader::new()
+        .map_pin_path("states", &pin)
+        .load(&bytes);
+    let _ = std::fs::remove_dir_all(&scratch);
+    drop(loaded.expect("pin a states map of another layout"));
+    assert!(pin.exists(), "the other layout's map is not pinned");
+
+    daemon.restart();
+    let log = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
+    assert!(log.contains("starting them afresh"), "{log}");
+    let listed = daemon.list();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["egress_bps"], 100_000_000);
+    // the limit from before holds, and a new one takes hold
+    let rate = measure_with(&Limiter::Cgroup(&old), &Flow::tcp(true));
+    assert_ratio("limited before the restart", rate, 100e6, 0.90, 1.05);
+    let new_path = new.path().display().to_string();
+    daemon.ok(&["attach", "--cgroup", &new_path, "--egress", "50M"]);
+    let rate = measure_with(&Limiter::Cgroup(&new), &Flow::tcp(true));
+    assert_ratio("limited after the restart", rate, 50e6, 0.90, 1.05);
+}
+
 #[test]
 fn a_normal_shutdown_keeps_limits_and_gone_cgroups_are_cleaned_up() {
     let root = TestRoot::new("stale");

@@ -66,6 +66,10 @@ pub struct Bucket {
     pub window_flows: u64,
     /// ... and in the last complete window
     pub flows: u64,
+    /// the most bytes one TCP socket sent in this window (egress)
+    pub window_top_bytes: u64,
+    /// ... and that socket's rate over the last complete window, bytes/s
+    pub top_flow_rate: u64,
 }
 
 /// `struct ps_state`: the value of the `states` map.
@@ -185,7 +189,9 @@ mod tests {
                 "__u64 max_deficit",
                 "__u64 window_seq",
                 "__u64 window_flows",
-                "__u64 flows"
+                "__u64 flows",
+                "__u64 window_top_bytes",
+                "__u64 top_flow_rate"
             ]
         );
         assert!(header.contains("__s64 tokens;"));

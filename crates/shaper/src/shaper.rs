@@ -116,7 +116,38 @@ impl Shaper {
     /// Loads the shaper with its maps pinned in `maps_dir` (a bpffs directory):
     /// maps already pinned there are reused, with every limit and counter in
     /// them, so a restarted daemon carries on where the last one stopped.
+    ///
+    /// If the shaper does not load with the pinned maps, the two that hold
+    /// only what the programs rebuild from traffic (`states`: bucket levels
+    /// and shares; `sock_states`: per-socket state) are unpinned and the load
+    /// tried once more: a daemon whose shaper changed their layout starts
+    /// them afresh (buckets full) rather than not at all. Limits and counters
+    /// are never dropped. Programs still attached from before keep the maps
+    /// they were loaded with.
     pub fn load_pinned(maps_dir: &Path) -> Result<Self, ShaperError> {
+        let first = match Self::load_with_pins(maps_dir) {
+            Ok(shaper) => return Ok(shaper),
+            Err(e) => e,
+        };
+        let stale: Vec<PathBuf> = [STATES_MAP, SOCK_STATES_MAP]
+            .iter()
+            .map(|name| maps_dir.join(name))
+            .filter(|path| path.exists())
+            .collect();
+        if stale.is_empty() {
+            return Err(first);
+        }
+        tracing::warn!(error = %first, "the shaper does not load with its pinned state maps (another version's layout?): starting them afresh; limits and counters are kept");
+        for path in &stale {
+            std::fs::remove_file(path).map_err(|e| ShaperError::Pin {
+                path: path.display().to_string(),
+                source: Box::new(e),
+            })?;
+        }
+        Self::load_with_pins(maps_dir)
+    }
+
+    fn load_with_pins(maps_dir: &Path) -> Result<Self, ShaperError> {
         let mut loader = EbpfLoader::new();
         let paths: Vec<(&'static str, PathBuf)> = ALL_MAPS
             .iter()
