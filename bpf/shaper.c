@@ -111,9 +111,10 @@ struct sock_state {
 	__u64 paced_cgid;
 	/* the egress steering window (+1) this socket was last counted in */
 	__u64 egress_window;
-	/* bytes this socket sent in the egress steering window (+1) noted */
-	__u64 egress_bytes_window;
+	/* the bytes this socket sent in one egress steering window, and that
+	 * window (+1) */
 	__u64 egress_window_bytes;
+	__u64 egress_bytes_window;
 };
 
 struct {
@@ -337,13 +338,14 @@ static __always_inline void steer_share(struct ps_bucket *b, __u64 now)
  */
 static __always_inline void cap_share_in_deficit(struct ps_bucket *b)
 {
-	__u64 flows = b->flows > b->window_flows ? b->flows : b->window_flows, cap;
+	__u64 flows = b->flows > b->window_flows ? b->flows : b->window_flows;
+	__u64 cap, top = b->top_flow_rate + (b->top_flow_rate >> 3);
 
 	if (b->tokens >= 0 || flows <= 1)
 		return;
 	cap = b->rate / flows;
-	if (cap < b->top_flow_rate + (b->top_flow_rate >> 3))
-		cap = b->top_flow_rate + (b->top_flow_rate >> 3);
+	if (cap < top)
+		cap = top;
 	if (b->share > cap)
 		b->share = cap;
 }

@@ -106,11 +106,12 @@ mod tests {
         assert_eq!(offset_of!(DirCounters, dropped), 16);
         assert_eq!(offset_of!(DirCounters, marked), 24);
         assert_eq!(size_of::<Counters>(), 64);
-        assert_eq!(size_of::<Bucket>(), 104);
+        assert_eq!(size_of::<Bucket>(), 120);
         assert_eq!(offset_of!(Bucket, share), 64);
         assert_eq!(offset_of!(Bucket, flows), 96);
+        assert_eq!(offset_of!(Bucket, top_flow_rate), 112);
         assert_eq!(offset_of!(State, dir), 8);
-        assert_eq!(size_of::<State>(), 216);
+        assert_eq!(size_of::<State>(), 248);
     }
 
     #[test]
