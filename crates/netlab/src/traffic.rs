@@ -133,9 +133,9 @@ fn is_peer_gone(e: &io::Error) -> bool {
 }
 
 /// Accepts and reads connections on `listener` until `until`, counting
-/// what each sends into `meter` (as a flow of its own); returns the bytes
-/// read on each connection (for fairness among flows).
-pub fn tcp_sink(listener: TcpListener, meter: Meter, until: &Until) -> io::Result<Vec<u64>> {
+/// what each sends into `meter` as a flow of its own (the caller's clone of
+/// the meter has each connection's bytes: [`Meter::flow_bytes`]).
+pub fn tcp_sink(listener: TcpListener, meter: Meter, until: &Until) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let mut readers = Vec::new();
     while !until.reached() {
@@ -157,7 +157,7 @@ pub fn tcp_sink(listener: TcpListener, meter: Meter, until: &Until) -> io::Resul
         r.join()
             .map_err(|_| io::Error::other("reader thread panicked"))??;
     }
-    Ok(meter.flow_bytes())
+    Ok(())
 }
 
 fn read_until(mut stream: TcpStream, meter: &FlowMeter, until: &Until) -> io::Result<()> {

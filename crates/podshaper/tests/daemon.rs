@@ -633,7 +633,7 @@ fn limits_change_and_lift_on_a_connection_that_stays_open() {
         let (meter, until) = (meter.clone(), until.clone());
         let bind = SocketAddr::new(NetnsPair::addr_b(false), port);
         traffic::spawn_in(Some(lab.b().to_string()), move || {
-            traffic::tcp_sink(TcpListener::bind(bind)?, meter, &until).map(|_| ())
+            traffic::tcp_sink(TcpListener::bind(bind)?, meter, &until)
         })
     };
     std::thread::sleep(Duration::from_millis(200));

@@ -74,7 +74,6 @@ fn soak_random_operations_and_traffic() {
                     meter,
                     &until,
                 )
-                .map(|_| ())
             })
         },
         {

@@ -519,9 +519,7 @@ fn measure(
             let (meter, until) = (meter.clone(), until.clone());
             traffic::spawn_in(Some(lab.b().to_string()), move || match traffic {
                 Traffic::Tcp(_) => traffic::tcp_sink(TcpListener::bind(to)?, meter, &until),
-                Traffic::Udp => {
-                    traffic::udp_sink(UdpSocket::bind(to)?, meter, &until).map(|()| Vec::new())
-                }
+                Traffic::Udp => traffic::udp_sink(UdpSocket::bind(to)?, meter, &until),
             })
         };
         thread::sleep(Duration::from_millis(200));
@@ -550,13 +548,10 @@ fn measure(
         let last = meter.read();
         let _ = child.wait();
         until.stop.store(true, Ordering::Relaxed);
-        let flow_bytes = match sink.join() {
-            Ok(Ok(f)) => f,
-            _ => Vec::new(),
-        };
+        let _ = sink.join();
         Ok(Measured {
             achieved: last.bits_per_sec_since(&first),
-            flow_bytes,
+            flow_bytes: meter.flow_bytes(),
             rtts: rtts(),
         })
     } else {

@@ -81,7 +81,7 @@ fn traffic_phase(
     let sink = {
         let (meter, until) = (meter.clone(), until.clone());
         traffic::spawn_in(Some(lab.b().to_string()), move || {
-            traffic::tcp_sink(std::net::TcpListener::bind(sink_addr)?, meter, &until).map(|_| ())
+            traffic::tcp_sink(std::net::TcpListener::bind(sink_addr)?, meter, &until)
         })
     };
     std::thread::sleep(Duration::from_millis(200));

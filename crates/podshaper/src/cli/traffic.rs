@@ -110,9 +110,7 @@ pub fn run(command: TrafficCommand) -> Result<ExitCode> {
             podshaper_netlab::latency::tcp_echo(listener, &until)?;
         }
         TrafficCommand::UdpRecv { common, listen } => {
-            receive(&common, listen, UdpSocket::bind, |s, m, u| {
-                traffic::udp_sink(s, m, u).map(|()| Vec::new())
-            })?;
+            receive(&common, listen, UdpSocket::bind, traffic::udp_sink)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -123,7 +121,7 @@ fn receive<S: Send + 'static>(
     common: &Common,
     listen: SocketAddr,
     bind: fn(SocketAddr) -> std::io::Result<S>,
-    sink: fn(S, Meter, &Until) -> std::io::Result<Vec<u64>>,
+    sink: fn(S, Meter, &Until) -> std::io::Result<()>,
 ) -> Result<()> {
     let until = common.enter()?;
     let socket = bind(listen).with_context(|| format!("listening on {listen}"))?;
@@ -133,10 +131,10 @@ fn receive<S: Send + 'static>(
         thread::spawn(move || sink(socket, meter, &until))
     };
     let mut report = report(&meter, common, &until)?;
-    let per_flow = handle
+    handle
         .join()
         .map_err(|_| anyhow::anyhow!("sink panicked"))??;
-    report["flow_bytes"] = serde_json::json!(per_flow);
+    report["flow_bytes"] = serde_json::json!(meter.flow_bytes());
     println!("{report}");
     Ok(())
 }

@@ -287,9 +287,7 @@ pub fn measure_flows(limiter: &Limiter<'_>, flow: &Flow) -> Received {
             let (meter, until, proto) = (meter.clone(), until.clone(), flow.proto);
             let bind = SocketAddr::new(our_addr, port);
             traffic::spawn_in(our_ns.clone(), move || match proto {
-                Proto::Tcp => {
-                    traffic::tcp_sink(TcpListener::bind(bind)?, meter, &until).map(|_| ())
-                }
+                Proto::Tcp => traffic::tcp_sink(TcpListener::bind(bind)?, meter, &until),
                 Proto::Udp => traffic::udp_sink(UdpSocket::bind(bind)?, meter, &until),
             })
         };
