@@ -15,6 +15,12 @@ pub enum NetnsError {
     Ip { args: String, stderr: String },
     #[error("{0:?} is not a TCP congestion control name (cubic, bbr, reno, ...)")]
     CongestionControl(String),
+    #[error("cannot allow TCP congestion control {algorithm} in namespaces ({ALLOWED_CC})")]
+    AllowCongestionControl {
+        algorithm: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot run `ip` (install iproute2)")]
     Spawn(#[source] std::io::Error),
     #[error("cannot enter network namespace {name}")]
@@ -113,6 +119,7 @@ impl NetnsPair {
         if !valid {
             return Err(NetnsError::CongestionControl(algorithm.to_string()));
         }
+        allow_congestion_control(algorithm)?;
         let setting = format!("net.ipv4.tcp_congestion_control={algorithm}");
         for ns in [&self.a, &self.b] {
             ip(&["netns", "exec", ns, "sysctl", "-qw", &setting])?;
@@ -185,6 +192,26 @@ fn mac(ns: &str) -> Result<String, NetnsError> {
             args: args.join(" "),
             stderr: format!("no link/ether address in {out:?}"),
         })
+}
+
+/// The host's list of congestion controls a network namespace may choose.
+const ALLOWED_CC: &str = "/proc/sys/net/ipv4/tcp_allowed_congestion_control";
+
+/// Adds `algorithm` to the host's allowed list if it is not there. A
+/// namespace other than the host's may only pick an allowed algorithm
+/// (EPERM otherwise), and the list holds only the boot default unless
+/// someone added to it: a host booted with bbr allows "reno bbr", and a lab
+/// asking for cubic failed. Adding permits; it changes no socket's algorithm.
+fn allow_congestion_control(algorithm: &str) -> Result<(), NetnsError> {
+    let failed = |source| NetnsError::AllowCongestionControl {
+        algorithm: algorithm.to_string(),
+        source,
+    };
+    let allowed = std::fs::read_to_string(ALLOWED_CC).map_err(failed)?;
+    if allowed.split_whitespace().any(|a| a == algorithm) {
+        return Ok(());
+    }
+    std::fs::write(ALLOWED_CC, format!("{} {algorithm}", allowed.trim())).map_err(failed)
 }
 
 fn ip(args: &[&str]) -> Result<(), NetnsError> {
