@@ -115,6 +115,11 @@ struct sock_state {
 	 * window (+1) */
 	__u64 egress_window_bytes;
 	__u64 egress_bytes_window;
+	/* the limit that governs this socket's packets, as of `limits_version`
+	 * (+1) = limit_version: the limited cgroup (0: none) and its limits */
+	__u64 limit_version;
+	__u64 limit_cgid;
+	struct ps_limit limit;
 };
 
 struct {
@@ -123,6 +128,20 @@ struct {
 	__type(key, __u64);
 	__type(value, struct ps_limit);
 } limits SEC(".maps");
+
+/*
+ * Bumped by user space after every change to `limits`. A TCP socket keeps the
+ * limit that governs it in its storage, with the version it read it at, and
+ * looks the limit up again only when the version moved: one array read
+ * instead of a hash lookup per cgroup level (a pod's containers sit a level
+ * below the pod's limit).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} limits_version SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -171,6 +190,37 @@ static __always_inline struct ps_limit *find_limit(struct __sk_buff *skb, __u64 
 		}
 	}
 	return found;
+}
+
+/*
+ * The limit that governs a packet, in *cgid and *lim (a copy); 0 if none.
+ * With the socket's storage, from the socket's copy while `limits_version`
+ * has not moved since it was taken. The version is read before the limit,
+ * so a change that lands in between moves it again and the next packet
+ * looks again.
+ */
+static __always_inline int governing_limit(struct __sk_buff *skb, struct sock_state *p,
+					   __u64 *cgid, struct ps_limit *lim)
+{
+	__u32 zero = 0;
+	__u64 *version = bpf_map_lookup_elem(&limits_version, &zero);
+	__u64 seen = version ? *version + 1 : 0;
+	struct ps_limit *found;
+
+	if (p && seen && p->limit_version == seen) {
+		*cgid = p->limit_cgid;
+		*lim = p->limit;
+		return p->limit_cgid != 0;
+	}
+	found = find_limit(skb, cgid);
+	if (found)
+		*lim = *found;
+	if (p && seen) {
+		p->limit_version = seen;
+		p->limit_cgid = found ? *cgid : 0;
+		p->limit = found ? *found : (struct ps_limit){};
+	}
+	return found != 0;
 }
 
 static __always_inline struct ps_state *get_state(__u64 cgid)
@@ -367,18 +417,20 @@ SEC("cgroup_skb/egress")
 int podshaper_egress(struct __sk_buff *skb)
 {
 	__u64 cgid = 0, len = skb->len, now, share = 0;
-	struct ps_limit *lim = find_limit(skb, &cgid);
-	struct bpf_sock *tcp;
+	struct bpf_sock *tcp = tcp_fullsock(skb);
+	struct sock_state *p = 0;
+	struct ps_limit lim;
 	struct ps_state *st;
 	struct ps_bucket *b;
 	__u64 rate, burst;
 	int verdict = VERDICT_PASS, marked = 0;
-	struct sock_state *p = 0;
 
-	if (!lim)
+	if (tcp)
+		p = bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!governing_limit(skb, p, &cgid, &lim))
 		return VERDICT_PASS;
-	rate = lim->dir[PS_EGRESS].rate_bytes_per_sec;
-	burst = lim->dir[PS_EGRESS].burst_bytes;
+	rate = lim.dir[PS_EGRESS].rate_bytes_per_sec;
+	burst = lim.dir[PS_EGRESS].burst_bytes;
 	if (rate == 0 || burst == 0) {
 		count(cgid, PS_EGRESS, len, VERDICT_PASS, 0);
 		return VERDICT_PASS;
@@ -388,10 +440,7 @@ int podshaper_egress(struct __sk_buff *skb)
 		count(cgid, PS_EGRESS, len, VERDICT_PASS, 0);
 		return VERDICT_PASS;
 	}
-	tcp = tcp_fullsock(skb);
 	now = bpf_ktime_get_ns();
-	if (tcp)
-		p = bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
 	bpf_spin_lock(&st->lock);
 	b = &st->dir[PS_EGRESS];
@@ -499,19 +548,22 @@ SEC("cgroup_skb/ingress")
 int podshaper_ingress(struct __sk_buff *skb)
 {
 	__u64 cgid = 0, len = skb->len, now;
-	struct ps_limit *lim = find_limit(skb, &cgid);
+	struct bpf_sock *tcp = tcp_fullsock(skb);
+	/* the socket's storage, and the same when the packet carries data */
+	struct sock_state *sp = 0, *ss = 0;
+	struct ps_limit lim;
 	struct ps_state *st;
 	struct ps_bucket *b;
 	__u64 rate, burst;
 	int verdict = VERDICT_PASS, congested = 0, marked = 0, may_borrow = 0;
-	struct sock_state *ss = 0;
-	struct bpf_sock *tcp;
 	__u32 seq = 0, end = 0;
 
-	if (!lim)
+	if (tcp)
+		sp = bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!governing_limit(skb, sp, &cgid, &lim))
 		return VERDICT_PASS;
-	rate = lim->dir[PS_INGRESS].rate_bytes_per_sec;
-	burst = lim->dir[PS_INGRESS].burst_bytes;
+	rate = lim.dir[PS_INGRESS].rate_bytes_per_sec;
+	burst = lim.dir[PS_INGRESS].burst_bytes;
 	if (rate == 0 || burst == 0) {
 		count(cgid, PS_INGRESS, len, VERDICT_PASS, 0);
 		return VERDICT_PASS;
@@ -528,20 +580,19 @@ int podshaper_ingress(struct __sk_buff *skb)
 	 * to do but wait for its retransmission timer, which is what collapses
 	 * TCP under a plain policer; and small packets (ACKs, requests).
 	 */
-	tcp = tcp_fullsock(skb);
 	now = bpf_ktime_get_ns();
 	if (tcp && len <= SMALL_PACKET_BYTES)
 		may_borrow = 1;
-	if (tcp && tcp_payload_range(skb, &seq, &end)) {
-		ss = bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (ss && ss->rcv_high_valid && (__s32)(end - ss->rcv_high) <= 0)
+	if (sp && tcp_payload_range(skb, &seq, &end)) {
+		ss = sp;
+		if (ss->rcv_high_valid && (__s32)(end - ss->rcv_high) <= 0)
 			may_borrow = 1;
 		/*
 		 * A flow that has had nothing let in for a while gets one packet
 		 * through, so that its sender hears (by SACK) what was lost and
 		 * recovers fast instead of waiting for a retransmission timeout.
 		 */
-		if (ss && (ss->rcv_dropped_last || now - ss->rcv_last_pass_ns > FEEDBACK_GAP_NS))
+		if (ss->rcv_dropped_last || now - ss->rcv_last_pass_ns > FEEDBACK_GAP_NS)
 			may_borrow = 1;
 	}
 

@@ -26,14 +26,16 @@ const EGRESS_PROGRAM: &str = "podshaper_egress";
 const INGRESS_PROGRAM: &str = "podshaper_ingress";
 const SOCKOPS_PROGRAM: &str = "podshaper_sockops";
 const LIMITS_MAP: &str = "limits";
+const LIMITS_VERSION_MAP: &str = "limits_version";
 const STATES_MAP: &str = "states";
 const COUNTERS_MAP: &str = "counters";
 const SOCK_STATES_MAP: &str = "sock_states";
 const UNPACE_TARGET_MAP: &str = "unpace_target";
 const UNPACE_PROGRAM: &str = "podshaper_unpace";
 const FLOW_CLASS_PROGRAM: &str = "podshaper_flow_class";
-const ALL_MAPS: [&str; 5] = [
+const ALL_MAPS: [&str; 6] = [
     LIMITS_MAP,
+    LIMITS_VERSION_MAP,
     STATES_MAP,
     COUNTERS_MAP,
     SOCK_STATES_MAP,
@@ -194,11 +196,15 @@ impl Shaper {
                 false
             }
         };
-        Ok(Self {
+        let mut shaper = Self {
             ebpf,
             can_unpace,
             has_flow_classifier,
-        })
+        };
+        // Sockets' copies of their limits may come from pinned socket
+        // storage that outlived the version map they were taken against.
+        shaper.bump_limits_version()?;
+        Ok(shaper)
     }
 
     /// Attaches the egress, ingress and sockops programs to a cgroup. Its
@@ -419,12 +425,33 @@ impl Shaper {
     pub fn set_limits(&mut self, cgroup_id: u64, limits: &Limits) -> Result<(), ShaperError> {
         let mut map: HashMap<&mut MapData, u64, abi::Limit> = map_mut(&mut self.ebpf, LIMITS_MAP)?;
         map.insert(cgroup_id, limits.to_abi(), 0)
-            .map_err(|e| map_error(LIMITS_MAP, e))
+            .map_err(|e| map_error(LIMITS_MAP, e))?;
+        self.bump_limits_version()
+    }
+
+    /// Tells every socket's copy of its limit that `limits` changed: the
+    /// programs look the limit up again on each socket's next packet. The
+    /// version only grows: the larger of the last one plus one and the
+    /// wall clock in nanoseconds, so that a version map created afresh does
+    /// not land on a number a socket kept from before.
+    fn bump_limits_version(&mut self) -> Result<(), ShaperError> {
+        let mut map: Array<&mut MapData, u64> =
+            Array::try_from(raw_map_mut(&mut self.ebpf, LIMITS_VERSION_MAP)?)
+                .map_err(|e| map_error(LIMITS_VERSION_MAP, e))?;
+        let last = map
+            .get(&0, 0)
+            .map_err(|e| map_error(LIMITS_VERSION_MAP, e))?;
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
+        map.set(0, clock.max(last.saturating_add(1)), 0)
+            .map_err(|e| map_error(LIMITS_VERSION_MAP, e))
     }
 
     /// Forgets a cgroup: its limits, its shaping state and its counters.
     pub fn remove_limits(&mut self, cgroup_id: u64) -> Result<(), ShaperError> {
         remove_key::<abi::Limit>(&mut self.ebpf, LIMITS_MAP, cgroup_id)?;
+        self.bump_limits_version()?;
         remove_key::<abi::State>(&mut self.ebpf, STATES_MAP, cgroup_id)?;
         let mut counters: PerCpuHashMap<&mut MapData, u64, abi::Counters> =
             PerCpuHashMap::try_from(raw_map_mut(&mut self.ebpf, COUNTERS_MAP)?)

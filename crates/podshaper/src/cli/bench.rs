@@ -376,7 +376,12 @@ fn run_cell(
     settle();
     let lab = NetnsPair::create("bench")?;
     lab.set_congestion_control(&run.cc)?;
-    let cgroup = TransientCgroup::create(&format!("podshaper-bench-{}", std::process::id()))?;
+    // As kubelet lays a pod out: the limit on the pod's cgroup, the
+    // processes in a container's cgroup below it (so the programs find the
+    // limit one level up, as on a node).
+    let pod_name = format!("podshaper-bench-{}", std::process::id());
+    let cgroup = TransientCgroup::create(&pod_name)?;
+    let container = TransientCgroup::create(&format!("{pod_name}/container"))?;
     let egress = direction == "egress";
     let mut attachment = None;
     let mut empty = None;
@@ -420,7 +425,7 @@ fn run_cell(
     let before_tcp = nstat(sender_ns);
     let before_cpu = cpu_times();
     let before_bpf = super::bpf_stats::snapshot(loaded_since);
-    let result = measure(&lab, &cgroup, egress, rate, traffic, seconds, with_probe);
+    let result = measure(&lab, &container, egress, rate, traffic, seconds, with_probe);
     let bpf_runs =
         super::bpf_stats::per_run(&before_bpf, &super::bpf_stats::snapshot(loaded_since));
     let ns_per_run = |program: &str| {
