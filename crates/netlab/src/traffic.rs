@@ -15,6 +15,8 @@ use crate::meter::{FlowMeter, Meter};
 use crate::netns;
 
 const TCP_CHUNK: usize = 128 * 1024;
+/// What a light flow writes at a time, as `iperf3 -l 16K` does.
+pub const LIGHT_CHUNK: usize = 16 * 1024;
 /// UDP payload: fits a 1500-byte MTU with IPv6 and UDP headers.
 pub const UDP_PAYLOAD: usize = 1400;
 /// One datagram per send tops out at about 2.5 Gbit/s of offered UDP on this
@@ -70,6 +72,30 @@ pub fn tcp_send(to: SocketAddr, flows: usize, until: &Until) -> io::Result<u64> 
         let until = until.clone();
         handles.push(thread::spawn(move || send_until(stream, &until)));
     }
+    total_sent(handles)
+}
+
+/// Sends on `flows` light, bursty connections until `until`: each writes
+/// [`LIGHT_CHUNK`] bytes at once, then waits, for an average of
+/// `bits_per_sec` (a paced stream or a train of requests beside bulk
+/// flows). Returns the bytes written.
+pub fn tcp_send_light(
+    to: SocketAddr,
+    flows: usize,
+    bits_per_sec: u64,
+    until: &Until,
+) -> io::Result<u64> {
+    let period = Duration::from_secs_f64(LIGHT_CHUNK as f64 * 8.0 / bits_per_sec.max(1) as f64);
+    let mut handles = Vec::with_capacity(flows);
+    for _ in 0..flows {
+        let stream = connect_retrying(to, until)?;
+        let until = until.clone();
+        handles.push(thread::spawn(move || send_paced(stream, period, &until)));
+    }
+    total_sent(handles)
+}
+
+fn total_sent(handles: Vec<JoinHandle<io::Result<u64>>>) -> io::Result<u64> {
     let mut total = 0;
     for h in handles {
         total += h
@@ -111,6 +137,39 @@ fn send_until(mut stream: TcpStream, until: &Until) -> io::Result<u64> {
             // the sink went away: that ends this flow, not the run
             Err(e) if is_peer_gone(&e) => break,
             Err(e) => return Err(e),
+        }
+    }
+    Ok(sent)
+}
+
+/// Writes one chunk every `period`; a flow held back by its limit does not
+/// make up more than one period afterwards (no catch-up burst).
+fn send_paced(mut stream: TcpStream, period: Duration, until: &Until) -> io::Result<u64> {
+    stream.set_write_timeout(Some(POLL))?;
+    let buf = vec![0x5a_u8; LIGHT_CHUNK];
+    let mut sent = 0u64;
+    let mut next = Instant::now();
+    while !until.reached() {
+        let mut written = 0;
+        while written < buf.len() && !until.reached() {
+            match stream.write(&buf[written..]) {
+                Ok(n) => written += n,
+                Err(e) if is_retry(&e) => {}
+                Err(e) if is_peer_gone(&e) => return Ok(sent + written as u64),
+                Err(e) => return Err(e),
+            }
+        }
+        sent += written as u64;
+        next += period;
+        if let Some(floor) = Instant::now().checked_sub(period) {
+            next = next.max(floor);
+        }
+        while !until.reached() {
+            let now = Instant::now();
+            if now >= next {
+                break;
+            }
+            thread::sleep((next - now).min(POLL));
         }
     }
     Ok(sent)

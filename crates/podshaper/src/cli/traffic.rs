@@ -25,6 +25,13 @@ pub enum TrafficCommand {
         /// Parallel connections.
         #[arg(long, default_value_t = 1)]
         flows: usize,
+        /// Light connections beside them, each writing 16 KiB at a time
+        /// at an average of --light-rate.
+        #[arg(long, default_value_t = 0, requires = "light_rate")]
+        light: usize,
+        /// Each light connection's average rate (e.g. 400K).
+        #[arg(long)]
+        light_rate: Option<String>,
     },
     /// Receive TCP and report the rate.
     TcpRecv {
@@ -87,10 +94,29 @@ fn secs(s: f64) -> Result<Duration> {
 
 pub fn run(command: TrafficCommand) -> Result<ExitCode> {
     match command {
-        TrafficCommand::TcpSend { common, to, flows } => {
+        TrafficCommand::TcpSend {
+            common,
+            to,
+            flows,
+            light,
+            light_rate,
+        } => {
+            let light_rate: Option<Rate> = light_rate.map(|r| r.parse()).transpose()?;
             let until = common.enter()?;
-            let sent =
+            let light_sender = light_rate.filter(|_| light > 0).map(|rate| {
+                let until = until.clone();
+                thread::spawn(move || {
+                    traffic::tcp_send_light(to, light, rate.bits_per_sec(), &until)
+                })
+            });
+            let mut sent =
                 traffic::tcp_send(to, flows, &until).with_context(|| format!("sending to {to}"))?;
+            if let Some(handle) = light_sender {
+                sent += handle
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the light flows' thread panicked"))?
+                    .with_context(|| format!("sending light flows to {to}"))?;
+            }
             println!("{{\"bytes_sent\":{sent}}}");
         }
         TrafficCommand::UdpSend { common, to, rate } => {

@@ -147,6 +147,10 @@ pub struct Flow {
     /// true: the limited process sends (egress); false: it receives (ingress)
     pub egress: bool,
     pub flows: usize,
+    /// egress TCP: light, bursty flows beside the bulk ones (16 KiB writes
+    /// at an average of `light_rate` bit/s each)
+    pub light: usize,
+    pub light_rate: u64,
     pub v6: bool,
     /// both ends in the host's network namespace, over loopback (a
     /// hostNetwork pod)
@@ -170,6 +174,8 @@ impl Flow {
             proto: Proto::Tcp,
             egress,
             flows: 1,
+            light: 0,
+            light_rate: 0,
             v6: false,
             host: false,
             offered: 0,
@@ -272,6 +278,10 @@ pub fn measure_flows(limiter: &Limiter<'_>, flow: &Flow) -> Received {
         .arg(&sock);
     if flow.proto == Proto::Tcp && flow.egress {
         cmd.args(["--flows", &flow.flows.to_string()]);
+        if flow.light > 0 {
+            cmd.args(["--light", &flow.light.to_string()])
+                .args(["--light-rate", &flow.light_rate.to_string()]);
+        }
     }
     if flow.proto == Proto::Udp && flow.egress {
         cmd.args(["--rate", &flow.offered.to_string()]);
