@@ -84,6 +84,7 @@ pub async fn run(
         adopted = adoption.adopted,
         removed_stale = adoption.removed_stale,
         repaired = adoption.repaired,
+        upgraded = adoption.upgraded,
         "shaper loaded"
     );
     let state = Arc::new(State {

@@ -99,6 +99,93 @@ fn a_restart_over_state_maps_of_another_layout_starts_them_afresh() {
     assert_ratio("limited after the restart", rate, 50e6, 0.90, 1.05);
 }
 
+/// The name of the program a pinned link runs.
+fn program_of_link(pin: &std::path::Path) -> String {
+    let link: aya::programs::links::FdLink = aya::programs::links::PinnedLink::from_pin(pin)
+        .expect("open the pinned link")
+        .into();
+    let id = link.info().expect("link info").program_id();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_attachment_made_by_another_build_moves_to_this_builds_programs() {
+    let root = TestRoot::new("upgrade");
+    let pod = root.make("pod");
+    let mut daemon = TestDaemon::start(&root.path, &[]);
+    let pod_path = pod.path().display().to_string();
+    daemon.ok(&["attach", "--cgroup", &pod_path, "--egress", "100M"]);
+    daemon.kill9();
+
+    // an older build's egress program (it passes everything) in the place
+    // of the daemon's, as an upgrade finds it
+    let scratch =
+        std::env::temp_dir().join(format!("podshaper-test-upgrade-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let object = common::compile_bpf(
+        &scratch,
+        "old_build",
+        "SEC(\"cgroup_skb/egress\") int old_build_egress(struct __sk_buff *skb) { return 1; }",
+    );
+    let bytes = std::fs::read(&object).expect("read the object");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let mut old = aya::Ebpf::load(&bytes).expect("load the older build");
+    let program: &mut aya::programs::CgroupSkb = old
+        .program_mut("old_build_egress")
+        .expect("its program")
+        .try_into()
+        .expect("a cgroup_skb program");
+    program.load().expect("load its program");
+    let cgroup_fd = std::fs::File::open(pod.path()).expect("open the cgroup");
+    let link_id = program
+        .attach(
+            &cgroup_fd,
+            aya::programs::CgroupSkbAttachType::Egress,
+            aya::programs::CgroupAttachMode::Single,
+        )
+        .expect("attach the older build");
+    let link: aya::programs::links::FdLink = program
+        .take_link(link_id)
+        .expect("its link")
+        .try_into()
+        .expect("an fd link");
+    let dir = daemon.bpffs.join("links").join(pod.id().to_string());
+    let pin = dir.join("egress");
+    let ours = aya::programs::links::PinnedLink::from_pin(&pin).expect("the daemon's egress pin");
+    drop(ours.unpin().expect("unpin the daemon's egress link"));
+    drop(link.pin(&pin).expect("pin the older build's link"));
+    drop(old);
+    assert_eq!(program_of_link(&pin), "old_build_egres");
+
+    // the daemon log (appended to at each start): its last "shaper loaded"
+    let last_start = |daemon: &TestDaemon| {
+        let log = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
+        log.lines()
+            .rev()
+            .find(|l| l.contains("shaper loaded"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    daemon.restart();
+    let started = last_start(&daemon);
+    assert!(started.contains("upgraded=1"), "{started}");
+    assert_eq!(program_of_link(&pin), "podshaper_egres");
+    assert!(
+        !dir.join("next").exists(),
+        "the new links' staging directory was left"
+    );
+    let rate = measure_with(&Limiter::Cgroup(&pod), &Flow::tcp(true));
+    assert_ratio("limited after the move", rate, 100e6, 0.90, 1.05);
+    // and a restart of the same build moves nothing
+    daemon.restart();
+    let started = last_start(&daemon);
+    assert!(started.contains("upgraded=0"), "{started}");
+}
+
 #[test]
 fn a_normal_shutdown_keeps_limits_and_gone_cgroups_are_cleaned_up() {
     let root = TestRoot::new("stale");

@@ -17,7 +17,7 @@ use crate::counters::CgroupCounters;
 use crate::ingress_queue;
 use crate::limits::{DirectionLimit, Limits};
 use crate::netns::{self, network_namespaces_in};
-use crate::shaper::{detach_pinned, is_fully_pinned, Shaper, ShaperError};
+use crate::shaper::{detach_pinned, is_fully_pinned, ProgramTags, Shaper, ShaperError};
 
 /// statfs magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -62,6 +62,9 @@ pub struct Adoption {
     pub removed_stale: usize,
     /// attachments a crash left half made, completed
     pub repaired: usize,
+    /// attachments made by another build of the shaper, moved to this one's
+    /// programs
+    pub upgraded: usize,
 }
 
 /// Pods whose ingress queue one [`Node::sync_ingress_queues`] pass looks
@@ -151,6 +154,7 @@ impl Node {
     /// those whose cgroup is gone, and forgets limits that never got links.
     fn adopt(&mut self) -> Result<Adoption, NodeError> {
         let mut report = Adoption::default();
+        let tags = ProgramTags::read();
         for id in self.pinned_ids()? {
             let dir = self.link_dir(id);
             let Some(path) = self.root.path_of(id) else {
@@ -169,6 +173,17 @@ impl Node {
                 } else {
                     continue;
                 }
+            } else {
+                // After an upgrade the old programs would go on with their
+                // own code (and, if a layout changed, their own state maps).
+                // Failing that, they still hold the limit: logged, kept.
+                match self.upgrade(id, &path, &dir, &tags) {
+                    Ok(true) => report.upgraded += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(cgroup = %path.display(), error = %e, "cannot move an attachment to this build's programs: it keeps those of the build that made it")
+                    }
+                }
             }
             self.attached.insert(id, path);
             report.adopted += 1;
@@ -180,6 +195,27 @@ impl Node {
             }
         }
         Ok(report)
+    }
+
+    /// Moves an attachment made by another build to this shaper's programs;
+    /// false if it already runs them.
+    fn upgrade(
+        &mut self,
+        id: u64,
+        path: &Path,
+        dir: &Path,
+        tags: &ProgramTags,
+    ) -> Result<bool, NodeError> {
+        if !self.shaper.runs_another_build(dir, tags)? {
+            return Ok(false);
+        }
+        let cgroup = Cgroup::open(path).map_err(ShaperError::from)?;
+        if cgroup.id() != id {
+            // a new cgroup of the same name: the stale sweep handles it
+            return Ok(false);
+        }
+        self.shaper.reattach_pinned(&cgroup, dir)?;
+        Ok(true)
     }
 
     /// Sets a cgroup's limits, attaching the shaper if it is not yet. A limit

@@ -45,6 +45,32 @@ const ALL_MAPS: [&str; 6] = [
 const EGRESS_LINK: &str = "egress";
 const INGRESS_LINK: &str = "ingress";
 const SOCKOPS_LINK: &str = "sockops";
+/// Each link's pin name and the program it runs.
+const LINKS: [(&str, &str); 3] = [
+    (EGRESS_LINK, EGRESS_PROGRAM),
+    (INGRESS_LINK, INGRESS_PROGRAM),
+    (SOCKOPS_LINK, SOCKOPS_PROGRAM),
+];
+/// Where [`Shaper::reattach_pinned`] pins the new links, inside an
+/// attachment's directory, before they take the old ones' places.
+const NEXT_LINKS_DIR: &str = "next";
+
+/// The tag (a hash of the instructions, the same for every load of one
+/// build) of every program loaded in the kernel, by program id.
+pub struct ProgramTags(std::collections::HashMap<u32, u64>);
+
+impl ProgramTags {
+    /// Reads them from the kernel (programs that go away meanwhile are left
+    /// out).
+    pub fn read() -> Self {
+        Self(
+            aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .map(|info| (info.id(), info.tag()))
+                .collect(),
+        )
+    }
+}
 
 /// Why the shaper could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -296,6 +322,78 @@ impl Shaper {
         Ok(())
     }
 
+    /// Whether any link pinned in `links_dir` runs a program of another
+    /// build than this shaper's (another daemon version attached it). A
+    /// restarted daemon of the same build loads programs with other ids but
+    /// the same tags, so those count as its own.
+    pub fn runs_another_build(
+        &self,
+        links_dir: &Path,
+        tags: &ProgramTags,
+    ) -> Result<bool, ShaperError> {
+        for (link, name) in LINKS {
+            let ours = self
+                .ebpf
+                .program(name)
+                .ok_or(ShaperError::Missing {
+                    kind: "program",
+                    name,
+                })?
+                .info()
+                .map_err(|e| program_error(name, e))?
+                .tag();
+            let path = links_dir.join(link);
+            let pinned: FdLink = PinnedLink::from_pin(&path)
+                .map_err(|e| ShaperError::Pin {
+                    path: path.display().to_string(),
+                    source: Box::new(e),
+                })?
+                .into();
+            let program_id = pinned
+                .info()
+                .map_err(|e| ShaperError::Pin {
+                    path: path.display().to_string(),
+                    source: Box::new(e),
+                })?
+                .program_id();
+            if tags.0.get(&program_id) != Some(&ours) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Moves an attachment pinned in `links_dir` to this shaper's programs.
+    /// The new links are attached and pinned first (in a subdirectory),
+    /// then each old link is unpinned, which detaches it, and the new pin
+    /// takes its name: the cgroup is never without its limit (for a moment
+    /// it has both programs, each holding it to the limit).
+    pub fn reattach_pinned(
+        &mut self,
+        cgroup: &Cgroup,
+        links_dir: &Path,
+    ) -> Result<(), ShaperError> {
+        let next = links_dir.join(NEXT_LINKS_DIR);
+        // what a move cut short left
+        detach_pinned(&next)?;
+        self.attach_pinned(cgroup, &next)?;
+        let pin_error =
+            |path: &Path, source: Box<dyn std::error::Error + Send + Sync>| ShaperError::Pin {
+                path: path.display().to_string(),
+                source,
+            };
+        for (link, _) in LINKS {
+            let old = links_dir.join(link);
+            if old.exists() {
+                let pinned =
+                    PinnedLink::from_pin(&old).map_err(|e| pin_error(&old, Box::new(e)))?;
+                drop(pinned.unpin().map_err(|e| pin_error(&old, Box::new(e)))?);
+            }
+            std::fs::rename(next.join(link), &old).map_err(|e| pin_error(&old, Box::new(e)))?;
+        }
+        std::fs::remove_dir(&next).map_err(|e| pin_error(&next, Box::new(e)))
+    }
+
     /// Pins the ingress queue's flow classifier at `path` (in bpffs), where
     /// `tc` finds it (crate::ingress_queue). A pin already there is replaced:
     /// the queues built with the program it named keep that program.
@@ -515,9 +613,7 @@ fn map_ref<'a, V: aya::Pod>(
 
 /// Whether all three links of an attachment are pinned in `links_dir`.
 pub fn is_fully_pinned(links_dir: &Path) -> bool {
-    [EGRESS_LINK, INGRESS_LINK, SOCKOPS_LINK]
-        .iter()
-        .all(|l| links_dir.join(l).exists())
+    LINKS.iter().all(|(l, _)| links_dir.join(l).exists())
 }
 
 /// Unpins and so detaches the links pinned in `links_dir`, then removes it.
@@ -527,7 +623,11 @@ pub fn detach_pinned(links_dir: &Path) -> Result<(), ShaperError> {
         path: links_dir.display().to_string(),
         source,
     };
-    for name in [EGRESS_LINK, INGRESS_LINK, SOCKOPS_LINK] {
+    let next = links_dir.join(NEXT_LINKS_DIR);
+    if next.exists() {
+        detach_pinned(&next)?;
+    }
+    for (name, _) in LINKS {
         let path = links_dir.join(name);
         if !path.exists() {
             continue;
