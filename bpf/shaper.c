@@ -151,13 +151,6 @@ struct {
 } states SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, struct ps_counters);
-} counters SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
@@ -236,35 +229,31 @@ static __always_inline struct ps_state *get_state(__u64 cgid)
 	return st;
 }
 
-static __always_inline struct ps_dir_counters *get_counters(__u64 cgid, int dir)
+/* Counts a packet into its direction's counters. Called with the lock held. */
+static __always_inline void count(struct ps_bucket *b, __u64 len, int verdict, int marked)
 {
-	struct ps_counters *c = bpf_map_lookup_elem(&counters, &cgid);
-
-	if (!c) {
-		struct ps_counters fresh = {};
-
-		bpf_map_update_elem(&counters, &cgid, &fresh, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&counters, &cgid);
-		if (!c)
-			return 0;
-	}
-	return dir == PS_EGRESS ? &c->dir[PS_EGRESS] : &c->dir[PS_INGRESS];
-}
-
-static __always_inline void count(__u64 cgid, int dir, __u64 len, int verdict, int marked)
-{
-	struct ps_dir_counters *c = get_counters(cgid, dir);
-
-	if (!c)
-		return;
 	if (verdict == VERDICT_PASS || verdict == VERDICT_PASS_CN) {
-		c->bytes += len;
-		c->packets += 1;
+		b->counters.bytes += len;
+		b->counters.packets += 1;
 	} else {
-		c->dropped += 1;
+		b->counters.dropped += 1;
 	}
 	if (marked)
-		c->marked += 1;
+		b->counters.marked += 1;
+}
+
+/* Counts a packet of a direction the cgroup has no limit in. */
+static __always_inline void count_unlimited(__u64 cgid, int dir, __u64 len)
+{
+	struct ps_state *st = get_state(cgid);
+	struct ps_bucket *b;
+
+	if (!st)
+		return;
+	bpf_spin_lock(&st->lock);
+	b = dir == PS_EGRESS ? &st->dir[PS_EGRESS] : &st->dir[PS_INGRESS];
+	count(b, len, VERDICT_PASS, 0);
+	bpf_spin_unlock(&st->lock);
 }
 
 /* Takes a new or changed limit into a bucket. Called with the lock held. */
@@ -432,14 +421,14 @@ int podshaper_egress(struct __sk_buff *skb)
 	rate = lim.dir[PS_EGRESS].rate_bytes_per_sec;
 	burst = lim.dir[PS_EGRESS].burst_bytes;
 	if (rate == 0 || burst == 0) {
-		count(cgid, PS_EGRESS, len, VERDICT_PASS, 0);
+		count_unlimited(cgid, PS_EGRESS, len);
 		return VERDICT_PASS;
 	}
+	/* the states map holds as many cgroups as `limits`: full only if
+	 * entries were left behind; traffic then passes uncounted */
 	st = get_state(cgid);
-	if (!st) {
-		count(cgid, PS_EGRESS, len, VERDICT_PASS, 0);
+	if (!st)
 		return VERDICT_PASS;
-	}
 	now = bpf_ktime_get_ns();
 
 	bpf_spin_lock(&st->lock);
@@ -494,13 +483,13 @@ int podshaper_egress(struct __sk_buff *skb)
 	steer_share(b, now);
 	cap_share_in_deficit(b);
 	share = b->share;
+	count(b, len, verdict, marked);
 	bpf_spin_unlock(&st->lock);
 
 	if (p) {
 		p->want = share;
 		p->paced_cgid = cgid;
 	}
-	count(cgid, PS_EGRESS, len, verdict, marked);
 	return verdict;
 }
 
@@ -555,7 +544,7 @@ int podshaper_ingress(struct __sk_buff *skb)
 	struct ps_state *st;
 	struct ps_bucket *b;
 	__u64 rate, burst;
-	int verdict = VERDICT_PASS, congested = 0, marked = 0, may_borrow = 0;
+	int verdict = VERDICT_PASS, congested = 0, may_borrow = 0;
 	__u32 seq = 0, end = 0;
 
 	if (tcp)
@@ -565,14 +554,12 @@ int podshaper_ingress(struct __sk_buff *skb)
 	rate = lim.dir[PS_INGRESS].rate_bytes_per_sec;
 	burst = lim.dir[PS_INGRESS].burst_bytes;
 	if (rate == 0 || burst == 0) {
-		count(cgid, PS_INGRESS, len, VERDICT_PASS, 0);
+		count_unlimited(cgid, PS_INGRESS, len);
 		return VERDICT_PASS;
 	}
 	st = get_state(cgid);
-	if (!st) {
-		count(cgid, PS_INGRESS, len, VERDICT_PASS, 0);
+	if (!st)
 		return VERDICT_PASS;
-	}
 	/*
 	 * Some TCP packets may take the bucket into deficit (charged; new data
 	 * pays it back): a retransmission (data below the highest sequence
@@ -610,6 +597,8 @@ int podshaper_ingress(struct __sk_buff *skb)
 	} else {
 		verdict = VERDICT_DROP;
 	}
+	/* marks are counted below, once the packet is marked */
+	count(b, len, verdict, 0);
 	bpf_spin_unlock(&st->lock);
 
 	if (ss) {
@@ -623,10 +612,11 @@ int podshaper_ingress(struct __sk_buff *skb)
 		ss->rcv_high_valid = 1;
 	}
 
-	/* early, loss-free signal for flows that negotiated ECN */
+	/* early, loss-free signal for flows that negotiated ECN (a helper
+	 * cannot run under the lock, so the mark is counted atomically; only
+	 * this line writes the ingress `marked`) */
 	if (congested && bpf_skb_ecn_set_ce(skb))
-		marked = 1;
-	count(cgid, PS_INGRESS, len, verdict, marked);
+		__sync_fetch_and_add(&b->counters.marked, 1);
 	return verdict;
 }
 

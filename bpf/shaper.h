@@ -35,11 +35,6 @@ struct ps_dir_counters {
 	__u64 marked;
 };
 
-/* Value of the per-CPU `counters` map, keyed by cgroup id. */
-struct ps_counters {
-	struct ps_dir_counters dir[PS_DIRECTIONS];
-};
-
 /* One direction's shaping state. */
 struct ps_bucket {
 	/* configuration this state was built for; a change is detected and absorbed */
@@ -66,10 +61,15 @@ struct ps_bucket {
 	 * rate over the last complete window, bytes/s (egress only) */
 	__u64 window_top_bytes;
 	__u64 top_flow_rate;
+	/* what passed, was dropped and was marked this way (kept beside the
+	 * bucket, under its lock: one map lookup per packet fewer than a
+	 * counters map of their own) */
+	struct ps_dir_counters counters;
 };
 
 /* Value of the `states` map, keyed by cgroup id: owned by BPF, created on a
- * cgroup's first packet; user space only reads and deletes it. */
+ * cgroup's first packet; user space only reads (under the lock: BPF_F_LOCK)
+ * and deletes it. */
 struct ps_state {
 	struct bpf_spin_lock lock;
 	struct ps_bucket dir[PS_DIRECTIONS];

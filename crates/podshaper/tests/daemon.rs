@@ -68,25 +68,32 @@ fn a_restart_over_state_maps_of_another_layout_starts_them_afresh() {
     let scratch =
         std::env::temp_dir().join(format!("podshaper-test-layout-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).expect("scratch dir");
+    // and the per-CPU counters map that builds before session 8 pinned
     let object = common::compile_bpf(
         &scratch,
         "old_states",
         "struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16); \
-         __type(key, __u64); __type(value, __u64[2]); } states SEC(\".maps\");",
+         __type(key, __u64); __type(value, __u64[2]); } states SEC(\".maps\"); \
+         struct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, 16); \
+         __type(key, __u64); __type(value, __u64[8]); } counters SEC(\".maps\");",
     );
     let pin = daemon.bpffs.join("maps").join("states");
+    let obsolete = daemon.bpffs.join("maps").join("counters");
     std::fs::remove_file(&pin).expect("unpin the daemon's states map");
     let bytes = std::fs::read(&object).expect("read the object");
     let loaded = aya::EbpfLoader::new()
         .map_pin_path("states", &pin)
+        .map_pin_path("counters", &obsolete)
         .load(&bytes);
     let _ = std::fs::remove_dir_all(&scratch);
     drop(loaded.expect("pin a states map of another layout"));
     assert!(pin.exists(), "the other layout's map is not pinned");
+    assert!(obsolete.exists(), "the old counters map is not pinned");
 
     daemon.restart();
     let log = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
     assert!(log.contains("starting them afresh"), "{log}");
+    assert!(!obsolete.exists(), "the old counters map's pin was left");
     let listed = daemon.list();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["egress_bps"], 100_000_000);

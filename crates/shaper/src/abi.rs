@@ -37,13 +37,6 @@ pub struct DirCounters {
     pub marked: u64,
 }
 
-/// `struct ps_counters`: the per-CPU value of the `counters` map.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub dir: [DirCounters; 2],
-}
-
 /// `struct ps_bucket`: one direction's shaping state, owned by BPF.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,6 +63,8 @@ pub struct Bucket {
     pub window_top_bytes: u64,
     /// ... and that socket's rate over the last complete window, bytes/s
     pub top_flow_rate: u64,
+    /// what passed, was dropped and was marked this way
+    pub counters: DirCounters,
 }
 
 /// `struct ps_state`: the value of the `states` map.
@@ -84,8 +79,6 @@ pub struct State {
 
 // SAFETY: plain `repr(C)` structs of integers with no implicit padding.
 unsafe impl aya::Pod for Limit {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Counters {}
 // SAFETY: as above (the padding after `lock` is an explicit field).
 unsafe impl aya::Pod for State {}
 
@@ -105,13 +98,13 @@ mod tests {
         assert_eq!(offset_of!(DirCounters, packets), 8);
         assert_eq!(offset_of!(DirCounters, dropped), 16);
         assert_eq!(offset_of!(DirCounters, marked), 24);
-        assert_eq!(size_of::<Counters>(), 64);
-        assert_eq!(size_of::<Bucket>(), 120);
+        assert_eq!(size_of::<Bucket>(), 152);
         assert_eq!(offset_of!(Bucket, share), 64);
         assert_eq!(offset_of!(Bucket, flows), 96);
         assert_eq!(offset_of!(Bucket, top_flow_rate), 112);
+        assert_eq!(offset_of!(Bucket, counters), 120);
         assert_eq!(offset_of!(State, dir), 8);
-        assert_eq!(size_of::<State>(), 248);
+        assert_eq!(size_of::<State>(), 312);
     }
 
     #[test]
@@ -173,10 +166,6 @@ mod tests {
             ]
         );
         assert_eq!(
-            fields("ps_counters"),
-            ["struct ps_dir_counters dir[PS_DIRECTIONS]"]
-        );
-        assert_eq!(
             fields("ps_bucket"),
             [
                 "__u64 rate",
@@ -192,7 +181,8 @@ mod tests {
                 "__u64 window_flows",
                 "__u64 flows",
                 "__u64 window_top_bytes",
-                "__u64 top_flow_rate"
+                "__u64 top_flow_rate",
+                "struct ps_dir_counters counters"
             ]
         );
         assert!(header.contains("__s64 tokens;"));

@@ -1,4 +1,4 @@
-//! A cgroup's traffic counters, summed over CPUs.
+//! A cgroup's traffic counters, as its shaping state keeps them.
 
 use crate::abi;
 
@@ -20,22 +20,22 @@ pub struct CgroupCounters {
 }
 
 impl CgroupCounters {
-    /// Adds up the per-CPU values of the `counters` map.
-    pub(crate) fn sum<'a>(per_cpu: impl Iterator<Item = &'a abi::Counters>) -> Self {
-        let mut total = Self::default();
-        for c in per_cpu {
-            total.egress.add(&c.dir[abi::EGRESS]);
-            total.ingress.add(&c.dir[abi::INGRESS]);
+    /// The counters a cgroup's shaping state keeps beside its buckets.
+    pub(crate) fn of_state(state: &abi::State) -> Self {
+        Self {
+            egress: DirectionCounters::from(&state.dir[abi::EGRESS].counters),
+            ingress: DirectionCounters::from(&state.dir[abi::INGRESS].counters),
         }
-        total
     }
 }
 
-impl DirectionCounters {
-    fn add(&mut self, c: &abi::DirCounters) {
-        self.bytes += c.bytes;
-        self.packets += c.packets;
-        self.dropped += c.dropped;
-        self.marked += c.marked;
+impl From<&abi::DirCounters> for DirectionCounters {
+    fn from(c: &abi::DirCounters) -> Self {
+        Self {
+            bytes: c.bytes,
+            packets: c.packets,
+            dropped: c.dropped,
+            marked: c.marked,
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuHashMap};
+use aya::maps::{Array, HashMap, MapData, MapError};
 use aya::programs::cgroup_skb::CgroupSkbLinkId;
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::sock_ops::SockOpsLinkId;
@@ -28,16 +28,17 @@ const SOCKOPS_PROGRAM: &str = "podshaper_sockops";
 const LIMITS_MAP: &str = "limits";
 const LIMITS_VERSION_MAP: &str = "limits_version";
 const STATES_MAP: &str = "states";
-const COUNTERS_MAP: &str = "counters";
+/// The per-CPU counters map of builds before session 8; the counters now
+/// live in `states`. Its pin is removed once this build has loaded.
+const OBSOLETE_COUNTERS_MAP: &str = "counters";
 const SOCK_STATES_MAP: &str = "sock_states";
 const UNPACE_TARGET_MAP: &str = "unpace_target";
 const UNPACE_PROGRAM: &str = "podshaper_unpace";
 const FLOW_CLASS_PROGRAM: &str = "podshaper_flow_class";
-const ALL_MAPS: [&str; 6] = [
+const ALL_MAPS: [&str; 5] = [
     LIMITS_MAP,
     LIMITS_VERSION_MAP,
     STATES_MAP,
-    COUNTERS_MAP,
     SOCK_STATES_MAP,
     UNPACE_TARGET_MAP,
 ];
@@ -149,10 +150,30 @@ impl Shaper {
     /// only what the programs rebuild from traffic (`states`: bucket levels
     /// and shares; `sock_states`: per-socket state) are unpinned and the load
     /// tried once more: a daemon whose shaper changed their layout starts
-    /// them afresh (buckets full) rather than not at all. Limits and counters
-    /// are never dropped. Programs still attached from before keep the maps
-    /// they were loaded with.
+    /// them afresh (buckets full) rather than not at all. Limits are never
+    /// dropped; the counters, kept in `states`, start again from zero then
+    /// (a counter reset, to Prometheus). Programs still attached from before
+    /// keep the maps they were loaded with until [`Node`](crate::Node) moves
+    /// them to this build's.
     pub fn load_pinned(maps_dir: &Path) -> Result<Self, ShaperError> {
+        let shaper = Self::load_pinned_maps(maps_dir)?;
+        let obsolete = maps_dir.join(OBSOLETE_COUNTERS_MAP);
+        if obsolete.exists() {
+            // the programs of older builds still attached hold the map
+            // itself until they are moved to this build's
+            match std::fs::remove_file(&obsolete) {
+                Ok(()) => {
+                    tracing::info!(pin = %obsolete.display(), "removed the pin of an older build's counters map (counters now live in the states map)")
+                }
+                Err(e) => {
+                    tracing::warn!(pin = %obsolete.display(), error = %e, "cannot remove the pin of an older build's counters map")
+                }
+            }
+        }
+        Ok(shaper)
+    }
+
+    fn load_pinned_maps(maps_dir: &Path) -> Result<Self, ShaperError> {
         let first = match Self::load_with_pins(maps_dir) {
             Ok(shaper) => return Ok(shaper),
             Err(e) => e,
@@ -165,7 +186,7 @@ impl Shaper {
         if stale.is_empty() {
             return Err(first);
         }
-        tracing::warn!(error = %first, "the shaper does not load with its pinned state maps (another version's layout?): starting them afresh; limits and counters are kept");
+        tracing::warn!(error = %first, "the shaper does not load with its pinned state maps (another version's layout?): starting them afresh (buckets full, counters from zero); limits are kept");
         for path in &stale {
             std::fs::remove_file(path).map_err(|e| ShaperError::Pin {
                 path: path.display().to_string(),
@@ -546,18 +567,11 @@ impl Shaper {
             .map_err(|e| map_error(LIMITS_VERSION_MAP, e))
     }
 
-    /// Forgets a cgroup: its limits, its shaping state and its counters.
+    /// Forgets a cgroup: its limits, and its shaping state with its counters.
     pub fn remove_limits(&mut self, cgroup_id: u64) -> Result<(), ShaperError> {
         remove_key::<abi::Limit>(&mut self.ebpf, LIMITS_MAP, cgroup_id)?;
         self.bump_limits_version()?;
-        remove_key::<abi::State>(&mut self.ebpf, STATES_MAP, cgroup_id)?;
-        let mut counters: PerCpuHashMap<&mut MapData, u64, abi::Counters> =
-            PerCpuHashMap::try_from(raw_map_mut(&mut self.ebpf, COUNTERS_MAP)?)
-                .map_err(|e| map_error(COUNTERS_MAP, e))?;
-        match counters.remove(&cgroup_id) {
-            Err(e) if !is_not_found(&e) => Err(map_error(COUNTERS_MAP, e)),
-            _ => Ok(()),
-        }
+        remove_key::<abi::State>(&mut self.ebpf, STATES_MAP, cgroup_id)
     }
 
     /// A cgroup's limits as the `limits` map holds them (None if it has none).
@@ -578,18 +592,20 @@ impl Shaper {
             .map_err(|e| map_error(LIMITS_MAP, e))
     }
 
-    /// A cgroup's counters, summed over CPUs (zero if it never sent a packet).
+    /// A cgroup's counters (zero if it never had a packet). Read under the
+    /// state's lock, so both directions' counters are of one moment.
     pub fn counters(&self, cgroup_id: u64) -> Result<CgroupCounters, ShaperError> {
-        let map: PerCpuHashMap<&MapData, u64, abi::Counters> =
-            PerCpuHashMap::try_from(raw_map(&self.ebpf, COUNTERS_MAP)?)
-                .map_err(|e| map_error(COUNTERS_MAP, e))?;
-        match map.get(&cgroup_id, 0) {
-            Ok(per_cpu) => Ok(CgroupCounters::sum(per_cpu.iter())),
+        let map: HashMap<&MapData, u64, abi::State> = map_ref(&self.ebpf, STATES_MAP)?;
+        match map.get(&cgroup_id, BPF_F_LOCK) {
+            Ok(state) => Ok(CgroupCounters::of_state(&state)),
             Err(e) if is_not_found(&e) => Ok(CgroupCounters::default()),
-            Err(e) => Err(map_error(COUNTERS_MAP, e)),
+            Err(e) => Err(map_error(STATES_MAP, e)),
         }
     }
 }
+
+/// `BPF_F_LOCK`: a lookup that copies a value under its spin lock.
+const BPF_F_LOCK: u64 = 4;
 
 fn raw_map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, ShaperError> {
     ebpf.map(name)
