@@ -64,13 +64,9 @@ fn a_restart_over_state_maps_of_another_layout_starts_them_afresh() {
     daemon.ok(&["attach", "--cgroup", &old_path, "--egress", "100M"]);
     daemon.kill9();
 
-    // another version's `states`, pinned where the daemon keeps its own
-    let scratch =
-        std::env::temp_dir().join(format!("podshaper-test-layout-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    // another version's `states`, pinned where the daemon keeps its own,
     // and the per-CPU counters map that builds before session 8 pinned
-    let object = common::compile_bpf(
-        &scratch,
+    let bytes = common::compiled_bpf(
         "old_states",
         "struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16); \
          __type(key, __u64); __type(value, __u64[2]); } states SEC(\".maps\"); \
@@ -80,12 +76,10 @@ fn a_restart_over_state_maps_of_another_layout_starts_them_afresh() {
     let pin = daemon.bpffs.join("maps").join("states");
     let obsolete = daemon.bpffs.join("maps").join("counters");
     std::fs::remove_file(&pin).expect("unpin the daemon's states map");
-    let bytes = std::fs::read(&object).expect("read the object");
     let loaded = aya::EbpfLoader::new()
         .map_pin_path("states", &pin)
         .map_pin_path("counters", &obsolete)
         .load(&bytes);
-    let _ = std::fs::remove_dir_all(&scratch);
     drop(loaded.expect("pin a states map of another layout"));
     assert!(pin.exists(), "the other layout's map is not pinned");
     assert!(obsolete.exists(), "the old counters map is not pinned");
@@ -130,16 +124,10 @@ fn an_attachment_made_by_another_build_moves_to_this_builds_programs() {
 
     // an older build's egress program (it passes everything) in the place
     // of the daemon's, as an upgrade finds it
-    let scratch =
-        std::env::temp_dir().join(format!("podshaper-test-upgrade-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
-    let object = common::compile_bpf(
-        &scratch,
+    let bytes = common::compiled_bpf(
         "old_build",
         "SEC(\"cgroup_skb/egress\") int old_build_egress(struct __sk_buff *skb) { return 1; }",
     );
-    let bytes = std::fs::read(&object).expect("read the object");
-    let _ = std::fs::remove_dir_all(&scratch);
     let mut old = aya::Ebpf::load(&bytes).expect("load the older build");
     let program: &mut aya::programs::CgroupSkb = old
         .program_mut("old_build_egress")

@@ -453,6 +453,21 @@ pub fn compile_bpf(dir: &std::path::Path, name: &str, body: &str) -> String {
     obj.display().to_string()
 }
 
+/// Compiles `body` (see [`compile_bpf`]) in a scratch directory of its own
+/// and returns the object's bytes; the directory is removed.
+pub fn compiled_bpf(name: &str, body: &str) -> Vec<u8> {
+    let scratch = std::env::temp_dir().join(format!(
+        "podshaper-test-{name}-{}-{}",
+        std::process::id(),
+        unique_port()
+    ));
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let object = compile_bpf(&scratch, name, body);
+    let bytes = std::fs::read(&object).expect("read the object");
+    let _ = std::fs::remove_dir_all(&scratch);
+    bytes
+}
+
 /// A daemon API target naming a cgroup path.
 pub fn cgroup_target(cgroup: &str) -> Option<podshaper_api::pb::Target> {
     Some(podshaper_api::pb::Target {
