@@ -497,23 +497,57 @@ int podshaper_egress(struct __sk_buff *skb)
  * The TCP sequence range a packet carries. cgroup_skb data starts at the IP
  * header. Returns 0 when the packet is not TCP with payload (or has IPv6
  * extension headers, which are rare enough to treat as new data).
+ *
+ * The headers are read in place when they are in the packet's linear part
+ * (as received packets' are), else copied out (bpf_skb_load_bytes, three
+ * helper calls).
  */
 static __always_inline int tcp_payload_range(struct __sk_buff *skb, __u32 *seq, __u32 *end)
 {
-	__u8 first;
-	__u32 l3len, payload;
-	struct tcphdr th;
+	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	__u32 l3len, doff, raw_seq;
+	__u8 *first = data, version;
+	struct tcphdr *th, copy;
 
-	if (bpf_skb_load_bytes(skb, 0, &first, 1))
+	if ((void *)(first + 1) > data_end)
+		goto copied;
+	if ((*first >> 4) == 4) {
+		struct iphdr *ip = data;
+
+		if ((void *)(ip + 1) > data_end)
+			goto copied;
+		if (ip->protocol != IPPROTO_TCP)
+			return 0;
+		l3len = (*first & 0xf) * 4;
+	} else if ((*first >> 4) == 6) {
+		struct ipv6hdr *ip6 = data;
+
+		if ((void *)(ip6 + 1) > data_end)
+			goto copied;
+		if (ip6->nexthdr != IPPROTO_TCP)
+			return 0;
+		l3len = sizeof(struct ipv6hdr);
+	} else {
 		return 0;
-	if ((first >> 4) == 4) {
+	}
+	th = data + l3len;
+	if ((void *)(th + 1) > data_end)
+		goto copied;
+	doff = th->doff;
+	raw_seq = th->seq;
+	goto range;
+
+copied:
+	if (bpf_skb_load_bytes(skb, 0, &version, 1))
+		return 0;
+	if ((version >> 4) == 4) {
 		__u8 proto;
 
 		if (bpf_skb_load_bytes(skb, offsetof(struct iphdr, protocol), &proto, 1) ||
 		    proto != IPPROTO_TCP)
 			return 0;
-		l3len = (first & 0xf) * 4;
-	} else if ((first >> 4) == 6) {
+		l3len = (version & 0xf) * 4;
+	} else if ((version >> 4) == 6) {
 		__u8 next;
 
 		if (bpf_skb_load_bytes(skb, offsetof(struct ipv6hdr, nexthdr), &next, 1) ||
@@ -523,13 +557,16 @@ static __always_inline int tcp_payload_range(struct __sk_buff *skb, __u32 *seq, 
 	} else {
 		return 0;
 	}
-	if (bpf_skb_load_bytes(skb, l3len, &th, sizeof(th)))
+	if (bpf_skb_load_bytes(skb, l3len, &copy, sizeof(copy)))
 		return 0;
-	if (skb->len <= l3len + th.doff * 4)
+	doff = copy.doff;
+	raw_seq = copy.seq;
+
+range:
+	if (skb->len <= l3len + doff * 4)
 		return 0;
-	payload = skb->len - l3len - th.doff * 4;
-	*seq = bpf_ntohl(th.seq);
-	*end = *seq + payload;
+	*seq = bpf_ntohl(raw_seq);
+	*end = *seq + (skb->len - l3len - doff * 4);
 	return 1;
 }
 
