@@ -108,7 +108,7 @@ impl Node {
             path: bpffs_dir.display().to_string(),
             source,
         };
-        fs::create_dir_all(bpffs_dir).map_err(pin_dir_error)?;
+        create_pin_dir(bpffs_dir)?;
         if !is_bpffs(bpffs_dir).map_err(pin_dir_error)? {
             return Err(NodeError::NotBpffs {
                 path: bpffs_dir.display().to_string(),
@@ -118,7 +118,7 @@ impl Node {
         let links_dir = bpffs_dir.join("links");
         let programs_dir = bpffs_dir.join("programs");
         for d in [&maps_dir, &links_dir, &programs_dir] {
-            fs::create_dir_all(d).map_err(pin_dir_error)?;
+            create_pin_dir(d)?;
         }
         let mut shaper = Shaper::load_pinned(&maps_dir)?;
         let flow_classifier = programs_dir.join("flow_class");
@@ -381,18 +381,12 @@ impl Node {
         if self.shaper.has_flow_classifier() && !self.flow_classifier.exists() {
             // queues built before keep their program; new ones need the pin
             if let Some(dir) = self.flow_classifier.parent() {
-                fs::create_dir_all(dir).map_err(|source| NodeError::PinDir {
-                    path: dir.display().to_string(),
-                    source,
-                })?;
+                create_pin_dir(dir)?;
             }
             self.shaper.pin_flow_classifier(&self.flow_classifier)?;
             report.maps += 1;
         }
-        fs::create_dir_all(&self.links_dir).map_err(|source| NodeError::PinDir {
-            path: self.links_dir.display().to_string(),
-            source,
-        })?;
+        create_pin_dir(&self.links_dir)?;
         let attached: Vec<(u64, PathBuf)> =
             self.attached.iter().map(|(i, p)| (*i, p.clone())).collect();
         for (id, path) in attached {
@@ -454,6 +448,14 @@ impl Node {
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .collect())
     }
+}
+
+/// Makes a directory for pins (and its parents), naming it on failure.
+fn create_pin_dir(dir: &Path) -> Result<(), NodeError> {
+    fs::create_dir_all(dir).map_err(|source| NodeError::PinDir {
+        path: dir.display().to_string(),
+        source,
+    })
 }
 
 fn is_bpffs(path: &Path) -> io::Result<bool> {
