@@ -188,10 +188,7 @@ impl Shaper {
         }
         tracing::warn!(error = %first, "the shaper does not load with its pinned state maps (another version's layout?): starting them afresh (buckets full, counters from zero); limits are kept");
         for path in &stale {
-            std::fs::remove_file(path).map_err(|e| ShaperError::Pin {
-                path: path.display().to_string(),
-                source: Box::new(e),
-            })?;
+            std::fs::remove_file(path).map_err(|e| pin_error(path, e))?;
         }
         Self::load_with_pins(maps_dir)
     }
@@ -300,10 +297,6 @@ impl Shaper {
     /// they outlive this process. On failure nothing stays attached.
     pub fn attach_pinned(&mut self, cgroup: &Cgroup, links_dir: &Path) -> Result<(), ShaperError> {
         let attachment = self.attach(cgroup)?;
-        let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| ShaperError::Pin {
-            path: links_dir.display().to_string(),
-            source,
-        };
         let links: [(&str, Result<FdLink, LinkError>); 3] = [
             (
                 EGRESS_LINK,
@@ -327,13 +320,13 @@ impl Shaper {
                     .try_into(),
             ),
         ];
-        std::fs::create_dir_all(links_dir).map_err(|e| pin_error(Box::new(e)))?;
+        std::fs::create_dir_all(links_dir).map_err(|e| pin_error(links_dir, e))?;
         // Links not yet pinned are detached when dropped on an early return;
         // the ones already pinned are removed by detach_pinned.
         for (name, link) in links {
-            let pinned = link.map_err(|e| pin_error(Box::new(e))).and_then(|l| {
+            let pinned = link.map_err(|e| pin_error(links_dir, e)).and_then(|l| {
                 l.pin(links_dir.join(name))
-                    .map_err(|e| pin_error(Box::new(e)))
+                    .map_err(|e| pin_error(links_dir, e))
             });
             if let Err(e) = pinned {
                 let _ = detach_pinned(links_dir);
@@ -365,18 +358,9 @@ impl Shaper {
                 .tag();
             let path = links_dir.join(link);
             let pinned: FdLink = PinnedLink::from_pin(&path)
-                .map_err(|e| ShaperError::Pin {
-                    path: path.display().to_string(),
-                    source: Box::new(e),
-                })?
+                .map_err(|e| pin_error(&path, e))?
                 .into();
-            let program_id = pinned
-                .info()
-                .map_err(|e| ShaperError::Pin {
-                    path: path.display().to_string(),
-                    source: Box::new(e),
-                })?
-                .program_id();
+            let program_id = pinned.info().map_err(|e| pin_error(&path, e))?.program_id();
             if tags.0.get(&program_id) != Some(&ours) {
                 return Ok(true);
             }
@@ -398,21 +382,15 @@ impl Shaper {
         // what a move cut short left
         detach_pinned(&next)?;
         self.attach_pinned(cgroup, &next)?;
-        let pin_error =
-            |path: &Path, source: Box<dyn std::error::Error + Send + Sync>| ShaperError::Pin {
-                path: path.display().to_string(),
-                source,
-            };
         for (link, _) in LINKS {
             let old = links_dir.join(link);
             if old.exists() {
-                let pinned =
-                    PinnedLink::from_pin(&old).map_err(|e| pin_error(&old, Box::new(e)))?;
-                drop(pinned.unpin().map_err(|e| pin_error(&old, Box::new(e)))?);
+                let pinned = PinnedLink::from_pin(&old).map_err(|e| pin_error(&old, e))?;
+                drop(pinned.unpin().map_err(|e| pin_error(&old, e))?);
             }
-            std::fs::rename(next.join(link), &old).map_err(|e| pin_error(&old, Box::new(e)))?;
+            std::fs::rename(next.join(link), &old).map_err(|e| pin_error(&old, e))?;
         }
-        std::fs::remove_dir(&next).map_err(|e| pin_error(&next, Box::new(e)))
+        std::fs::remove_dir(&next).map_err(|e| pin_error(&next, e))
     }
 
     /// Pins the ingress queue's flow classifier at `path` (in bpffs), where
@@ -425,19 +403,13 @@ impl Shaper {
                 name: FLOW_CLASS_PROGRAM,
             });
         }
-        let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| ShaperError::Pin {
-            path: path.display().to_string(),
-            source,
-        };
         match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(pin_error(Box::new(e)))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(pin_error(path, e)),
             _ => {}
         }
         program::<SchedClassifier>(&mut self.ebpf, FLOW_CLASS_PROGRAM)?
             .pin(path)
-            .map_err(|e| pin_error(Box::new(e)))
+            .map_err(|e| pin_error(path, e))
     }
 
     /// Whether the flow classifier loaded (it needs kernel 5.12).
@@ -449,11 +421,7 @@ impl Shaper {
     /// live on while this process or a program holds them; without their
     /// pins the next daemon would start with empty ones). Returns how many.
     pub fn repin_maps(&self, maps_dir: &Path) -> Result<usize, ShaperError> {
-        let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| ShaperError::Pin {
-            path: maps_dir.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(maps_dir).map_err(|e| pin_error(Box::new(e)))?;
+        std::fs::create_dir_all(maps_dir).map_err(|e| pin_error(maps_dir, e))?;
         let mut repinned = 0;
         for name in ALL_MAPS {
             let path = maps_dir.join(name);
@@ -464,7 +432,7 @@ impl Shaper {
                 .ebpf
                 .map(name)
                 .ok_or(ShaperError::Missing { kind: "map", name })?;
-            map.pin(&path).map_err(|e| pin_error(Box::new(e)))?;
+            map.pin(&path).map_err(|e| pin_error(maps_dir, e))?;
             repinned += 1;
         }
         Ok(repinned)
@@ -607,6 +575,14 @@ impl Shaper {
 /// `BPF_F_LOCK`: a lookup that copies a value under its spin lock.
 const BPF_F_LOCK: u64 = 4;
 
+/// A pin (or the pinned object behind it) at `path` that could not be used.
+fn pin_error(path: &Path, source: impl std::error::Error + Send + Sync + 'static) -> ShaperError {
+    ShaperError::Pin {
+        path: path.display().to_string(),
+        source: Box::new(source),
+    }
+}
+
 fn raw_map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, ShaperError> {
     ebpf.map(name)
         .ok_or(ShaperError::Missing { kind: "map", name })
@@ -635,10 +611,6 @@ pub fn is_fully_pinned(links_dir: &Path) -> bool {
 /// Unpins and so detaches the links pinned in `links_dir`, then removes it.
 /// Missing pins are skipped, so this also finishes a half-made attachment.
 pub fn detach_pinned(links_dir: &Path) -> Result<(), ShaperError> {
-    let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| ShaperError::Pin {
-        path: links_dir.display().to_string(),
-        source,
-    };
     let next = links_dir.join(NEXT_LINKS_DIR);
     if next.exists() {
         detach_pinned(&next)?;
@@ -648,14 +620,14 @@ pub fn detach_pinned(links_dir: &Path) -> Result<(), ShaperError> {
         if !path.exists() {
             continue;
         }
-        let link = PinnedLink::from_pin(&path).map_err(|e| pin_error(Box::new(e)))?;
+        let link = PinnedLink::from_pin(&path).map_err(|e| pin_error(links_dir, e))?;
         // Dropping the last reference to the link detaches it.
-        drop(link.unpin().map_err(|e| pin_error(Box::new(e)))?);
+        drop(link.unpin().map_err(|e| pin_error(links_dir, e))?);
     }
     match std::fs::remove_dir(links_dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(pin_error(Box::new(e))),
+        Err(e) => Err(pin_error(links_dir, e)),
     }
 }
 
