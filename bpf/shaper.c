@@ -115,11 +115,6 @@ struct sock_state {
 	 * window (+1) */
 	__u64 egress_window_bytes;
 	__u64 egress_bytes_window;
-	/* the limit that governs this socket's packets, as of `limits_version`
-	 * (+1) = limit_version: the limited cgroup (0: none) and its limits */
-	__u64 limit_version;
-	__u64 limit_cgid;
-	struct ps_limit limit;
 };
 
 struct {
@@ -130,9 +125,9 @@ struct {
 } limits SEC(".maps");
 
 /*
- * Bumped by user space after every change to `limits`. A TCP socket keeps the
- * limit that governs it in its storage, with the version it read it at, and
- * looks the limit up again only when the version moved: one array read
+ * Bumped by user space after every change to `limits`. Each cgroup state
+ * keeps the limit in force with the version it read it at, and looks the
+ * limit up again only when the version moved: one array read per packet
  * instead of a hash lookup per cgroup level (a pod's containers sit a level
  * below the pod's limit).
  */
@@ -143,12 +138,20 @@ struct {
 	__type(value, __u64);
 } limits_version SEC(".maps");
 
+/*
+ * The shaping state of each attached cgroup and direction: cgroup storage,
+ * which the kernel hands the program of the cgroup it runs for (no hash
+ * lookup), created when the programs are attached and kept while the cgroup
+ * lives. The daemon refuses a limit on a cgroup nested in (or containing) a
+ * limited one, so the cgroup a program is attached to is the one whose limit
+ * governs the packet. Egress and ingress have a storage each (the key
+ * holds the attach type), so the two directions never share a lock.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_CGROUP_STORAGE);
+	__type(key, struct bpf_cgroup_storage_key);
 	__type(value, struct ps_state);
-} states SEC(".maps");
+} cgroup_states SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -185,48 +188,14 @@ static __always_inline struct ps_limit *find_limit(struct __sk_buff *skb, __u64 
 	return found;
 }
 
-/*
- * The limit that governs a packet, in *cgid and *lim (a copy); 0 if none.
- * With the socket's storage, from the socket's copy while `limits_version`
- * has not moved since it was taken. The version is read before the limit,
- * so a change that lands in between moves it again and the next packet
- * looks again.
- */
-static __always_inline int governing_limit(struct __sk_buff *skb, struct sock_state *p,
-					   __u64 *cgid, struct ps_limit *lim)
+/* The version of `limits` (+1) a state's copy of its limit must match; 0
+ * (never matched) if the array cannot be read. */
+static __always_inline __u64 limits_seen(void)
 {
 	__u32 zero = 0;
 	__u64 *version = bpf_map_lookup_elem(&limits_version, &zero);
-	__u64 seen = version ? *version + 1 : 0;
-	struct ps_limit *found;
 
-	if (p && seen && p->limit_version == seen) {
-		*cgid = p->limit_cgid;
-		*lim = p->limit;
-		return p->limit_cgid != 0;
-	}
-	found = find_limit(skb, cgid);
-	if (found)
-		*lim = *found;
-	if (p && seen) {
-		p->limit_version = seen;
-		p->limit_cgid = found ? *cgid : 0;
-		p->limit = found ? *found : (struct ps_limit){};
-	}
-	return found != 0;
-}
-
-static __always_inline struct ps_state *get_state(__u64 cgid)
-{
-	struct ps_state *st = bpf_map_lookup_elem(&states, &cgid);
-
-	if (!st) {
-		struct ps_state fresh = {};
-
-		bpf_map_update_elem(&states, &cgid, &fresh, BPF_NOEXIST);
-		st = bpf_map_lookup_elem(&states, &cgid);
-	}
-	return st;
+	return version ? *version + 1 : 0;
 }
 
 /* Counts a packet into its direction's counters. Called with the lock held. */
@@ -242,21 +211,29 @@ static __always_inline void count(struct ps_bucket *b, __u64 len, int verdict, i
 		b->counters.marked += 1;
 }
 
-/* Counts a packet of a direction the cgroup has no limit in. */
-static __always_inline void count_unlimited(__u64 cgid, int dir, __u64 len)
+/*
+ * Whether the state's direction has a limit. Read without the lock, to
+ * choose the path: the limit is read again under it.
+ */
+static __always_inline int has_limit(struct ps_state *st)
 {
-	struct ps_state *st = get_state(cgid);
-	struct ps_bucket *b;
-
-	if (!st)
-		return;
-	bpf_spin_lock(&st->lock);
-	b = dir == PS_EGRESS ? &st->dir[PS_EGRESS] : &st->dir[PS_INGRESS];
-	count(b, len, VERDICT_PASS, 0);
-	bpf_spin_unlock(&st->lock);
+	return st->bucket.rate != 0;
 }
 
-/* Takes a new or changed limit into a bucket. Called with the lock held. */
+/* Passes a packet of a direction without a limit, counted if its cgroup is
+ * limited the other way. */
+static __always_inline int pass_unlimited(struct ps_state *st, __u64 len)
+{
+	if (!st->limit_cgid)
+		return VERDICT_PASS;
+	bpf_spin_lock(&st->lock);
+	count(&st->bucket, len, VERDICT_PASS, 0);
+	bpf_spin_unlock(&st->lock);
+	return VERDICT_PASS;
+}
+
+/* Takes a new or changed limit (rate and burst non-zero) into a bucket.
+ * Called with the lock held. */
 static __always_inline void configure(struct ps_bucket *b, __u64 rate, __u64 burst, __u64 now)
 {
 	if (b->rate == 0) {
@@ -288,23 +265,55 @@ static __always_inline void configure(struct ps_bucket *b, __u64 rate, __u64 bur
 static __always_inline void refill(struct ps_bucket *b, __u64 now)
 {
 	__u64 elapsed = now > b->last_ns ? now - b->last_ns : 0;
-	__u64 fills;
+	__u64 fills = 0;
 
 	b->last_ns = now;
 	/*
 	 * Whole bucket-fills first, then the remainder: remainder < fill_ns keeps
 	 * remainder * rate < burst * 1e9, so nothing overflows. A deficit is
-	 * paid back before the bucket counts as full again.
+	 * paid back before the bucket counts as full again. (Packets are
+	 * mostly less than a fill apart: no division for the fills then.)
 	 */
-	fills = elapsed / b->fill_ns;
-	if (fills > b->max_deficit / b->burst + 1) {
-		b->tokens = (__s64)b->burst;
-		return;
+	if (elapsed >= b->fill_ns) {
+		fills = elapsed / b->fill_ns;
+		if (fills > b->max_deficit / b->burst + 1) {
+			b->tokens = (__s64)b->burst;
+			return;
+		}
 	}
 	b->tokens += (__s64)(fills * b->burst);
 	b->tokens += (__s64)((elapsed - fills * b->fill_ns) * b->rate / NSEC_PER_SEC);
 	if (b->tokens > (__s64)b->burst)
 		b->tokens = (__s64)b->burst;
+}
+
+/*
+ * Takes the limit in force for a direction into the state, after a change
+ * to `limits` (`seen` moved). The lookups cannot run under the state's lock;
+ * the bucket takes the limit under it, so a packet reads a limit whole. The
+ * version is read before the limit, so a change that lands in between
+ * moves it again and the next packet looks again.
+ */
+static __always_inline void refresh_limit(struct __sk_buff *skb, struct ps_state *st, __u64 seen,
+					  int dir)
+{
+	__u64 cgid = 0, now = bpf_ktime_get_ns();
+	struct ps_limit *found = find_limit(skb, &cgid);
+	struct ps_dir_limit lim = {};
+
+	if (found)
+		lim = dir == PS_EGRESS ? found->dir[PS_EGRESS] : found->dir[PS_INGRESS];
+	bpf_spin_lock(&st->lock);
+	if (lim.rate_bytes_per_sec && lim.burst_bytes) {
+		configure(&st->bucket, lim.rate_bytes_per_sec, lim.burst_bytes, now);
+	} else {
+		/* none this way: a limit that comes back starts a full bucket */
+		st->bucket.rate = 0;
+		st->bucket.burst = 0;
+	}
+	st->limit_cgid = found ? cgid : 0;
+	st->limit_version = seen;
+	bpf_spin_unlock(&st->lock);
 }
 
 /*
@@ -405,36 +414,29 @@ static __always_inline struct bpf_sock *tcp_fullsock(struct __sk_buff *skb)
 SEC("cgroup_skb/egress")
 int podshaper_egress(struct __sk_buff *skb)
 {
-	__u64 cgid = 0, len = skb->len, now, share = 0;
+	struct ps_state *st = bpf_get_local_storage(&cgroup_states, 0);
+	__u64 cgid, len = skb->len, now, share = 0, seen = limits_seen();
 	struct bpf_sock *tcp = tcp_fullsock(skb);
 	struct sock_state *p = 0;
-	struct ps_limit lim;
-	struct ps_state *st;
 	struct ps_bucket *b;
-	__u64 rate, burst;
 	int verdict = VERDICT_PASS, marked = 0;
 
+	if (st->limit_version != seen)
+		refresh_limit(skb, st, seen, PS_EGRESS);
+	if (!has_limit(st))
+		return pass_unlimited(st, len);
 	if (tcp)
 		p = bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!governing_limit(skb, p, &cgid, &lim))
-		return VERDICT_PASS;
-	rate = lim.dir[PS_EGRESS].rate_bytes_per_sec;
-	burst = lim.dir[PS_EGRESS].burst_bytes;
-	if (rate == 0 || burst == 0) {
-		count_unlimited(cgid, PS_EGRESS, len);
-		return VERDICT_PASS;
-	}
-	/* the states map holds as many cgroups as `limits`: full only if
-	 * entries were left behind; traffic then passes uncounted */
-	st = get_state(cgid);
-	if (!st)
-		return VERDICT_PASS;
 	now = bpf_ktime_get_ns();
 
 	bpf_spin_lock(&st->lock);
-	b = &st->dir[PS_EGRESS];
-	if (b->rate != rate || b->burst != burst)
-		configure(b, rate, burst, now);
+	b = &st->bucket;
+	cgid = st->limit_cgid;
+	if (b->rate == 0) {
+		/* the limit went away since has_limit */
+		bpf_spin_unlock(&st->lock);
+		return VERDICT_PASS;
+	}
 	refill(b, now);
 	if (b->tokens >= (__s64)len) {
 		b->tokens -= (__s64)len;
@@ -486,10 +488,12 @@ int podshaper_egress(struct __sk_buff *skb)
 	count(b, len, verdict, marked);
 	bpf_spin_unlock(&st->lock);
 
-	if (p) {
+	/* written only when they change: the sockops program reads them on
+	 * the core that takes the socket's ACKs */
+	if (p && p->want != share)
 		p->want = share;
+	if (p && p->paced_cgid != cgid)
 		p->paced_cgid = cgid;
-	}
 	return verdict;
 }
 
@@ -573,30 +577,21 @@ range:
 SEC("cgroup_skb/ingress")
 int podshaper_ingress(struct __sk_buff *skb)
 {
-	__u64 cgid = 0, len = skb->len, now;
+	struct ps_state *st = bpf_get_local_storage(&cgroup_states, 0);
+	__u64 len = skb->len, now, seen = limits_seen();
 	struct bpf_sock *tcp = tcp_fullsock(skb);
 	/* the socket's storage, and the same when the packet carries data */
 	struct sock_state *sp = 0, *ss = 0;
-	struct ps_limit lim;
-	struct ps_state *st;
 	struct ps_bucket *b;
-	__u64 rate, burst;
 	int verdict = VERDICT_PASS, congested = 0, may_borrow = 0;
 	__u32 seq = 0, end = 0;
 
+	if (st->limit_version != seen)
+		refresh_limit(skb, st, seen, PS_INGRESS);
+	if (!has_limit(st))
+		return pass_unlimited(st, len);
 	if (tcp)
 		sp = bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!governing_limit(skb, sp, &cgid, &lim))
-		return VERDICT_PASS;
-	rate = lim.dir[PS_INGRESS].rate_bytes_per_sec;
-	burst = lim.dir[PS_INGRESS].burst_bytes;
-	if (rate == 0 || burst == 0) {
-		count_unlimited(cgid, PS_INGRESS, len);
-		return VERDICT_PASS;
-	}
-	st = get_state(cgid);
-	if (!st)
-		return VERDICT_PASS;
 	/*
 	 * Some TCP packets may take the bucket into deficit (charged; new data
 	 * pays it back): a retransmission (data below the highest sequence
@@ -621,9 +616,12 @@ int podshaper_ingress(struct __sk_buff *skb)
 	}
 
 	bpf_spin_lock(&st->lock);
-	b = &st->dir[PS_INGRESS];
-	if (b->rate != rate || b->burst != burst)
-		configure(b, rate, burst, now);
+	b = &st->bucket;
+	if (b->rate == 0) {
+		/* the limit went away since has_limit */
+		bpf_spin_unlock(&st->lock);
+		return VERDICT_PASS;
+	}
 	refill(b, now);
 	if (b->tokens >= (__s64)len) {
 		b->tokens -= (__s64)len;

@@ -35,44 +35,57 @@ struct ps_dir_counters {
 	__u64 marked;
 };
 
-/* One direction's shaping state. */
+/*
+ * One direction's shaping state. The fields every packet reads or writes
+ * come first, the ones it needs now and then last: the programs of both
+ * cores write this state, and each cache line of it they touch moves
+ * between the cores.
+ */
 struct ps_bucket {
-	/* configuration this state was built for; a change is detected and absorbed */
+	/* the limit in force (0: none), and the time to fill an empty bucket */
 	__u64 rate;
 	__u64 burst;
-	/* time to fill an empty bucket, and the share-steering window */
 	__u64 fill_ns;
-	__u64 window_ns;
 	/* token bucket: may go negative by up to one burst (TCP deficit) */
 	__s64 tokens;
 	__u64 last_ns;
-	/* fair-share steering (egress only) */
+	/* fair-share steering (egress only): the window, what the cgroup
+	 * offered in it, the windows so far, the share, and the most bytes
+	 * one TCP socket sent in this window */
 	__u64 window_start_ns;
+	__u64 window_ns;
 	__u64 window_bytes;
-	__u64 share;
-	/* how far below empty TCP retransmissions may take the bucket (ingress) */
-	__u64 max_deficit;
-	/* steering windows so far, TCP sockets that sent bulk packets in this
-	 * window and in the last complete one (egress only) */
 	__u64 window_seq;
-	__u64 window_flows;
-	__u64 flows;
-	/* the most bytes one TCP socket sent in this window, and that socket's
-	 * rate over the last complete window, bytes/s (egress only) */
+	__u64 share;
 	__u64 window_top_bytes;
-	__u64 top_flow_rate;
 	/* what passed, was dropped and was marked this way (kept beside the
 	 * bucket, under its lock: one map lookup per packet fewer than a
 	 * counters map of their own) */
 	struct ps_dir_counters counters;
+	/* how far below empty TCP retransmissions may take the bucket (ingress) */
+	__u64 max_deficit;
+	/* TCP sockets that sent bulk packets in this window and in the last
+	 * complete one, and the most-sending one's rate over the last complete
+	 * window, bytes/s (egress only) */
+	__u64 window_flows;
+	__u64 flows;
+	__u64 top_flow_rate;
 };
 
-/* Value of the `states` map, keyed by cgroup id: owned by BPF, created on a
- * cgroup's first packet; user space only reads (under the lock: BPF_F_LOCK)
- * and deletes it. */
+/*
+ * Value of the `cgroup_states` map: one per attached cgroup and direction, in
+ * the cgroup storage of the cgroup the programs are attached to (keyed by
+ * its id and the attach type), which a program reaches without a lookup.
+ * Owned by BPF; user space only reads it (under the lock: BPF_F_LOCK) and
+ * zeroes it when it attaches a cgroup afresh.
+ */
 struct ps_state {
 	struct bpf_spin_lock lock;
-	struct ps_bucket dir[PS_DIRECTIONS];
+	/* the limited cgroup whose limit is in the bucket (0: none), as of
+	 * `limits_version` (+1) = limit_version */
+	__u64 limit_version;
+	__u64 limit_cgid;
+	struct ps_bucket bucket;
 };
 
 /*

@@ -51,6 +51,43 @@ fn limits_hold_through_kill_9_are_adopted_on_restart_and_detach_removes_them() {
     assert!(rate > 500e6, "still limited after detach: {rate:.0} bit/s");
 }
 
+/// A cgroup's shaping state is the kernel's cgroup storage, which outlives
+/// a detach (it lives as long as the cgroup): attached again, the cgroup
+/// starts with counters from zero and takes its new limit.
+#[test]
+fn a_cgroup_attached_again_after_a_detach_starts_afresh() {
+    let root = TestRoot::new("again");
+    let app = root.make("app");
+    let path = app.path().display().to_string();
+    let daemon = TestDaemon::start(&root.path, &[]);
+    let egress_bytes = |daemon: &TestDaemon| {
+        let listed = daemon.list();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        listed[0]["counters"]["egress_bytes"].as_u64()
+    };
+
+    daemon.ok(&["attach", "--cgroup", &path, "--egress", "100M"]);
+    let rate = measure_with(&Limiter::Cgroup(&app), &Flow::tcp(true));
+    assert_ratio("first attach", rate, 100e6, 0.90, 1.05);
+    let counted = egress_bytes(&daemon).unwrap_or(0);
+    assert!(counted > 10_000_000, "counted {counted} bytes");
+
+    daemon.ok(&["detach", "--cgroup", &path]);
+    daemon.ok(&["attach", "--cgroup", &path, "--egress", "40M"]);
+    assert_eq!(
+        egress_bytes(&daemon),
+        Some(0),
+        "counters kept across a detach"
+    );
+    let rate = measure_with(&Limiter::Cgroup(&app), &Flow::tcp(true));
+    assert_ratio("attached again", rate, 40e6, 0.90, 1.05);
+    let counted = egress_bytes(&daemon).unwrap_or(0);
+    assert!(
+        counted > 5_000_000,
+        "counted {counted} bytes after attaching again"
+    );
+}
+
 /// An upgrade that changes the layout of the maps the programs rebuild from
 /// traffic (bucket levels, per-socket state) must not keep the daemon from
 /// starting: it starts those afresh and keeps every limit.
@@ -64,30 +101,40 @@ fn a_restart_over_state_maps_of_another_layout_starts_them_afresh() {
     daemon.ok(&["attach", "--cgroup", &old_path, "--egress", "100M"]);
     daemon.kill9();
 
-    // another version's `states`, pinned where the daemon keeps its own,
-    // and the per-CPU counters map that builds before session 8 pinned
+    // another version's `cgroup_states`, pinned where the daemon keeps its
+    // own, and the maps older builds pinned: the `states` hash (until
+    // session 9) and the per-CPU `counters` (until session 8)
     let bytes = common::compiled_bpf(
         "old_states",
         "struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16); \
-         __type(key, __u64); __type(value, __u64[2]); } states SEC(\".maps\"); \
+         __type(key, __u64); __type(value, __u64[2]); } cgroup_states SEC(\".maps\"); \
+         struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16); \
+         __type(key, __u64); __type(value, __u64[39]); } states SEC(\".maps\"); \
          struct { __uint(type, BPF_MAP_TYPE_PERCPU_HASH); __uint(max_entries, 16); \
          __type(key, __u64); __type(value, __u64[8]); } counters SEC(\".maps\");",
     );
-    let pin = daemon.bpffs.join("maps").join("states");
-    let obsolete = daemon.bpffs.join("maps").join("counters");
-    std::fs::remove_file(&pin).expect("unpin the daemon's states map");
+    let maps = daemon.bpffs.join("maps");
+    let pin = maps.join("cgroup_states");
+    let obsolete = [maps.join("states"), maps.join("counters")];
+    std::fs::remove_file(&pin).expect("unpin the daemon's cgroup_states map");
     let loaded = aya::EbpfLoader::new()
-        .map_pin_path("states", &pin)
-        .map_pin_path("counters", &obsolete)
+        .map_pin_path("cgroup_states", &pin)
+        .map_pin_path("states", &obsolete[0])
+        .map_pin_path("counters", &obsolete[1])
         .load(&bytes);
-    drop(loaded.expect("pin a states map of another layout"));
+    drop(loaded.expect("pin a cgroup_states map of another layout"));
     assert!(pin.exists(), "the other layout's map is not pinned");
-    assert!(obsolete.exists(), "the old counters map is not pinned");
+    assert!(
+        obsolete.iter().all(|p| p.exists()),
+        "the old maps are not pinned"
+    );
 
     daemon.restart();
     let log = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
     assert!(log.contains("starting them afresh"), "{log}");
-    assert!(!obsolete.exists(), "the old counters map's pin was left");
+    for path in &obsolete {
+        assert!(!path.exists(), "{} was left pinned", path.display());
+    }
     let listed = daemon.list();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["egress_bps"], 100_000_000);

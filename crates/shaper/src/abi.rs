@@ -37,44 +37,40 @@ pub struct DirCounters {
     pub marked: u64,
 }
 
-/// `struct ps_bucket`: one direction's shaping state, owned by BPF.
+/// `struct ps_bucket`: one direction's shaping state (fields every packet
+/// touches first).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Bucket {
     pub rate: u64,
     pub burst: u64,
     pub fill_ns: u64,
-    pub window_ns: u64,
     pub tokens: i64,
     pub last_ns: u64,
     pub window_start_ns: u64,
+    pub window_ns: u64,
     pub window_bytes: u64,
-    /// the fair share every TCP flow of the cgroup is paced at, bytes/s
-    pub share: u64,
-    /// how far below empty TCP retransmissions may take the bucket (ingress)
-    pub max_deficit: u64,
-    /// steering windows so far (egress)
     pub window_seq: u64,
-    /// TCP sockets that sent bulk packets in this window
-    pub window_flows: u64,
-    /// ... and in the last complete window
-    pub flows: u64,
-    /// the most bytes one TCP socket sent in this window (egress)
+    pub share: u64,
     pub window_top_bytes: u64,
-    /// ... and that socket's rate over the last complete window, bytes/s
-    pub top_flow_rate: u64,
     /// what passed, was dropped and was marked this way
     pub counters: DirCounters,
+    pub max_deficit: u64,
+    pub window_flows: u64,
+    pub flows: u64,
+    pub top_flow_rate: u64,
 }
 
-/// `struct ps_state`: the value of the `states` map.
+/// `struct ps_state`: the value of the `cgroup_states` map, one per
+/// attached cgroup and direction.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct State {
-    /// `struct bpf_spin_lock` (a u32), then padding to the buckets.
     pub lock: u32,
     pub _pad: u32,
-    pub dir: [Bucket; 2],
+    pub limit_version: u64,
+    pub limit_cgid: u64,
+    pub bucket: Bucket,
 }
 
 // SAFETY: plain `repr(C)` structs of integers with no implicit padding.
@@ -99,12 +95,14 @@ mod tests {
         assert_eq!(offset_of!(DirCounters, dropped), 16);
         assert_eq!(offset_of!(DirCounters, marked), 24);
         assert_eq!(size_of::<Bucket>(), 152);
-        assert_eq!(offset_of!(Bucket, share), 64);
-        assert_eq!(offset_of!(Bucket, flows), 96);
-        assert_eq!(offset_of!(Bucket, top_flow_rate), 112);
-        assert_eq!(offset_of!(Bucket, counters), 120);
-        assert_eq!(offset_of!(State, dir), 8);
-        assert_eq!(size_of::<State>(), 312);
+        assert_eq!(offset_of!(Bucket, tokens), 24);
+        assert_eq!(offset_of!(Bucket, share), 72);
+        assert_eq!(offset_of!(Bucket, counters), 88);
+        assert_eq!(offset_of!(Bucket, max_deficit), 120);
+        assert_eq!(offset_of!(Bucket, top_flow_rate), 144);
+        assert_eq!(offset_of!(State, limit_version), 8);
+        assert_eq!(offset_of!(State, bucket), 24);
+        assert_eq!(size_of::<State>(), 176);
     }
 
     #[test]
@@ -171,18 +169,18 @@ mod tests {
                 "__u64 rate",
                 "__u64 burst",
                 "__u64 fill_ns",
-                "__u64 window_ns",
                 "__u64 last_ns",
                 "__u64 window_start_ns",
+                "__u64 window_ns",
                 "__u64 window_bytes",
-                "__u64 share",
-                "__u64 max_deficit",
                 "__u64 window_seq",
+                "__u64 share",
+                "__u64 window_top_bytes",
+                "struct ps_dir_counters counters",
+                "__u64 max_deficit",
                 "__u64 window_flows",
                 "__u64 flows",
-                "__u64 window_top_bytes",
-                "__u64 top_flow_rate",
-                "struct ps_dir_counters counters"
+                "__u64 top_flow_rate"
             ]
         );
         assert!(header.contains("__s64 tokens;"));
@@ -190,7 +188,9 @@ mod tests {
             fields("ps_state"),
             [
                 "struct bpf_spin_lock lock",
-                "struct ps_bucket dir[PS_DIRECTIONS]"
+                "__u64 limit_version",
+                "__u64 limit_cgid",
+                "struct ps_bucket bucket"
             ]
         );
         assert!(header.contains("#define PS_EGRESS 0") && header.contains("#define PS_INGRESS 1"));

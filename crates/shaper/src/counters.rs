@@ -20,11 +20,17 @@ pub struct CgroupCounters {
 }
 
 impl CgroupCounters {
-    /// The counters a cgroup's shaping state keeps beside its buckets.
-    pub(crate) fn of_state(state: &abi::State) -> Self {
+    /// The counters a cgroup's shaping states keep beside their buckets,
+    /// one state per direction (None: never attached, all zero).
+    pub(crate) fn of_states(egress: Option<&abi::State>, ingress: Option<&abi::State>) -> Self {
+        let of = |state: Option<&abi::State>| {
+            state.map_or_else(DirectionCounters::default, |s| {
+                DirectionCounters::from(&s.bucket.counters)
+            })
+        };
         Self {
-            egress: DirectionCounters::from(&state.dir[abi::EGRESS].counters),
-            ingress: DirectionCounters::from(&state.dir[abi::INGRESS].counters),
+            egress: of(egress),
+            ingress: of(ingress),
         }
     }
 }

@@ -4,7 +4,14 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, MapData, MapError};
+// The legacy cgroup storage (BPF_MAP_TYPE_CGROUP_STORAGE), which aya marks
+// deprecated for BPF_MAP_TYPE_CGRP_STORAGE: only the legacy type hands a
+// cgroup_skb program the storage of the cgroup it is attached to without a
+// lookup; the newer one needs a `struct cgroup` pointer these programs do not
+// have. The kernel keeps supporting it (uapi).
+#[expect(deprecated, reason = "see above")]
+type StateMap<T> = aya::maps::CgroupStorage<T, abi::State>;
+use aya::maps::{Array, CgroupStorageKey, HashMap, MapData, MapError};
 use aya::programs::cgroup_skb::CgroupSkbLinkId;
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::sock_ops::SockOpsLinkId;
@@ -27,10 +34,11 @@ const INGRESS_PROGRAM: &str = "podshaper_ingress";
 const SOCKOPS_PROGRAM: &str = "podshaper_sockops";
 const LIMITS_MAP: &str = "limits";
 const LIMITS_VERSION_MAP: &str = "limits_version";
-const STATES_MAP: &str = "states";
-/// The per-CPU counters map of builds before session 8; the counters now
-/// live in `states`. Its pin is removed once this build has loaded.
-const OBSOLETE_COUNTERS_MAP: &str = "counters";
+const STATES_MAP: &str = "cgroup_states";
+/// Maps of older builds, whose pins are removed once this build has loaded:
+/// the per-CPU `counters` (until session 8) and the `states` hash (until
+/// session 9); their contents now live in `cgroup_states`.
+const OBSOLETE_MAPS: [&str; 2] = ["counters", "states"];
 const SOCK_STATES_MAP: &str = "sock_states";
 const UNPACE_TARGET_MAP: &str = "unpace_target";
 const UNPACE_PROGRAM: &str = "podshaper_unpace";
@@ -147,26 +155,29 @@ impl Shaper {
     /// them, so a restarted daemon carries on where the last one stopped.
     ///
     /// If the shaper does not load with the pinned maps, the two that hold
-    /// only what the programs rebuild from traffic (`states`: bucket levels
+    /// only what the programs rebuild from traffic (`cgroup_states`: bucket levels
     /// and shares; `sock_states`: per-socket state) are unpinned and the load
     /// tried once more: a daemon whose shaper changed their layout starts
     /// them afresh (buckets full) rather than not at all. Limits are never
-    /// dropped; the counters, kept in `states`, start again from zero then
+    /// dropped; the counters, kept in `cgroup_states`, start again from zero then
     /// (a counter reset, to Prometheus). Programs still attached from before
     /// keep the maps they were loaded with until [`Node`](crate::Node) moves
     /// them to this build's.
     pub fn load_pinned(maps_dir: &Path) -> Result<Self, ShaperError> {
         let shaper = Self::load_pinned_maps(maps_dir)?;
-        let obsolete = maps_dir.join(OBSOLETE_COUNTERS_MAP);
-        if obsolete.exists() {
+        for name in OBSOLETE_MAPS {
+            let obsolete = maps_dir.join(name);
+            if !obsolete.exists() {
+                continue;
+            }
             // the programs of older builds still attached hold the map
             // itself until they are moved to this build's
             match std::fs::remove_file(&obsolete) {
                 Ok(()) => {
-                    tracing::info!(pin = %obsolete.display(), "removed the pin of an older build's counters map (counters now live in the states map)")
+                    tracing::info!(pin = %obsolete.display(), "removed the pin of an older build's map (its contents now live in cgroup_states)")
                 }
                 Err(e) => {
-                    tracing::warn!(pin = %obsolete.display(), error = %e, "cannot remove the pin of an older build's counters map")
+                    tracing::warn!(pin = %obsolete.display(), error = %e, "cannot remove the pin of an older build's map")
                 }
             }
         }
@@ -253,6 +264,10 @@ impl Shaper {
 
     /// Attaches the egress, ingress and sockops programs to a cgroup. Its
     /// limits come from [`Shaper::set_limits`]; until then traffic passes.
+    /// The cgroup's shaping state (and counters) is the kernel's cgroup
+    /// storage: made at the first attach to this map, kept while the cgroup
+    /// lives, zeroed by [`Shaper::remove_limits`]. A repair that attaches
+    /// again finds it as the programs left it.
     pub fn attach(&mut self, cgroup: &Cgroup) -> Result<Attachment, ShaperError> {
         let fd = cgroup.fd()?;
         let attach_error = |source: ProgramError| ShaperError::Attach {
@@ -539,7 +554,25 @@ impl Shaper {
     pub fn remove_limits(&mut self, cgroup_id: u64) -> Result<(), ShaperError> {
         remove_key::<abi::Limit>(&mut self.ebpf, LIMITS_MAP, cgroup_id)?;
         self.bump_limits_version()?;
-        remove_key::<abi::State>(&mut self.ebpf, STATES_MAP, cgroup_id)
+        self.reset_states(cgroup_id)
+    }
+
+    /// Zeroes a cgroup's shaping state in both directions, where the kernel
+    /// keeps one (cgroup storage exists from the first attach until the
+    /// cgroup is removed, and cannot be deleted), so that an attach after
+    /// this one starts with a full bucket and counters from zero. Written
+    /// under the state's lock.
+    fn reset_states(&mut self, cgroup_id: u64) -> Result<(), ShaperError> {
+        let mut map: StateMap<&mut MapData> =
+            StateMap::try_from(raw_map_mut(&mut self.ebpf, STATES_MAP)?)
+                .map_err(|e| map_error(STATES_MAP, e))?;
+        for key in state_keys(cgroup_id) {
+            match map.insert(key, abi::State::default(), BPF_EXIST | BPF_F_LOCK) {
+                Err(e) if !is_not_found(&e) => return Err(map_error(STATES_MAP, e)),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// A cgroup's limits as the `limits` map holds them (None if it has none).
@@ -560,20 +593,40 @@ impl Shaper {
             .map_err(|e| map_error(LIMITS_MAP, e))
     }
 
-    /// A cgroup's counters (zero if it never had a packet). Read under the
-    /// state's lock, so both directions' counters are of one moment.
+    /// A cgroup's counters (zero if it was never attached). Each
+    /// direction's are read under its state's lock.
     pub fn counters(&self, cgroup_id: u64) -> Result<CgroupCounters, ShaperError> {
-        let map: HashMap<&MapData, u64, abi::State> = map_ref(&self.ebpf, STATES_MAP)?;
-        match map.get(&cgroup_id, BPF_F_LOCK) {
-            Ok(state) => Ok(CgroupCounters::of_state(&state)),
-            Err(e) if is_not_found(&e) => Ok(CgroupCounters::default()),
+        let map: StateMap<&MapData> = StateMap::try_from(raw_map(&self.ebpf, STATES_MAP)?)
+            .map_err(|e| map_error(STATES_MAP, e))?;
+        let [egress, ingress] = state_keys(cgroup_id).map(|key| match map.get(key, BPF_F_LOCK) {
+            Ok(state) => Ok(Some(state)),
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(map_error(STATES_MAP, e)),
-        }
+        });
+        Ok(CgroupCounters::of_states(
+            egress?.as_ref(),
+            ingress?.as_ref(),
+        ))
     }
 }
 
-/// `BPF_F_LOCK`: a lookup that copies a value under its spin lock.
+/// `BPF_F_LOCK`: a lookup or update that copies a value under its spin lock.
 const BPF_F_LOCK: u64 = 4;
+/// `BPF_EXIST`: an update of an existing element only.
+const BPF_EXIST: u64 = 2;
+
+/// The keys of a cgroup's egress and ingress state in `cgroup_states`: the
+/// kernel keeps one per cgroup and attach type.
+fn state_keys(cgroup_id: u64) -> [CgroupStorageKey; 2] {
+    [
+        CgroupStorageKey::new(cgroup_id, BPF_CGROUP_INET_EGRESS),
+        CgroupStorageKey::new(cgroup_id, BPF_CGROUP_INET_INGRESS),
+    ]
+}
+
+/// `enum bpf_attach_type` values of the cgroup_skb programs (kernel uapi).
+const BPF_CGROUP_INET_INGRESS: u32 = 0;
+const BPF_CGROUP_INET_EGRESS: u32 = 1;
 
 /// A pin (or the pinned object behind it) at `path` that could not be used.
 fn pin_error(path: &Path, source: impl std::error::Error + Send + Sync + 'static) -> ShaperError {
