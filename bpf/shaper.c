@@ -423,8 +423,15 @@ int podshaper_egress(struct __sk_buff *skb)
 
 	if (st->limit_version != seen)
 		refresh_limit(skb, st, seen, PS_EGRESS);
-	if (!has_limit(st))
+	if (!has_limit(st)) {
+		/* a socket paced under an egress limit lifted since (the
+		 * cgroup keeps its ingress limit): unpaced at its next ACK */
+		if (tcp)
+			p = bpf_sk_storage_get(&sock_states, tcp, 0, 0);
+		if (p && p->want)
+			p->want = 0;
 		return pass_unlimited(st, len);
+	}
 	if (tcp)
 		p = bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	now = bpf_ktime_get_ns();

@@ -750,14 +750,21 @@ fn limits_change_and_lift_on_a_connection_that_stays_open() {
     let app = root.make("app");
     let path = app.path().display().to_string();
     let daemon = TestDaemon::start(&root.path, &[]);
-    daemon.ok(&["attach", "--cgroup", &path, "--egress", "40M"]);
+    // an ingress limit beside, so that lifting the egress one leaves the
+    // cgroup attached
+    let ingress = ["--ingress", "1G"];
+    daemon.ok(&[
+        &["attach", "--cgroup", &path, "--egress", "40M"][..],
+        &ingress,
+    ]
+    .concat());
 
     let _turn = common::traffic_turn();
     let lab = NetnsPair::create("live").expect("lab");
     lab.set_congestion_control("cubic").expect("cubic");
     let port = unique_port();
     let meter = Meter::default();
-    let until = Until::after(Duration::from_secs(12));
+    let until = Until::after(Duration::from_secs(18));
     let sink = {
         let (meter, until) = (meter.clone(), until.clone());
         let bind = SocketAddr::new(NetnsPair::addr_b(false), port);
@@ -774,7 +781,7 @@ fn limits_change_and_lift_on_a_connection_that_stays_open() {
         "--netns",
         lab.a(),
         "--seconds",
-        "10",
+        "16",
         "--to",
     ])
     .arg(SocketAddr::new(NetnsPair::addr_b(false), port).to_string())
@@ -788,9 +795,24 @@ fn limits_change_and_lift_on_a_connection_that_stays_open() {
     };
     std::thread::sleep(Duration::from_millis(1500));
     let limited = window(Duration::from_secs(2));
-    daemon.ok(&["attach", "--cgroup", &path, "--egress", "15M"]);
+    daemon.ok(&[
+        &["attach", "--cgroup", &path, "--egress", "15M"][..],
+        &ingress,
+    ]
+    .concat());
     std::thread::sleep(Duration::from_millis(500));
     let changed = window(Duration::from_secs(2));
+    // the egress limit alone lifted: the socket's pacing goes with it
+    daemon.ok(&[&["attach", "--cgroup", &path][..], &ingress].concat());
+    std::thread::sleep(Duration::from_millis(500));
+    let egress_lifted = window(Duration::from_secs(2));
+    daemon.ok(&[
+        &["attach", "--cgroup", &path, "--egress", "15M"][..],
+        &ingress,
+    ]
+    .concat());
+    std::thread::sleep(Duration::from_millis(500));
+    let limited_again = window(Duration::from_secs(2));
     daemon.ok(&["detach", "--cgroup", &path]);
     std::thread::sleep(Duration::from_millis(500));
     let lifted = window(Duration::from_secs(2));
@@ -800,6 +822,11 @@ fn limits_change_and_lift_on_a_connection_that_stays_open() {
 
     assert_ratio("before the change", limited, 40e6, 0.85, 1.10);
     assert_ratio("changed live", changed, 15e6, 0.85, 1.10);
+    assert!(
+        egress_lifted > 500e6,
+        "the open connection stayed paced after its egress limit was lifted: {egress_lifted:.0} bit/s"
+    );
+    assert_ratio("limited again", limited_again, 15e6, 0.85, 1.10);
     assert!(
         lifted > 500e6,
         "the open connection stayed limited after detach: {lifted:.0} bit/s"
