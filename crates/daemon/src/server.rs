@@ -68,6 +68,18 @@ pub struct DaemonConfig {
     pub ingress_queue: bool,
 }
 
+/// Gives the heap that loading the shaper freed back to the kernel. Loading
+/// parses the kernel's BTF (several MB, for the TCP iterator), and glibc
+/// keeps freed heap mapped unless asked: the daemon's RSS was 25 MiB idle
+/// instead of 10.
+fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free pages of glibc's own heap.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(
     config: DaemonConfig,
@@ -77,6 +89,7 @@ pub async fn run(
     let root = CgroupRoot::new(config.cgroup_root.as_deref()).context("invalid --cgroup-root")?;
     let (mut node, adoption) =
         Node::open(&config.bpffs_dir, root).context("cannot open the shaper state")?;
+    release_freed_heap();
     node.set_ingress_queue(config.ingress_queue);
     tracing::info!(
         bpffs = %config.bpffs_dir.display(),
