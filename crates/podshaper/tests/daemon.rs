@@ -60,17 +60,21 @@ fn a_cgroup_attached_again_after_a_detach_starts_afresh() {
     let app = root.make("app");
     let path = app.path().display().to_string();
     let daemon = TestDaemon::start(&root.path, &[]);
-    let egress_bytes = |daemon: &TestDaemon| {
+    let counter = |daemon: &TestDaemon, name: &str| {
         let listed = daemon.list();
         assert_eq!(listed.len(), 1, "{listed:?}");
-        listed[0]["counters"]["egress_bytes"].as_u64()
+        listed[0]["counters"][name].as_u64()
     };
+    let egress_bytes = |daemon: &TestDaemon| counter(daemon, "egress_bytes");
 
     daemon.ok(&["attach", "--cgroup", &path, "--egress", "100M"]);
     let rate = measure_with(&Limiter::Cgroup(&app), &Flow::tcp(true));
     assert_ratio("first attach", rate, 100e6, 0.90, 1.05);
     let counted = egress_bytes(&daemon).unwrap_or(0);
     assert!(counted > 10_000_000, "counted {counted} bytes");
+    // the direction without a limit is counted too (the flow's ACKs)
+    let acks = counter(&daemon, "ingress_packets").unwrap_or(0);
+    assert!(acks > 1_000, "counted {acks} packets in");
 
     daemon.ok(&["detach", "--cgroup", &path]);
     daemon.ok(&["attach", "--cgroup", &path, "--egress", "40M"]);
