@@ -4,13 +4,6 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-// The legacy cgroup storage (BPF_MAP_TYPE_CGROUP_STORAGE), which aya marks
-// deprecated for BPF_MAP_TYPE_CGRP_STORAGE: only the legacy type hands a
-// cgroup_skb program the storage of the cgroup it is attached to without a
-// lookup; the newer one needs a `struct cgroup` pointer these programs do not
-// have. The kernel keeps supporting it (uapi).
-#[expect(deprecated, reason = "see above")]
-type StateMap<T> = aya::maps::CgroupStorage<T, abi::State>;
 use aya::maps::{Array, CgroupStorageKey, HashMap, MapData, MapError};
 use aya::programs::cgroup_skb::CgroupSkbLinkId;
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
@@ -39,6 +32,13 @@ const STATES_MAP: &str = "cgroup_states";
 /// the per-CPU `counters` (until session 8) and the `states` hash (until
 /// session 9); their contents now live in `cgroup_states`.
 const OBSOLETE_MAPS: [&str; 2] = ["counters", "states"];
+/// `cgroup_states`, the legacy cgroup storage (BPF_MAP_TYPE_CGROUP_STORAGE),
+/// which aya marks deprecated for BPF_MAP_TYPE_CGRP_STORAGE: only the legacy
+/// type hands a cgroup_skb program the storage of the cgroup it is attached
+/// to without a lookup; the newer one needs a `struct cgroup` pointer these
+/// programs do not have. The kernel keeps supporting it (uapi).
+#[expect(deprecated, reason = "see above")]
+type StateMap<T> = aya::maps::CgroupStorage<T, abi::State>;
 const SOCK_STATES_MAP: &str = "sock_states";
 const UNPACE_TARGET_MAP: &str = "unpace_target";
 const UNPACE_PROGRAM: &str = "podshaper_unpace";
