@@ -797,29 +797,24 @@ fn limits_change_and_lift_on_a_connection_that_stays_open() {
         std::thread::sleep(d);
         meter.read().bits_per_sec_since(&a)
     };
+    // a command to the daemon, then the rate 0.5 s after it, over 2 s
+    let rate_after = |args: &[&str]| {
+        daemon.ok(args);
+        std::thread::sleep(Duration::from_millis(500));
+        window(Duration::from_secs(2))
+    };
+    let egress_15m = [
+        &["attach", "--cgroup", &path, "--egress", "15M"][..],
+        &ingress,
+    ]
+    .concat();
     std::thread::sleep(Duration::from_millis(1500));
     let limited = window(Duration::from_secs(2));
-    daemon.ok(&[
-        &["attach", "--cgroup", &path, "--egress", "15M"][..],
-        &ingress,
-    ]
-    .concat());
-    std::thread::sleep(Duration::from_millis(500));
-    let changed = window(Duration::from_secs(2));
+    let changed = rate_after(&egress_15m);
     // the egress limit alone lifted: the socket's pacing goes with it
-    daemon.ok(&[&["attach", "--cgroup", &path][..], &ingress].concat());
-    std::thread::sleep(Duration::from_millis(500));
-    let egress_lifted = window(Duration::from_secs(2));
-    daemon.ok(&[
-        &["attach", "--cgroup", &path, "--egress", "15M"][..],
-        &ingress,
-    ]
-    .concat());
-    std::thread::sleep(Duration::from_millis(500));
-    let limited_again = window(Duration::from_secs(2));
-    daemon.ok(&["detach", "--cgroup", &path]);
-    std::thread::sleep(Duration::from_millis(500));
-    let lifted = window(Duration::from_secs(2));
+    let egress_lifted = rate_after(&[&["attach", "--cgroup", &path][..], &ingress].concat());
+    let limited_again = rate_after(&egress_15m);
+    let lifted = rate_after(&["detach", "--cgroup", &path]);
     drop(source);
     until.stop.store(true, Ordering::Relaxed);
     let _ = sink.join();
