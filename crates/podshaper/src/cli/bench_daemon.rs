@@ -254,8 +254,11 @@ pub fn run(args: BenchDaemonArgs) -> Result<ExitCode> {
             update.push(t.elapsed());
         }
         let listed = client.list(pb::ListRequest {}).await?.into_inner().cgroups.len();
+        let mut detach = Vec::with_capacity(args.cgroups);
         for cg in &cgroups[..args.cgroups] {
+            let t = Instant::now();
             client.detach(detach_request(cg)).await.map_err(|e| anyhow::anyhow!("detach: {e}"))?;
+            detach.push(t.elapsed());
         }
         // concurrent clients, each on its own connection
         let before = kernel_objects();
@@ -285,6 +288,8 @@ pub fn run(args: BenchDaemonArgs) -> Result<ExitCode> {
             "attach_p99_ms": ms(quantile(&mut attach, 0.99)),
             "update_p50_ms": ms(quantile(&mut update, 0.5)),
             "update_p99_ms": ms(quantile(&mut update, 0.99)),
+            "detach_p50_ms": ms(quantile(&mut detach, 0.5)),
+            "detach_p99_ms": ms(quantile(&mut detach, 0.99)),
             "attach_all_seconds": total.as_secs_f64(),
             "rss_idle_kib": rss_idle,
             "rss_after_attach_kib": rss_loaded,
@@ -346,6 +351,11 @@ fn print_table(r: &serde_json::Value) {
         "  update a limit           p50 {:.2} ms   p99 {:.2} ms",
         r["update_p50_ms"].as_f64().unwrap_or(0.0),
         r["update_p99_ms"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  detach                   p50 {:.2} ms   p99 {:.2} ms",
+        r["detach_p50_ms"].as_f64().unwrap_or(0.0),
+        r["detach_p99_ms"].as_f64().unwrap_or(0.0)
     );
     println!(
         "  limit {} cgroups         {:.2} s",
