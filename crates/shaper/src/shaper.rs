@@ -115,6 +115,12 @@ pub enum ShaperError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "cannot enter a network namespace of the cgroup's processes to lift their sockets' pacing"
+    )]
+    EnterNetns(#[source] std::io::Error),
+    #[error("the iterator that lifts the pacing of the cgroup's TCP sockets failed")]
+    Unpace(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
 }
@@ -492,12 +498,8 @@ impl Shaper {
             .map_err(|e| map_error(UNPACE_TARGET_MAP, e))?;
         self.run_unpace_iterator()?;
         for ns in netns {
-            crate::netns::run_in(ns, || self.run_unpace_iterator()).map_err(|e| {
-                ShaperError::Pin {
-                    path: "setns".into(),
-                    source: Box::new(e),
-                }
-            })??;
+            crate::netns::run_in(ns, || self.run_unpace_iterator())
+                .map_err(ShaperError::EnterNetns)??;
         }
         Ok(())
     }
@@ -505,10 +507,6 @@ impl Shaper {
     /// Runs the un-pacing iterator over the TCP sockets of the calling
     /// thread's network namespace.
     fn run_unpace_iterator(&mut self) -> Result<(), ShaperError> {
-        let iter_error = |e: Box<dyn std::error::Error + Send + Sync>| ShaperError::Pin {
-            path: UNPACE_PROGRAM.into(),
-            source: e,
-        };
         let iter: &mut Iter = program(&mut self.ebpf, UNPACE_PROGRAM)?;
         let link_id = iter
             .attach()
@@ -517,9 +515,12 @@ impl Shaper {
             .take_link(link_id)
             .map_err(|e| program_error(UNPACE_PROGRAM, e))?;
         // Reading the iterator runs the program over every TCP socket.
-        let mut file = link.into_file().map_err(|e| iter_error(Box::new(e)))?;
+        let mut file = link
+            .into_file()
+            .map_err(|e| ShaperError::Unpace(Box::new(e)))?;
         let mut sink = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut sink).map_err(|e| iter_error(Box::new(e)))?;
+        std::io::Read::read_to_end(&mut file, &mut sink)
+            .map_err(|e| ShaperError::Unpace(Box::new(e)))?;
         Ok(())
     }
 
