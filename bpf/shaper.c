@@ -84,6 +84,16 @@
  * pulls it back. Not with more flows: there the headroom widened the share's
  * swings (BBR, 100M x8: 0.72) */
 #define SHARE_HEADROOM_SHIFT 2
+/*
+ * A CPU's slice of the bucket (struct ps_credit) is this long at the rate,
+ * at most an eighth of the burst, and taken only while the bucket keeps two
+ * slices after it. Below CREDIT_MIN_BYTES (rates under about 65 Mbit/s) no
+ * slices are taken: a slice smaller than a few packets saves nothing, and
+ * there every packet takes the lock as before.
+ */
+#define CREDIT_NS (2ULL * 1000 * 1000)
+#define CREDIT_MIN_BYTES (16ULL * 1024)
+#define CREDIT_MIN_RATE (CREDIT_MIN_BYTES * (NSEC_PER_SEC / CREDIT_NS))
 /* fixed point for the steering ratio */
 #define RATIO_ONE 1024ULL
 /* the bucket level's weight in the steering: 1/8 (1/2 oscillated) */
@@ -152,6 +162,17 @@ struct {
 	__type(key, struct bpf_cgroup_storage_key);
 	__type(value, struct ps_state);
 } cgroup_states SEC(".maps");
+
+/*
+ * Each CPU's slice of each attached cgroup's bucket (struct ps_credit), in
+ * the per-CPU cgroup storage: the kernel hands a program its own CPU's value
+ * of the cgroup it is attached to, again without a lookup.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE);
+	__type(key, struct bpf_cgroup_storage_key);
+	__type(value, struct ps_credit);
+} cpu_credits SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -414,6 +435,129 @@ static __always_inline struct bpf_sock *tcp_fullsock(struct __sk_buff *skb)
 	return sk;
 }
 
+/*
+ * Counts a TCP socket's packet into egress steering window `seq` (+1): the
+ * socket counts once per window as a flow (the latency probe's small
+ * requests do not make one), and the bytes it passed in the window add up.
+ * Returns those bytes.
+ */
+static __always_inline __u64 count_socket(struct ps_bucket *b, struct sock_state *p, __u64 seq,
+					  __u64 len, int passed)
+{
+	if (len > SMALL_PACKET_BYTES && p->egress_window != seq) {
+		p->egress_window = seq;
+		__sync_fetch_and_add(&b->window_flows, 1);
+	}
+	if (!passed)
+		return 0;
+	if (p->egress_bytes_window != seq) {
+		p->egress_bytes_window = seq;
+		p->egress_window_bytes = 0;
+	}
+	p->egress_window_bytes += len;
+	return p->egress_window_bytes;
+}
+
+/* Tells a TCP socket its pacing rate. Written only when it changes: the
+ * sockops program reads it on the core that takes the socket's ACKs. */
+static __always_inline void steer_socket(struct sock_state *p, __u64 share, __u64 cgid)
+{
+	if (p->want != share)
+		p->want = share;
+	if (p->paced_cgid != cgid)
+		p->paced_cgid = cgid;
+}
+
+/*
+ * Takes a packet from this CPU's slice of the bucket, if what is left of it
+ * covers the packet and it was taken under the limit in force (`seen`).
+ *
+ * Atomic adds, though the value is this CPU's alone: a softirq may run the
+ * program again on this CPU in the middle of a process-context run, and a
+ * plain add could then lose the other's count and make a counter go back
+ * (a counter reset, to Prometheus). The line is this CPU's, so a locked add
+ * costs no transfer. Nested runs may overdraw a slice by a packet.
+ */
+static __always_inline int spend_credit(struct ps_credit *c, __u64 len, __u64 seen)
+{
+	if (c->credit < (__s64)len || c->version != seen)
+		return 0;
+	__sync_fetch_and_sub(&c->credit, (__s64)len);
+	__sync_fetch_and_add(&c->bytes, len);
+	__sync_fetch_and_add(&c->packets, 1);
+	return 1;
+}
+
+/*
+ * Passes an egress packet on this CPU's slice of the bucket, if what is left
+ * of it covers the packet and it was taken under the limit in force (`seen`):
+ * no lock, no clock, nothing written that the other core writes but a flow's
+ * first packet in a window. Returns 0 if the packet must take the lock.
+ */
+static __always_inline int pass_on_credit(struct ps_state *st, struct ps_credit *c,
+					  struct sock_state *p, __u64 len, __u64 seen)
+{
+	__u64 seq, sent;
+
+	if (!spend_credit(c, len, seen))
+		return 0;
+	if (p) {
+		seq = st->bucket.window_seq + 1;
+		sent = count_socket(&st->bucket, p, seq, len, 1);
+		if (c->top_seq != seq) {
+			c->top_seq = seq;
+			c->top_bytes = 0;
+		}
+		if (sent > c->top_bytes)
+			c->top_bytes = sent;
+		steer_socket(p, st->bucket.share, st->limit_cgid);
+	}
+	return 1;
+}
+
+/*
+ * Settles this CPU's slice, under the lock: what is left goes back to the
+ * bucket (if taken under the limit in force). Egress (`steered`): what it
+ * passed counts into the steering window now, and the most one socket sent
+ * on it in this window is taken into the window's.
+ */
+static __always_inline void settle_credit(struct ps_state *st, struct ps_credit *c, int steered)
+{
+	struct ps_bucket *b = &st->bucket;
+
+	if (c->version == st->limit_version) {
+		if (c->credit > 0) {
+			b->tokens += c->credit;
+			if (b->tokens > (__s64)b->burst)
+				b->tokens = (__s64)b->burst;
+		}
+		if (steered)
+			b->window_bytes += c->slice - (c->credit > 0 ? (__u64)c->credit : 0);
+	}
+	c->credit = 0;
+	c->slice = 0;
+	if (steered && c->top_seq == b->window_seq + 1 && c->top_bytes > b->window_top_bytes)
+		b->window_top_bytes = c->top_bytes;
+}
+
+/* Gives this CPU a slice of the bucket, under the lock, if the bucket keeps
+ * two slices more after it. */
+static __always_inline void take_credit(struct ps_state *st, struct ps_credit *c)
+{
+	struct ps_bucket *b = &st->bucket;
+	__s64 slice = (__s64)(b->rate / (NSEC_PER_SEC / CREDIT_NS));
+
+	if (slice > (__s64)(b->burst >> 3))
+		slice = (__s64)(b->burst >> 3);
+	if (slice < (__s64)CREDIT_MIN_BYTES || b->tokens < 3 * slice)
+		return;
+	b->tokens -= slice;
+	c->credit = slice;
+	c->slice = (__u64)slice;
+	c->version = st->limit_version;
+	c->congested = b->tokens < (__s64)(b->burst / 2);
+}
+
 SEC("cgroup_skb/egress")
 int podshaper_egress(struct __sk_buff *skb)
 {
@@ -421,7 +565,9 @@ int podshaper_egress(struct __sk_buff *skb)
 	__u64 cgid, len = skb->len, now, share = 0, seen = limits_seen();
 	struct bpf_sock *tcp = tcp_fullsock(skb);
 	struct sock_state *p = 0;
+	struct ps_credit *c = 0;
 	struct ps_bucket *b;
+	__u64 sent;
 	int verdict = VERDICT_PASS, marked = 0;
 
 	if (st->limit_version != seen)
@@ -437,6 +583,11 @@ int podshaper_egress(struct __sk_buff *skb)
 	}
 	if (tcp)
 		p = bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (st->bucket.rate >= CREDIT_MIN_RATE) {
+		c = bpf_get_local_storage(&cpu_credits, 0);
+		if (pass_on_credit(st, c, p, len, seen))
+			return VERDICT_PASS;
+	}
 	now = bpf_ktime_get_ns();
 
 	bpf_spin_lock(&st->lock);
@@ -448,6 +599,8 @@ int podshaper_egress(struct __sk_buff *skb)
 		return VERDICT_PASS;
 	}
 	refill(b, now);
+	if (c)
+		settle_credit(st, c, 1);
 	if (b->tokens >= (__s64)len) {
 		b->tokens -= (__s64)len;
 	} else if (tcp && b->tokens + (__s64)b->burst >= (__s64)len) {
@@ -477,33 +630,21 @@ int podshaper_egress(struct __sk_buff *skb)
 	 */
 	if (!tcp || verdict != VERDICT_DROP_CN)
 		b->window_bytes += len;
-	/* each socket counts once per window (the latency probe's small
-	 * requests do not make a flow) */
-	if (p && len > SMALL_PACKET_BYTES && p->egress_window != b->window_seq + 1) {
-		p->egress_window = b->window_seq + 1;
-		b->window_flows++;
-	}
-	if (p && verdict != VERDICT_DROP_CN) {
-		if (p->egress_bytes_window != b->window_seq + 1) {
-			p->egress_bytes_window = b->window_seq + 1;
-			p->egress_window_bytes = 0;
-		}
-		p->egress_window_bytes += len;
-		if (p->egress_window_bytes > b->window_top_bytes)
-			b->window_top_bytes = p->egress_window_bytes;
+	if (p) {
+		sent = count_socket(b, p, b->window_seq + 1, len, verdict != VERDICT_DROP_CN);
+		if (sent > b->window_top_bytes)
+			b->window_top_bytes = sent;
 	}
 	steer_share(b, now);
 	cap_share_in_deficit(b);
 	share = b->share;
 	count(b, len, verdict, marked);
+	if (c && verdict == VERDICT_PASS)
+		take_credit(st, c);
 	bpf_spin_unlock(&st->lock);
 
-	/* written only when they change: the sockops program reads them on
-	 * the core that takes the socket's ACKs */
-	if (p && p->want != share)
-		p->want = share;
-	if (p && p->paced_cgid != cgid)
-		p->paced_cgid = cgid;
+	if (p)
+		steer_socket(p, share, cgid);
 	return verdict;
 }
 
@@ -584,6 +725,16 @@ range:
 	return 1;
 }
 
+/* Remembers the highest TCP sequence seen on a socket, dropped or not: a
+ * dropped tail's resend is a retransmission too. */
+static __always_inline void track_highest(struct sock_state *ss, __u32 end)
+{
+	if (!ss->rcv_high_valid || (__s32)(end - ss->rcv_high) > 0) {
+		ss->rcv_high = end;
+		ss->rcv_high_valid = 1;
+	}
+}
+
 SEC("cgroup_skb/ingress")
 int podshaper_ingress(struct __sk_buff *skb)
 {
@@ -592,6 +743,7 @@ int podshaper_ingress(struct __sk_buff *skb)
 	struct bpf_sock *tcp = tcp_fullsock(skb);
 	/* the socket's storage, and the same when the packet carries data */
 	struct sock_state *sp = 0, *ss = 0;
+	struct ps_credit *c = 0;
 	struct ps_bucket *b;
 	int verdict = VERDICT_PASS, congested = 0, may_borrow = 0;
 	__u32 seq = 0, end = 0;
@@ -602,6 +754,28 @@ int podshaper_ingress(struct __sk_buff *skb)
 		return pass_unlimited(st, len);
 	if (tcp)
 		sp = bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (sp && tcp_payload_range(skb, &seq, &end))
+		ss = sp;
+	/*
+	 * On this CPU's slice of the bucket: nothing to drop, and marked if
+	 * the bucket was under half full when the slice was taken. The
+	 * socket's time of its last packet let in is not kept here (no
+	 * clock): after a while on credit, its first packet to find the
+	 * bucket short may borrow, as after a gap.
+	 */
+	if (st->bucket.rate >= CREDIT_MIN_RATE) {
+		c = bpf_get_local_storage(&cpu_credits, 0);
+		if (spend_credit(c, len, seen)) {
+			if (ss) {
+				if (ss->rcv_dropped_last)
+					ss->rcv_dropped_last = 0;
+				track_highest(ss, end);
+			}
+			if (c->congested && bpf_skb_ecn_set_ce(skb))
+				__sync_fetch_and_add(&c->marked, 1);
+			return VERDICT_PASS;
+		}
+	}
 	/*
 	 * Some TCP packets may take the bucket into deficit (charged; new data
 	 * pays it back): a retransmission (data below the highest sequence
@@ -612,8 +786,7 @@ int podshaper_ingress(struct __sk_buff *skb)
 	now = bpf_ktime_get_ns();
 	if (tcp && len <= SMALL_PACKET_BYTES)
 		may_borrow = 1;
-	if (sp && tcp_payload_range(skb, &seq, &end)) {
-		ss = sp;
+	if (ss) {
 		if (ss->rcv_high_valid && (__s32)(end - ss->rcv_high) <= 0)
 			may_borrow = 1;
 		/*
@@ -633,6 +806,8 @@ int podshaper_ingress(struct __sk_buff *skb)
 		return VERDICT_PASS;
 	}
 	refill(b, now);
+	if (c)
+		settle_credit(st, c, 0);
 	if (b->tokens >= (__s64)len) {
 		b->tokens -= (__s64)len;
 		congested = b->tokens < (__s64)(b->burst / 2);
@@ -644,6 +819,8 @@ int podshaper_ingress(struct __sk_buff *skb)
 	}
 	/* marks are counted below, once the packet is marked */
 	count(b, len, verdict, 0);
+	if (c && verdict == VERDICT_PASS)
+		take_credit(st, c);
 	bpf_spin_unlock(&st->lock);
 
 	if (ss) {
@@ -651,11 +828,8 @@ int podshaper_ingress(struct __sk_buff *skb)
 			ss->rcv_last_pass_ns = now;
 		ss->rcv_dropped_last = verdict != VERDICT_PASS;
 	}
-	/* highest seen, dropped or not: a dropped tail's resend is a retransmission too */
-	if (ss && (!ss->rcv_high_valid || (__s32)(end - ss->rcv_high) > 0)) {
-		ss->rcv_high = end;
-		ss->rcv_high_valid = 1;
-	}
+	if (ss)
+		track_highest(ss, end);
 
 	/* early, loss-free signal for flows that negotiated ECN (a helper
 	 * cannot run under the lock, so the mark is counted atomically; only

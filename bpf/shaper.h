@@ -89,6 +89,34 @@ struct ps_state {
 };
 
 /*
+ * One CPU's slice of one direction's bucket: value of `cpu_credits`, per-CPU
+ * cgroup storage beside `cgroup_states` (same keys). While the bucket is well
+ * above empty, a CPU takes a slice of it (a couple of milliseconds at the
+ * rate) under the lock and passes packets against it on its own: no lock, no
+ * clock, no line the other core writes. What is left of a slice goes back to
+ * the bucket when the CPU next takes the lock. Owned by BPF; user space adds
+ * `bytes` and `packets` to the state's counters and zeroes the slices when it
+ * zeroes the state.
+ */
+struct ps_credit {
+	/* bytes this CPU may still pass on its own, of a slice this large */
+	__s64 credit;
+	__u64 slice;
+	/* the state's limit_version the slice was taken under */
+	__u64 version;
+	/* what this CPU passed on credit, and marked ECN CE (only grow) */
+	__u64 bytes;
+	__u64 packets;
+	__u64 marked;
+	/* ingress: the bucket was under half full when the slice was taken, so
+	 * packets passed on it are marked (ECN CE) as the bucket would */
+	__u64 congested;
+	/* the most one socket sent on this CPU in steering window top_seq (+1) */
+	__u64 top_bytes;
+	__u64 top_seq;
+};
+
+/*
  * The ingress queue (crates/shaper/src/ingress_queue.rs): the flow classifier
  * sends each flow's bulk packets to one of PS_FLOW_QUEUES htb classes,
  * PS_QUEUE_MAJOR:PS_FLOW_CLASS_BASE and up, each with a FIFO of its own.

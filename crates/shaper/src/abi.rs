@@ -73,8 +73,27 @@ pub struct State {
     pub bucket: Bucket,
 }
 
+/// `struct ps_credit`: one CPU's slice of one direction's bucket, the value
+/// of the per-CPU `cpu_credits` map (same keys as `cgroup_states`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Credit {
+    pub credit: i64,
+    pub slice: u64,
+    pub version: u64,
+    /// what this CPU passed on credit, not in the state's counters
+    pub bytes: u64,
+    pub packets: u64,
+    pub marked: u64,
+    pub congested: u64,
+    pub top_bytes: u64,
+    pub top_seq: u64,
+}
+
 // SAFETY: plain `repr(C)` structs of integers with no implicit padding.
 unsafe impl aya::Pod for Limit {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Credit {}
 // SAFETY: as above (the padding after `lock` is an explicit field).
 unsafe impl aya::Pod for State {}
 
@@ -103,6 +122,10 @@ mod tests {
         assert_eq!(offset_of!(State, limit_version), 8);
         assert_eq!(offset_of!(State, bucket), 24);
         assert_eq!(size_of::<State>(), 176);
+        assert_eq!(offset_of!(Credit, bytes), 24);
+        assert_eq!(offset_of!(Credit, marked), 40);
+        assert_eq!(offset_of!(Credit, top_seq), 64);
+        assert_eq!(size_of::<Credit>(), 72);
     }
 
     #[test]
@@ -193,6 +216,20 @@ mod tests {
                 "struct ps_bucket bucket"
             ]
         );
+        assert_eq!(
+            fields("ps_credit"),
+            [
+                "__u64 slice",
+                "__u64 version",
+                "__u64 bytes",
+                "__u64 packets",
+                "__u64 marked",
+                "__u64 congested",
+                "__u64 top_bytes",
+                "__u64 top_seq"
+            ]
+        );
+        assert!(header.contains("__s64 credit;"));
         assert!(header.contains("#define PS_EGRESS 0") && header.contains("#define PS_INGRESS 1"));
     }
 }

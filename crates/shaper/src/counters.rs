@@ -35,6 +35,18 @@ impl CgroupCounters {
     }
 }
 
+impl DirectionCounters {
+    /// Adds what CPUs passed on their slices of the bucket (`struct
+    /// ps_credit`), which the state's counters do not hold.
+    pub(crate) fn add_credits<'a>(&mut self, credits: impl IntoIterator<Item = &'a abi::Credit>) {
+        for c in credits {
+            self.bytes = self.bytes.saturating_add(c.bytes);
+            self.packets = self.packets.saturating_add(c.packets);
+            self.marked = self.marked.saturating_add(c.marked);
+        }
+    }
+}
+
 impl From<&abi::DirCounters> for DirectionCounters {
     fn from(c: &abi::DirCounters) -> Self {
         Self {

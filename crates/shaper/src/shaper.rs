@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, CgroupStorageKey, HashMap, MapData, MapError};
+use aya::maps::{Array, CgroupStorageKey, HashMap, MapData, MapError, PerCpuValues};
 use aya::programs::cgroup_skb::CgroupSkbLinkId;
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::sock_ops::SockOpsLinkId;
@@ -39,14 +39,21 @@ const OBSOLETE_MAPS: [&str; 2] = ["counters", "states"];
 /// programs do not have. The kernel keeps supporting it (uapi).
 #[expect(deprecated, reason = "see above")]
 type StateMap<T> = aya::maps::CgroupStorage<T, abi::State>;
+/// Each CPU's slice of each state's bucket (`struct ps_credit`), beside
+/// `cgroup_states` under the same keys: the legacy per-CPU cgroup storage,
+/// for the same reason as [`StateMap`].
+const CREDITS_MAP: &str = "cpu_credits";
+#[expect(deprecated, reason = "as for StateMap")]
+type CreditMap<T> = aya::maps::PerCpuCgroupStorage<T, abi::Credit>;
 const SOCK_STATES_MAP: &str = "sock_states";
 const UNPACE_TARGET_MAP: &str = "unpace_target";
 const UNPACE_PROGRAM: &str = "podshaper_unpace";
 const FLOW_CLASS_PROGRAM: &str = "podshaper_flow_class";
-const ALL_MAPS: [&str; 5] = [
+const ALL_MAPS: [&str; 6] = [
     LIMITS_MAP,
     LIMITS_VERSION_MAP,
     STATES_MAP,
+    CREDITS_MAP,
     SOCK_STATES_MAP,
     UNPACE_TARGET_MAP,
 ];
@@ -195,7 +202,7 @@ impl Shaper {
             Ok(shaper) => return Ok(shaper),
             Err(e) => e,
         };
-        let stale: Vec<PathBuf> = [STATES_MAP, SOCK_STATES_MAP]
+        let stale: Vec<PathBuf> = [STATES_MAP, CREDITS_MAP, SOCK_STATES_MAP]
             .iter()
             .map(|name| maps_dir.join(name))
             .filter(|path| path.exists())
@@ -573,6 +580,15 @@ impl Shaper {
                 _ => {}
             }
         }
+        let mut credits: CreditMap<&mut MapData> =
+            CreditMap::try_from(raw_map_mut(&mut self.ebpf, CREDITS_MAP)?)
+                .map_err(|e| map_error(CREDITS_MAP, e))?;
+        for key in state_keys(cgroup_id) {
+            match credits.insert(key, zeroed_credits()?, BPF_EXIST) {
+                Err(e) if !is_not_found(&e) => return Err(map_error(CREDITS_MAP, e)),
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -604,11 +620,36 @@ impl Shaper {
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(map_error(STATES_MAP, e)),
         });
-        Ok(CgroupCounters::of_states(
-            egress?.as_ref(),
-            ingress?.as_ref(),
-        ))
+        let mut counters = CgroupCounters::of_states(egress?.as_ref(), ingress?.as_ref());
+        // and what each CPU passed on its slices of the buckets
+        let credits: CreditMap<&MapData> = CreditMap::try_from(raw_map(&self.ebpf, CREDITS_MAP)?)
+            .map_err(|e| map_error(CREDITS_MAP, e))?;
+        let [egress_key, ingress_key] = state_keys(cgroup_id);
+        for (direction, key) in [
+            (&mut counters.egress, egress_key),
+            (&mut counters.ingress, ingress_key),
+        ] {
+            match credits.get(key, 0) {
+                Ok(per_cpu) => direction.add_credits(per_cpu.iter()),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(map_error(CREDITS_MAP, e)),
+            }
+        }
+        Ok(counters)
     }
+}
+
+/// A `cpu_credits` value of every possible CPU, all zero.
+fn zeroed_credits() -> Result<PerCpuValues<abi::Credit>, ShaperError> {
+    let syscall_error = |call, io_error| {
+        map_error(
+            CREDITS_MAP,
+            MapError::SyscallError(aya::sys::SyscallError { call, io_error }),
+        )
+    };
+    let cpus = aya::util::nr_cpus().map_err(|(call, e)| syscall_error(call, e))?;
+    PerCpuValues::try_from(vec![abi::Credit::default(); cpus])
+        .map_err(|e| syscall_error("one value per possible CPU", e))
 }
 
 /// `BPF_F_LOCK`: a lookup or update that copies a value under its spin lock.
