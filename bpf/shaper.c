@@ -21,6 +21,11 @@
  *     local stack (cwnd reduction, no loss) as long as the deficit stays
  *     under one burst; past that, and for other protocols, packets are dropped.
  *
+ * From about 65 Mbit/s up, each CPU takes a slice of a bucket at a time (a
+ * couple of milliseconds at the rate, while the bucket can spare it) and
+ * passes packets on it without the lock or the clock; the bucket decides,
+ * per packet, whatever it cannot spare a slice for (cpu_credits, below).
+ *
  * Ingress is a token-bucket policer: ECN-capable packets are marked CE while
  * the bucket is less than half full, and packets that find it empty are
  * dropped. Where a pod has a network namespace of its own, a queue in front
@@ -517,7 +522,7 @@ static __always_inline int pass_on_credit(struct ps_state *st, struct ps_credit 
 
 /*
  * Settles this CPU's slice, under the lock: what is left goes back to the
- * bucket (if taken under the limit in force). Egress (`steered`): what it
+ * bucket (if taken at the rate in force). Egress (`steered`): what it
  * passed counts into the steering window now, and the most one socket sent
  * on it in this window is taken into the window's.
  */
@@ -525,7 +530,7 @@ static __always_inline void settle_credit(struct ps_state *st, struct ps_credit 
 {
 	struct ps_bucket *b = &st->bucket;
 
-	if (c->version == st->limit_version) {
+	if (c->rate == b->rate) {
 		if (c->credit > 0) {
 			b->tokens += c->credit;
 			if (b->tokens > (__s64)b->burst)
@@ -536,6 +541,7 @@ static __always_inline void settle_credit(struct ps_state *st, struct ps_credit 
 	}
 	c->credit = 0;
 	c->slice = 0;
+	c->rate = 0;
 	if (steered && c->top_seq == b->window_seq + 1 && c->top_bytes > b->window_top_bytes)
 		b->window_top_bytes = c->top_bytes;
 }
@@ -555,6 +561,7 @@ static __always_inline void take_credit(struct ps_state *st, struct ps_credit *c
 	c->credit = slice;
 	c->slice = (__u64)slice;
 	c->version = st->limit_version;
+	c->rate = b->rate;
 	c->congested = b->tokens < (__s64)(b->burst / 2);
 }
 

@@ -102,8 +102,12 @@ struct ps_credit {
 	/* bytes this CPU may still pass on its own, of a slice this large */
 	__s64 credit;
 	__u64 slice;
-	/* the state's limit_version the slice was taken under */
+	/* the state's limit_version and rate the slice was taken under: a
+	 * packet spends it only under that version, and what is left goes back
+	 * to the bucket if the rate is the same (a change to another cgroup's
+	 * limit moves the version too) */
 	__u64 version;
+	__u64 rate;
 	/* what this CPU passed on credit, and marked ECN CE (only grow) */
 	__u64 bytes;
 	__u64 packets;

@@ -104,6 +104,51 @@ fn a_cgroup_attached_again_after_a_detach_starts_afresh() {
     );
 }
 
+/// Every limit change on the node moves the version all the programs check,
+/// and with it every CPU's slice of every bucket; what is left of a slice
+/// taken at the same rate must go back to its bucket, or a busy node's limit
+/// changes would eat the limit of every pod sending beside them.
+#[test]
+fn a_cgroup_keeps_its_rate_while_other_cgroups_limits_change() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let root = TestRoot::new("others");
+    let app = root.make("app");
+    let other = root.make("other");
+    let (path, other_path) = (
+        app.path().display().to_string(),
+        other.path().display().to_string(),
+    );
+    let daemon = TestDaemon::start(&root.path, &[]);
+    daemon.ok(&["attach", "--cgroup", &path, "--egress", "1G"]);
+    let (done, changes) = (AtomicBool::new(false), AtomicUsize::new(0));
+    let rate = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let rates = ["50M", "60M"];
+            while !done.load(Ordering::Relaxed) {
+                let n = changes.fetch_add(1, Ordering::Relaxed);
+                daemon.ok(&["attach", "--cgroup", &other_path, "--egress", rates[n % 2]]);
+            }
+        });
+        let rate = measure_with(&Limiter::Cgroup(&app), &Flow::tcp(true));
+        done.store(true, Ordering::Relaxed);
+        rate
+    });
+    let changes = changes.load(Ordering::Relaxed);
+    assert!(
+        changes > 100,
+        "only {changes} limit changes beside the flow"
+    );
+    // 1.000 in two runs; 0.934 when every change dropped the slices
+    assert_ratio(
+        &format!("beside {changes} limit changes of another cgroup"),
+        rate,
+        1e9,
+        0.96,
+        1.05,
+    );
+}
+
 /// An upgrade that changes the layout of the maps the programs rebuild from
 /// traffic (bucket levels, per-socket state) must not keep the daemon from
 /// starting: it starts those afresh and keeps every limit.

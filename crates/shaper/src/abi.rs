@@ -81,6 +81,7 @@ pub struct Credit {
     pub credit: i64,
     pub slice: u64,
     pub version: u64,
+    pub rate: u64,
     /// what this CPU passed on credit, not in the state's counters
     pub bytes: u64,
     pub packets: u64,
@@ -122,10 +123,10 @@ mod tests {
         assert_eq!(offset_of!(State, limit_version), 8);
         assert_eq!(offset_of!(State, bucket), 24);
         assert_eq!(size_of::<State>(), 176);
-        assert_eq!(offset_of!(Credit, bytes), 24);
-        assert_eq!(offset_of!(Credit, marked), 40);
-        assert_eq!(offset_of!(Credit, top_seq), 64);
-        assert_eq!(size_of::<Credit>(), 72);
+        assert_eq!(offset_of!(Credit, bytes), 32);
+        assert_eq!(offset_of!(Credit, marked), 48);
+        assert_eq!(offset_of!(Credit, top_seq), 72);
+        assert_eq!(size_of::<Credit>(), 80);
     }
 
     #[test]
@@ -221,6 +222,7 @@ mod tests {
             [
                 "__u64 slice",
                 "__u64 version",
+                "__u64 rate",
                 "__u64 bytes",
                 "__u64 packets",
                 "__u64 marked",
