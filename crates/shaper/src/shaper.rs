@@ -167,9 +167,10 @@ impl Shaper {
     /// maps already pinned there are reused, with every limit and counter in
     /// them, so a restarted daemon carries on where the last one stopped.
     ///
-    /// If the shaper does not load with the pinned maps, the two that hold
+    /// If the shaper does not load with the pinned maps, the three that hold
     /// only what the programs rebuild from traffic (`cgroup_states`: bucket levels
-    /// and shares; `sock_states`: per-socket state) are unpinned and the load
+    /// and shares; `cpu_credits`: the CPUs' slices of the buckets;
+    /// `sock_states`: per-socket state) are unpinned and the load
     /// tried once more: a daemon whose shaper changed their layout starts
     /// them afresh (buckets full) rather than not at all. Limits are never
     /// dropped; the counters, kept in `cgroup_states`, start again from zero then
