@@ -265,6 +265,9 @@ static __always_inline int pass_unlimited(struct ps_state *st, __u64 len)
  * Called with the lock held. */
 static __always_inline void configure(struct ps_bucket *b, __u64 rate, __u64 burst, __u64 now)
 {
+	/* slices taken at another rate never come back (settle_credit) */
+	if (b->rate != rate)
+		b->lent = 0;
 	if (b->rate == 0) {
 		/* new: start full, with every flow allowed the whole rate */
 		b->tokens = (__s64)burst;
@@ -339,6 +342,7 @@ static __always_inline void refresh_limit(struct __sk_buff *skb, struct ps_state
 		/* none this way: a limit that comes back starts a full bucket */
 		st->bucket.rate = 0;
 		st->bucket.burst = 0;
+		st->bucket.lent = 0;
 	}
 	st->limit_cgid = found ? cgid : 0;
 	st->limit_version = seen;
@@ -531,6 +535,7 @@ static __always_inline void settle_credit(struct ps_state *st, struct ps_credit 
 	struct ps_bucket *b = &st->bucket;
 
 	if (c->rate == b->rate) {
+		b->lent -= b->lent < c->slice ? b->lent : c->slice;
 		if (c->credit > 0) {
 			b->tokens += c->credit;
 			if (b->tokens > (__s64)b->burst)
@@ -546,6 +551,18 @@ static __always_inline void settle_credit(struct ps_state *st, struct ps_credit 
 		b->window_top_bytes = c->top_bytes;
 }
 
+/*
+ * Whether the bucket is under half full, counting the slices CPUs hold
+ * (ingress marks ECN CE below that). Not the tokens alone: the slices are
+ * tokens not yet spent, and behind the ingress queue the tokens alone sat
+ * just under half (the queue's own burst ahead of them, plus two slices at
+ * 1G), so every packet of an ECN flow was marked. Called with the lock held.
+ */
+static __always_inline int under_half(struct ps_bucket *b)
+{
+	return b->tokens + (__s64)b->lent < (__s64)(b->burst / 2);
+}
+
 /* Gives this CPU a slice of the bucket, under the lock, if the bucket keeps
  * two slices more after it. */
 static __always_inline void take_credit(struct ps_state *st, struct ps_credit *c)
@@ -558,11 +575,12 @@ static __always_inline void take_credit(struct ps_state *st, struct ps_credit *c
 	if (slice < (__s64)CREDIT_MIN_BYTES || b->tokens < 3 * slice)
 		return;
 	b->tokens -= slice;
+	b->lent += (__u64)slice;
 	c->credit = slice;
 	c->slice = (__u64)slice;
 	c->version = st->limit_version;
 	c->rate = b->rate;
-	c->congested = b->tokens < (__s64)(b->burst / 2);
+	c->congested = under_half(b);
 }
 
 SEC("cgroup_skb/egress")
@@ -817,7 +835,7 @@ int podshaper_ingress(struct __sk_buff *skb)
 		settle_credit(st, c, 0);
 	if (b->tokens >= (__s64)len) {
 		b->tokens -= (__s64)len;
-		congested = b->tokens < (__s64)(b->burst / 2);
+		congested = under_half(b);
 	} else if (may_borrow && b->tokens + (__s64)b->max_deficit >= (__s64)len) {
 		b->tokens -= (__s64)len;
 		congested = 1;

@@ -70,6 +70,10 @@ struct ps_bucket {
 	__u64 window_flows;
 	__u64 flows;
 	__u64 top_flow_rate;
+	/* slices of this bucket that CPUs hold (struct ps_credit), taken at
+	 * the rate in force and not yet settled: tokens out of the bucket but
+	 * not yet spent, at most. The ingress mark counts them in the level */
+	__u64 lent;
 };
 
 /*

@@ -127,6 +127,17 @@ impl NetnsPair {
         Ok(())
     }
 
+    /// Whether TCP connections opened in either namespace ask for ECN
+    /// (`net.ipv4.tcp_ecn` 1; a new namespace has 2: ECN only when the peer
+    /// asks). Shapers that mark CE instead of dropping act on these flows.
+    pub fn set_ecn(&self, enabled: bool) -> Result<(), NetnsError> {
+        let setting = format!("net.ipv4.tcp_ecn={}", if enabled { 1 } else { 2 });
+        for ns in [&self.a, &self.b] {
+            ip(&["netns", "exec", ns, "sysctl", "-qw", &setting])?;
+        }
+        Ok(())
+    }
+
     pub fn a(&self) -> &str {
         &self.a
     }

@@ -59,6 +59,8 @@ pub struct Bucket {
     pub window_flows: u64,
     pub flows: u64,
     pub top_flow_rate: u64,
+    /// slices CPUs hold, not yet settled
+    pub lent: u64,
 }
 
 /// `struct ps_state`: the value of the `cgroup_states` map, one per
@@ -114,15 +116,16 @@ mod tests {
         assert_eq!(offset_of!(DirCounters, packets), 8);
         assert_eq!(offset_of!(DirCounters, dropped), 16);
         assert_eq!(offset_of!(DirCounters, marked), 24);
-        assert_eq!(size_of::<Bucket>(), 152);
+        assert_eq!(size_of::<Bucket>(), 160);
         assert_eq!(offset_of!(Bucket, tokens), 24);
         assert_eq!(offset_of!(Bucket, share), 72);
         assert_eq!(offset_of!(Bucket, counters), 88);
         assert_eq!(offset_of!(Bucket, max_deficit), 120);
         assert_eq!(offset_of!(Bucket, top_flow_rate), 144);
+        assert_eq!(offset_of!(Bucket, lent), 152);
         assert_eq!(offset_of!(State, limit_version), 8);
         assert_eq!(offset_of!(State, bucket), 24);
-        assert_eq!(size_of::<State>(), 176);
+        assert_eq!(size_of::<State>(), 184);
         assert_eq!(offset_of!(Credit, bytes), 32);
         assert_eq!(offset_of!(Credit, marked), 48);
         assert_eq!(offset_of!(Credit, top_seq), 72);
@@ -204,7 +207,8 @@ mod tests {
                 "__u64 max_deficit",
                 "__u64 window_flows",
                 "__u64 flows",
-                "__u64 top_flow_rate"
+                "__u64 top_flow_rate",
+                "__u64 lent"
             ]
         );
         assert!(header.contains("__s64 tokens;"));

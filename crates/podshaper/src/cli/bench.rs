@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// Linux's default; bbr reacts to the shaper differently.
     #[arg(long, default_value = "cubic")]
     cc: String,
+    /// TCP connections negotiate ECN (net.ipv4.tcp_ecn=1 in both
+    /// namespaces), so CE marks reach the senders instead of being ignored.
+    #[arg(long, value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
+    ecn: bool,
     /// podshaper's ingress: the queue the daemon puts in front of a pod with
     /// its own network namespace, with the cgroup policer behind it (true),
     /// or the policer alone, as for hostNetwork pods (false).
@@ -111,6 +115,8 @@ struct RunOptions {
     probe: bool,
     /// the senders' TCP congestion control
     cc: String,
+    /// TCP connections negotiate ECN
+    ecn: bool,
     /// podshaper's ingress queue in front of the limited namespace: where
     /// its flow classifier is pinned (None: no queue)
     ingress_queue: Option<PathBuf>,
@@ -196,6 +202,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         loaded_since,
         probe: args.probe,
         cc: args.cc.clone(),
+        ecn: args.ecn,
         ingress_queue: flow_classifier.as_ref().map(|p| p.0.clone()),
     };
     let mut cells = Vec::new();
@@ -279,10 +286,18 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             .collect();
         println!(
             "{}",
-            json!({"congestion_control": args.cc, "ingress_queue": args.ingress_queue, "cells": rows, "limit_changes": change_rows})
+            json!({"congestion_control": args.cc, "ecn": args.ecn, "ingress_queue": args.ingress_queue, "cells": rows, "limit_changes": change_rows})
         );
     } else {
         println!("TCP congestion control: {}", args.cc);
+        println!(
+            "ECN: {}",
+            if args.ecn {
+                "negotiated"
+            } else {
+                "not asked for"
+            }
+        );
         if directions.contains(&"ingress") {
             println!(
                 "podshaper ingress: {}",
@@ -376,6 +391,7 @@ fn run_cell(
     settle();
     let lab = NetnsPair::create("bench")?;
     lab.set_congestion_control(&run.cc)?;
+    lab.set_ecn(run.ecn)?;
     // As kubelet lays a pod out: the limit on the pod's cgroup, the
     // processes in a container's cgroup below it (so the programs find the
     // limit one level up, as on a node).

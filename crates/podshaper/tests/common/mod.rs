@@ -162,6 +162,8 @@ pub struct Flow {
     pub skip: f64,
     /// TCP congestion control of both namespaces (not for `host` flows)
     pub cc: &'static str,
+    /// TCP connections negotiate ECN (both namespaces ask for it)
+    pub ecn: bool,
     /// ingress: send only once a daemon has put its ingress queue in front
     /// of the receiver's namespace (as for a pod whose queue is built when
     /// its processes start), at most 5 s after the receiver started
@@ -183,6 +185,7 @@ impl Flow {
             skip: 1.5,
             // Linux's default; the BBR cells of tests/accuracy.rs say so
             cc: "cubic",
+            ecn: false,
             after_ingress_queue: false,
         }
     }
@@ -230,6 +233,9 @@ pub fn measure_flows(limiter: &Limiter<'_>, flow: &Flow) -> Received {
     };
     if let Err(e) = lab.set_congestion_control(flow.cc) {
         panic!("cannot set {}: {e}", flow.cc);
+    }
+    if let Err(e) = lab.set_ecn(flow.ecn) {
+        panic!("cannot set ECN: {e}");
     }
     let port = unique_port();
     let seconds = flow.seconds.to_string();
