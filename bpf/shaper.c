@@ -27,10 +27,11 @@
  * per packet, whatever it cannot spare a slice for (cpu_credits, below).
  *
  * Ingress is a token-bucket policer: ECN-capable packets are marked CE while
- * the bucket is less than half full, and packets that find it empty are
- * dropped. Where a pod has a network namespace of its own, a queue in front
- * of it (ifb + htb, built by the daemon) holds the rate first; the flow
- * classifier at the end of this file gives each flow a FIFO of its own there.
+ * the bucket (with the slices CPUs hold) is less than half full, and packets
+ * that find it empty are dropped. Where a pod has a network namespace of its
+ * own, a queue in front of it (ifb + htb, built by the daemon) holds the rate
+ * first; the flow classifier at the end of this file gives each flow a FIFO
+ * of its own there.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
