@@ -37,22 +37,29 @@ const BBR_EGRESS: (f64, f64) = (0.85, 1.05);
 /// retransmissions are not.)
 const INGRESS_ECN_ONE_FLOW: (f64, f64) = (0.85, 1.05);
 
-fn tcp(
-    cc: &'static str,
-    arg: &str,
-    rate: &str,
-    bits: f64,
-    flows: usize,
-    egress: bool,
-    bounds: (f64, f64),
-) {
-    tcp_with(cc, false, arg, rate, bits, flows, egress, bounds);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn tcp_with(
+/// Who sends: its congestion control, and whether its connections
+/// negotiate ECN.
+#[derive(Clone, Copy)]
+struct Sender {
     cc: &'static str,
     ecn: bool,
+}
+
+const CUBIC: Sender = Sender {
+    cc: "cubic",
+    ecn: false,
+};
+const BBR: Sender = Sender {
+    cc: "bbr",
+    ecn: false,
+};
+const CUBIC_ECN: Sender = Sender {
+    cc: "cubic",
+    ecn: true,
+};
+
+fn tcp(
+    sender: Sender,
     arg: &str,
     rate: &str,
     bits: f64,
@@ -60,6 +67,7 @@ fn tcp_with(
     egress: bool,
     bounds: (f64, f64),
 ) {
+    let Sender { cc, ecn } = sender;
     let flow = Flow {
         flows,
         ecn,
@@ -86,65 +94,39 @@ fn tcp_with(
 }
 
 macro_rules! tcp_cases {
-    ($($name:ident: $cc:literal $arg:literal $rate:literal $bits:literal, flows $flows:literal, $egress:literal, $bounds:expr;)*) => {
+    ($($name:ident: $sender:ident $arg:literal $rate:literal $bits:literal, flows $flows:literal, $egress:literal, $bounds:expr;)*) => {
         $(
             #[test]
             fn $name() {
-                tcp($cc, $arg, $rate, $bits, $flows, $egress, $bounds);
+                tcp($sender, $arg, $rate, $bits, $flows, $egress, $bounds);
             }
         )*
     };
 }
 
 tcp_cases! {
-    tcp_egress_10m_1_flow: "cubic" "--egress" "10M" 10e6, flows 1, true, EGRESS;
-    tcp_egress_10m_8_flows: "cubic" "--egress" "10M" 10e6, flows 8, true, EGRESS;
-    tcp_egress_100m_1_flow: "cubic" "--egress" "100M" 100e6, flows 1, true, EGRESS;
-    tcp_egress_100m_8_flows: "cubic" "--egress" "100M" 100e6, flows 8, true, EGRESS;
-    tcp_egress_1g_1_flow: "cubic" "--egress" "1G" 1e9, flows 1, true, EGRESS;
-    tcp_egress_1g_8_flows: "cubic" "--egress" "1G" 1e9, flows 8, true, EGRESS;
-    tcp_ingress_10m_1_flow: "cubic" "--ingress" "10M" 10e6, flows 1, false, INGRESS;
-    tcp_ingress_10m_8_flows: "cubic" "--ingress" "10M" 10e6, flows 8, false, INGRESS;
-    tcp_ingress_100m_1_flow: "cubic" "--ingress" "100M" 100e6, flows 1, false, INGRESS_ONE_CUBIC_FLOW;
-    tcp_ingress_100m_8_flows: "cubic" "--ingress" "100M" 100e6, flows 8, false, INGRESS;
-    tcp_ingress_1g_1_flow: "cubic" "--ingress" "1G" 1e9, flows 1, false, INGRESS_ONE_CUBIC_FLOW;
-    tcp_ingress_1g_8_flows: "cubic" "--ingress" "1G" 1e9, flows 8, false, INGRESS;
-    tcp_bbr_egress_100m_1_flow: "bbr" "--egress" "100M" 100e6, flows 1, true, BBR_EGRESS;
-    tcp_bbr_egress_100m_8_flows: "bbr" "--egress" "100M" 100e6, flows 8, true, BBR_EGRESS;
-    tcp_bbr_egress_1g_1_flow: "bbr" "--egress" "1G" 1e9, flows 1, true, BBR_EGRESS;
-    tcp_bbr_egress_1g_8_flows: "bbr" "--egress" "1G" 1e9, flows 8, true, BBR_EGRESS;
-    tcp_bbr_ingress_100m_1_flow: "bbr" "--ingress" "100M" 100e6, flows 1, false, INGRESS;
-    tcp_bbr_ingress_100m_8_flows: "bbr" "--ingress" "100M" 100e6, flows 8, false, INGRESS;
-    tcp_bbr_ingress_1g_1_flow: "bbr" "--ingress" "1G" 1e9, flows 1, false, INGRESS_1G_ONE_FLOW;
-}
-
-/// ECN senders against the policer alone (a hostNetwork pod's ingress).
-#[test]
-fn tcp_ecn_ingress_100m_1_flow() {
-    tcp_with(
-        "cubic",
-        true,
-        "--ingress",
-        "100M",
-        100e6,
-        1,
-        false,
-        INGRESS_ECN_ONE_FLOW,
-    );
-}
-
-#[test]
-fn tcp_ecn_ingress_1g_1_flow() {
-    tcp_with(
-        "cubic",
-        true,
-        "--ingress",
-        "1G",
-        1e9,
-        1,
-        false,
-        INGRESS_ECN_ONE_FLOW,
-    );
+    tcp_egress_10m_1_flow: CUBIC "--egress" "10M" 10e6, flows 1, true, EGRESS;
+    tcp_egress_10m_8_flows: CUBIC "--egress" "10M" 10e6, flows 8, true, EGRESS;
+    tcp_egress_100m_1_flow: CUBIC "--egress" "100M" 100e6, flows 1, true, EGRESS;
+    tcp_egress_100m_8_flows: CUBIC "--egress" "100M" 100e6, flows 8, true, EGRESS;
+    tcp_egress_1g_1_flow: CUBIC "--egress" "1G" 1e9, flows 1, true, EGRESS;
+    tcp_egress_1g_8_flows: CUBIC "--egress" "1G" 1e9, flows 8, true, EGRESS;
+    tcp_ingress_10m_1_flow: CUBIC "--ingress" "10M" 10e6, flows 1, false, INGRESS;
+    tcp_ingress_10m_8_flows: CUBIC "--ingress" "10M" 10e6, flows 8, false, INGRESS;
+    tcp_ingress_100m_1_flow: CUBIC "--ingress" "100M" 100e6, flows 1, false, INGRESS_ONE_CUBIC_FLOW;
+    tcp_ingress_100m_8_flows: CUBIC "--ingress" "100M" 100e6, flows 8, false, INGRESS;
+    tcp_ingress_1g_1_flow: CUBIC "--ingress" "1G" 1e9, flows 1, false, INGRESS_ONE_CUBIC_FLOW;
+    tcp_ingress_1g_8_flows: CUBIC "--ingress" "1G" 1e9, flows 8, false, INGRESS;
+    tcp_bbr_egress_100m_1_flow: BBR "--egress" "100M" 100e6, flows 1, true, BBR_EGRESS;
+    tcp_bbr_egress_100m_8_flows: BBR "--egress" "100M" 100e6, flows 8, true, BBR_EGRESS;
+    tcp_bbr_egress_1g_1_flow: BBR "--egress" "1G" 1e9, flows 1, true, BBR_EGRESS;
+    tcp_bbr_egress_1g_8_flows: BBR "--egress" "1G" 1e9, flows 8, true, BBR_EGRESS;
+    tcp_bbr_ingress_100m_1_flow: BBR "--ingress" "100M" 100e6, flows 1, false, INGRESS;
+    tcp_bbr_ingress_100m_8_flows: BBR "--ingress" "100M" 100e6, flows 8, false, INGRESS;
+    tcp_bbr_ingress_1g_1_flow: BBR "--ingress" "1G" 1e9, flows 1, false, INGRESS_1G_ONE_FLOW;
+    // ECN senders against the policer alone (a hostNetwork pod's ingress)
+    tcp_ecn_ingress_100m_1_flow: CUBIC_ECN "--ingress" "100M" 100e6, flows 1, false, INGRESS_ECN_ONE_FLOW;
+    tcp_ecn_ingress_1g_1_flow: CUBIC_ECN "--ingress" "1G" 1e9, flows 1, false, INGRESS_ECN_ONE_FLOW;
 }
 
 /// One bulk flow beside eight light, bursty ones (16 KiB at a time, 400
