@@ -567,6 +567,15 @@ static __always_inline int under_half(struct ps_bucket *b)
 	return b->tokens + (__s64)b->lent < (__s64)(b->burst / 2);
 }
 
+/* This CPU's slice of the state's bucket, where slices are taken (from
+ * CREDIT_MIN_RATE up); NULL below it. */
+static __always_inline struct ps_credit *cpu_credit(struct ps_state *st)
+{
+	if (st->bucket.rate < CREDIT_MIN_RATE)
+		return 0;
+	return bpf_get_local_storage(&cpu_credits, 0);
+}
+
 /* Gives this CPU a slice of the bucket, under the lock, if the bucket keeps
  * two slices more after it. */
 static __always_inline void take_credit(struct ps_state *st, struct ps_credit *c)
@@ -612,11 +621,9 @@ int podshaper_egress(struct __sk_buff *skb)
 	}
 	if (tcp)
 		p = bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (st->bucket.rate >= CREDIT_MIN_RATE) {
-		c = bpf_get_local_storage(&cpu_credits, 0);
-		if (pass_on_credit(st, c, p, len, seen))
-			return VERDICT_PASS;
-	}
+	c = cpu_credit(st);
+	if (c && pass_on_credit(st, c, p, len, seen))
+		return VERDICT_PASS;
 	now = bpf_ktime_get_ns();
 
 	bpf_spin_lock(&st->lock);
@@ -792,18 +799,16 @@ int podshaper_ingress(struct __sk_buff *skb)
 	 * clock): after a while on credit, its first packet to find the
 	 * bucket short may borrow, as after a gap.
 	 */
-	if (st->bucket.rate >= CREDIT_MIN_RATE) {
-		c = bpf_get_local_storage(&cpu_credits, 0);
-		if (spend_credit(c, len, seen)) {
-			if (ss) {
-				if (ss->rcv_dropped_last)
-					ss->rcv_dropped_last = 0;
-				track_highest(ss, end);
-			}
-			if (c->congested && bpf_skb_ecn_set_ce(skb))
-				__sync_fetch_and_add(&c->marked, 1);
-			return VERDICT_PASS;
+	c = cpu_credit(st);
+	if (c && spend_credit(c, len, seen)) {
+		if (ss) {
+			if (ss->rcv_dropped_last)
+				ss->rcv_dropped_last = 0;
+			track_highest(ss, end);
 		}
+		if (c->congested && bpf_skb_ecn_set_ce(skb))
+			__sync_fetch_and_add(&c->marked, 1);
+		return VERDICT_PASS;
 	}
 	/*
 	 * Some TCP packets may take the bucket into deficit (charged; new data

@@ -120,20 +120,20 @@ impl NetnsPair {
             return Err(NetnsError::CongestionControl(algorithm.to_string()));
         }
         allow_congestion_control(algorithm)?;
-        let setting = format!("net.ipv4.tcp_congestion_control={algorithm}");
-        for ns in [&self.a, &self.b] {
-            ip(&["netns", "exec", ns, "sysctl", "-qw", &setting])?;
-        }
-        Ok(())
+        self.sysctl_both(&format!("net.ipv4.tcp_congestion_control={algorithm}"))
     }
 
     /// Whether TCP connections opened in either namespace ask for ECN
     /// (`net.ipv4.tcp_ecn` 1; a new namespace has 2: ECN only when the peer
     /// asks). Shapers that mark CE instead of dropping act on these flows.
     pub fn set_ecn(&self, enabled: bool) -> Result<(), NetnsError> {
-        let setting = format!("net.ipv4.tcp_ecn={}", if enabled { 1 } else { 2 });
+        self.sysctl_both(&format!("net.ipv4.tcp_ecn={}", if enabled { 1 } else { 2 }))
+    }
+
+    /// Sets `name=value` with sysctl in both namespaces.
+    fn sysctl_both(&self, setting: &str) -> Result<(), NetnsError> {
         for ns in [&self.a, &self.b] {
-            ip(&["netns", "exec", ns, "sysctl", "-qw", &setting])?;
+            ip(&["netns", "exec", ns, "sysctl", "-qw", setting])?;
         }
         Ok(())
     }
