@@ -17,7 +17,7 @@ use common::{
     assert_fair, assert_ratio, has_ingress_queue, measure_flows, ChildGuard, Flow, Limiter,
 };
 use podshaper_netlab::netns::{netns_path, NetnsPair};
-use podshaper_shaper::ingress_queue::IFB_NAME;
+use podshaper_shaper::ingress_queue::{flow_filter, IFB_NAME};
 
 /// `ip netns exec <ns> <args>` (or in the host's namespace), its output.
 fn in_ns(ns: Option<&str>, args: &[&str]) -> Output {
@@ -61,6 +61,17 @@ fn wait_for_rate(ns: &str, rate: &str) {
         );
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The id of the program the queue's flow classifier runs.
+fn flow_filter_program(ns: &str) -> Option<u32> {
+    let show = stdout(&in_ns(
+        Some(ns),
+        &[
+            "tc", "filter", "show", "dev", IFB_NAME, "parent", "1:", "prio", "3",
+        ],
+    ));
+    flow_filter(&show).map(|(program, _handle)| program)
 }
 
 #[test]
@@ -123,12 +134,28 @@ fn the_daemon_queues_a_pods_ingress_changes_it_live_and_removes_it() {
     );
 
     // kill -9: the queue lives in the pod's namespace and stays; a restarted
-    // daemon adopts it and changes it
+    // daemon adopts it and changes it, and its own classifier takes over
+    // from the program the killed daemon loaded (tc holds that one: after
+    // an upgrade it would be the older build's)
+    let killed_daemons = flow_filter_program(lab.a());
     daemon.kill9();
     assert!(queue_class(lab.a()).contains("rate 40Mbit "));
     daemon.restart();
     daemon.ok(&["attach", "--cgroup", &pod_path, "--ingress", "20M"]);
     wait_for_rate(lab.a(), "20Mbit");
+    let pinned = aya::programs::ProgramInfo::from_pin(daemon.bpffs.join("programs/flow_class"))
+        .unwrap_or_else(|e| panic!("the restarted daemon's classifier is not pinned: {e}"))
+        .id();
+    assert_ne!(
+        killed_daemons,
+        Some(pinned),
+        "the restarted daemon reused the program"
+    );
+    assert_eq!(
+        flow_filter_program(lab.a()),
+        Some(pinned),
+        "the queue still runs the killed daemon's classifier"
+    );
 
     // a hostNetwork pod keeps the cgroup policer alone: nothing on the host
     let host_path = host_pod.path().display().to_string();

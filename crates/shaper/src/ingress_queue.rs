@@ -22,6 +22,8 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use aya::programs::ProgramInfo;
+
 use crate::abi::{FLOW_CLASS_BASE, FLOW_QUEUES, QUEUE_MAJOR};
 use crate::limits::DirectionLimit;
 use crate::netns;
@@ -88,7 +90,8 @@ pub fn flow_queue_bytes(limit: &DirectionLimit) -> u64 {
 
 /// Puts (or updates, live) the queue in front of the network namespace `ns`.
 /// `flow_classifier` is where the shaper's flow classifier is pinned
-/// ([`crate::Shaper::pin_flow_classifier`]).
+/// ([`crate::Shaper::pin_flow_classifier`]); a queue built with another
+/// program (an older daemon's) gets the pinned one.
 pub fn install(
     ns: &File,
     limit: &DirectionLimit,
@@ -98,7 +101,14 @@ pub fn install(
         .to_str()
         .filter(|p| !p.is_empty() && !p.contains(char::is_whitespace))
         .ok_or_else(|| QueueError::ClassifierPath(flow_classifier.display().to_string()))?;
-    netns::run_in(ns, || install_here(limit, classifier)).map_err(QueueError::Enter)?
+    // read here: a pin is in bpffs, which entering the namespace leaves alone
+    let pinned = ProgramInfo::from_pin(flow_classifier)
+        .map(|info| info.id())
+        .map_err(|e| {
+            tracing::warn!(pin = %flow_classifier.display(), error = %e, "cannot read the flow classifier's pin: a queue's classifier is not checked");
+        })
+        .ok();
+    netns::run_in(ns, || install_here(limit, classifier, pinned)).map_err(QueueError::Enter)?
 }
 
 /// Removes the queue from `ns`, if it has one.
@@ -106,11 +116,19 @@ pub fn remove(ns: &File) -> Result<(), QueueError> {
     netns::run_in(ns, remove_here).map_err(QueueError::Enter)?
 }
 
-fn install_here(limit: &DirectionLimit, classifier: &str) -> Result<(), QueueError> {
+fn install_here(
+    limit: &DirectionLimit,
+    classifier: &str,
+    pinned: Option<u32>,
+) -> Result<(), QueueError> {
     let have = interfaces()?;
     if have.iter().any(|n| n == IFB_NAME) {
-        // A live change: the classes' rates and the FIFOs' sizes, nothing else.
+        // A live change: the classes' rates and the FIFOs' sizes, and the
+        // classifier if an older daemon's program classifies.
         if tc_batch(&classes("change", limit)).is_ok() {
+            if let Some(pinned) = pinned {
+                replace_older_classifier(classifier, pinned);
+            }
             return redirect_interfaces(&have);
         }
         // Not the queue we build (changed by hand, half made, or built by an
@@ -144,6 +162,49 @@ fn install_here(limit: &DirectionLimit, classifier: &str) -> Result<(), QueueErr
         return Err(e);
     }
     redirect_interfaces(&have)
+}
+
+/// Puts the pinned flow classifier (program `pinned`) in place of the one on
+/// the queue, if that is another program: tc holds the program a filter was
+/// built with, so a queue built by an older daemon kept that daemon's
+/// classifier after an upgrade, for as long as the pod lived. One `replace`
+/// of the filter's handle: packets are classified by one program or the
+/// other, never by none. If it fails, the older program goes on classifying
+/// (the queue still holds the rate).
+fn replace_older_classifier(classifier: &str, pinned: u32) {
+    let show =
+        format!("filter show dev {IFB_NAME} parent {QUEUE_MAJOR:x}: prio {FLOW_FILTER_PREF}");
+    let Some((id, handle)) = tc(&show).ok().as_deref().and_then(flow_filter) else {
+        return;
+    };
+    if id == pinned {
+        return;
+    }
+    let replace = format!(
+        "filter replace dev {IFB_NAME} parent {QUEUE_MAJOR:x}: prio {FLOW_FILTER_PREF} handle {handle} protocol all bpf object-pinned {classifier}"
+    );
+    match tc_batch(&[replace]) {
+        Ok(()) => tracing::info!(
+            from = id,
+            to = pinned,
+            "the ingress queue's flow classifier replaced by this daemon's"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, program = id, "cannot replace an older flow classifier: it goes on classifying")
+        }
+    }
+}
+
+/// The program id and handle of the bpf filter in `tc filter show` output
+/// (`... bpf chain 0 handle 0x1 flow_class:[*fsobj] not_in_hw id 12386 ...`).
+pub fn flow_filter(show: &str) -> Option<(u32, String)> {
+    let words: Vec<&str> = show.split_whitespace().collect();
+    let after = |key: &str| words.windows(2).find(|w| w[0] == key).map(|w| w[1]);
+    let handle = after("handle")?;
+    if !handle.starts_with("0x") || !handle[2..].chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((after("id")?.parse().ok()?, handle.to_string()))
 }
 
 /// The htb classes and FIFOs for `limit` (`verb`: add or change). Under the
@@ -384,5 +445,18 @@ mod tests {
             .any(|c| c.contains("parent 1:10f handle 10f: bfifo limit 16384")));
         // the root class hangs from the qdisc itself
         assert!(commands[0].contains("parent 1:0 classid 1:1 "));
+    }
+
+    #[test]
+    fn reads_the_flow_filters_program_and_handle() {
+        // iproute2 6.1's `tc filter show ... prio 3` of the filter the queue
+        // gets (copied from this machine)
+        let show = "filter protocol all bpf chain 0 \n\
+            filter protocol all bpf chain 0 handle 0x1 flow_class:[*fsobj] not_in_hw id 12386 name podshaper_flow_ tag 6da783f917437ba5 jited \n";
+        assert_eq!(flow_filter(show), Some((12386, "0x1".to_string())));
+        // nothing to replace: no filter, or output tc never prints
+        assert_eq!(flow_filter("filter protocol all bpf chain 0 \n"), None);
+        assert_eq!(flow_filter("handle 1;rm id 41"), None);
+        assert_eq!(flow_filter("handle 0x1 id x41"), None);
     }
 }
