@@ -223,6 +223,10 @@ impl Node {
     pub fn apply(&mut self, cgroup: &Cgroup, limits: &Limits) -> Result<CgroupStatus, NodeError> {
         self.refuse_nesting(cgroup)?;
         let dir = self.link_dir(cgroup.id());
+        let had_ingress = self
+            .shaper
+            .limits(cgroup.id())?
+            .is_some_and(|l| l.ingress.is_some());
         // Limits first: a crash before the links are pinned leaves a limit
         // with no links, which the next adoption removes.
         self.shaper.set_limits(cgroup.id(), limits)?;
@@ -237,6 +241,14 @@ impl Node {
             .insert(cgroup.id(), cgroup.path().to_path_buf());
         let namespaces = network_namespaces_in(cgroup.path());
         self.sync_ingress_queue(cgroup.id(), cgroup.path(), &namespaces, limits.ingress);
+        // Sockets opened from now on get it from the sockops program. A
+        // cgroup with no processes (a pod limited as its cgroup appears)
+        // has no sockets to look for: no walk over the node's sockets then.
+        if limits.ingress.is_some() && !had_ingress && !namespaces.is_empty() {
+            if let Err(e) = self.shaper.shorten_delayed_acks(cgroup.id(), &namespaces) {
+                tracing::warn!(error = %e, cgroup_id = cgroup.id(), "cannot shorten the delayed ACK of open sockets");
+            }
+        }
         self.status_of(cgroup.id(), Some(cgroup.path().to_path_buf()))
     }
 

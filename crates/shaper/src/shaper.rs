@@ -48,6 +48,8 @@ type CreditMap<T> = aya::maps::PerCpuCgroupStorage<T, abi::Credit>;
 const SOCK_STATES_MAP: &str = "sock_states";
 const UNPACE_TARGET_MAP: &str = "unpace_target";
 const UNPACE_PROGRAM: &str = "podshaper_unpace";
+const DELACK_TARGET_MAP: &str = "delack_target";
+const DELACK_PROGRAM: &str = "podshaper_delack";
 const FLOW_CLASS_PROGRAM: &str = "podshaper_flow_class";
 const ALL_MAPS: [&str; 6] = [
     LIMITS_MAP,
@@ -123,11 +125,15 @@ pub enum ShaperError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error(
-        "cannot enter a network namespace of the cgroup's processes to lift their sockets' pacing"
+        "cannot enter a network namespace of the cgroup's processes to reach their open sockets"
     )]
     EnterNetns(#[source] std::io::Error),
-    #[error("the iterator that lifts the pacing of the cgroup's TCP sockets failed")]
-    Unpace(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the iterator {program} over the cgroup's open TCP sockets failed")]
+    Iterator {
+        program: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
 }
@@ -153,6 +159,9 @@ pub struct Shaper {
     ebpf: Ebpf,
     /// whether the un-pacing iterator loaded (it needs kernel BTF and iter/tcp)
     can_unpace: bool,
+    /// whether the delayed-ACK iterator loaded (kernel BTF, iter/tcp, and
+    /// the kernel's socket and cgroup structs as it reads them)
+    can_shorten_delack: bool,
     /// whether the ingress queue's flow classifier loaded
     has_flow_classifier: bool,
 }
@@ -252,22 +261,37 @@ impl Shaper {
                 false
             }
         };
-        let can_unpace = match Btf::from_sys_fs() {
-            Ok(btf) => match program::<Iter>(&mut ebpf, UNPACE_PROGRAM)?.load("tcp", &btf) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot load the TCP iterator: open sockets keep their pacing after a detach");
-                    false
-                }
-            },
+        let (can_unpace, can_shorten_delack) = match Btf::from_sys_fs() {
+            Ok(btf) => {
+                let mut load = |name: &'static str, without: &str| -> Result<bool, ShaperError> {
+                    match program::<Iter>(&mut ebpf, name)?.load("tcp", &btf) {
+                        Ok(()) => Ok(true),
+                        Err(e) => {
+                            tracing::warn!(error = %e, program = name, "cannot load a TCP iterator: {without}");
+                            Ok(false)
+                        }
+                    }
+                };
+                (
+                    load(
+                        UNPACE_PROGRAM,
+                        "open sockets keep their pacing after a detach",
+                    )?,
+                    load(
+                        DELACK_PROGRAM,
+                        "sockets opened before an ingress limit keep the kernel's delayed ACK",
+                    )?,
+                )
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "no kernel BTF: open sockets keep their pacing after a detach");
-                false
+                tracing::warn!(error = %e, "no kernel BTF: open sockets keep their pacing after a detach, and those opened before an ingress limit the kernel's delayed ACK");
+                (false, false)
             }
         };
         let mut shaper = Self {
             ebpf,
             can_unpace,
+            can_shorten_delack,
             has_flow_classifier,
         };
         // Sockets' copies of their limits may come from pinned socket
@@ -498,37 +522,64 @@ impl Shaper {
         if !self.can_unpace {
             return Ok(());
         }
-        let mut target: Array<&mut MapData, u64> =
-            Array::try_from(raw_map_mut(&mut self.ebpf, UNPACE_TARGET_MAP)?)
-                .map_err(|e| map_error(UNPACE_TARGET_MAP, e))?;
-        target
-            .set(0, cgroup_id, 0)
-            .map_err(|e| map_error(UNPACE_TARGET_MAP, e))?;
-        self.run_unpace_iterator()?;
+        self.run_iterator(UNPACE_PROGRAM, UNPACE_TARGET_MAP, cgroup_id, netns)
+    }
+
+    /// Shortens the delayed ACK of the TCP sockets a cgroup's processes
+    /// (or those of cgroups below it) opened before it got an ingress limit,
+    /// as the sockops program does for sockets opened since. Call it when a
+    /// cgroup gets an ingress limit. The sockets are looked for as in
+    /// [`Shaper::unpace`].
+    pub fn shorten_delayed_acks(
+        &mut self,
+        cgroup_id: u64,
+        netns: &[File],
+    ) -> Result<(), ShaperError> {
+        if !self.can_shorten_delack {
+            return Ok(());
+        }
+        self.run_iterator(DELACK_PROGRAM, DELACK_TARGET_MAP, cgroup_id, netns)
+    }
+
+    /// Runs the TCP iterator `name` for `cgroup_id` (written into its
+    /// `target` map): over the sockets of our network namespace (hostNetwork
+    /// pods: a TCP iterator sees the namespace it is opened in), then of each
+    /// of `netns`.
+    fn run_iterator(
+        &mut self,
+        name: &'static str,
+        target: &'static str,
+        cgroup_id: u64,
+        netns: &[File],
+    ) -> Result<(), ShaperError> {
+        let mut map: Array<&mut MapData, u64> =
+            Array::try_from(raw_map_mut(&mut self.ebpf, target)?)
+                .map_err(|e| map_error(target, e))?;
+        map.set(0, cgroup_id, 0).map_err(|e| map_error(target, e))?;
+        self.run_iterator_here(name)?;
         for ns in netns {
-            crate::netns::run_in(ns, || self.run_unpace_iterator())
+            crate::netns::run_in(ns, || self.run_iterator_here(name))
                 .map_err(ShaperError::EnterNetns)??;
         }
         Ok(())
     }
 
-    /// Runs the un-pacing iterator over the TCP sockets of the calling
-    /// thread's network namespace.
-    fn run_unpace_iterator(&mut self) -> Result<(), ShaperError> {
-        let iter: &mut Iter = program(&mut self.ebpf, UNPACE_PROGRAM)?;
-        let link_id = iter
-            .attach()
-            .map_err(|e| program_error(UNPACE_PROGRAM, e))?;
+    /// Runs the TCP iterator `name` over the sockets of the calling thread's
+    /// network namespace.
+    fn run_iterator_here(&mut self, name: &'static str) -> Result<(), ShaperError> {
+        let failed = |e: Box<dyn std::error::Error + Send + Sync>| ShaperError::Iterator {
+            program: name,
+            source: e,
+        };
+        let iter: &mut Iter = program(&mut self.ebpf, name)?;
+        let link_id = iter.attach().map_err(|e| program_error(name, e))?;
         let link = iter
             .take_link(link_id)
-            .map_err(|e| program_error(UNPACE_PROGRAM, e))?;
+            .map_err(|e| program_error(name, e))?;
         // Reading the iterator runs the program over every TCP socket.
-        let mut file = link
-            .into_file()
-            .map_err(|e| ShaperError::Unpace(Box::new(e)))?;
+        let mut file = link.into_file().map_err(|e| failed(Box::new(e)))?;
         let mut sink = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut sink)
-            .map_err(|e| ShaperError::Unpace(Box::new(e)))?;
+        std::io::Read::read_to_end(&mut file, &mut sink).map_err(|e| failed(Box::new(e)))?;
         Ok(())
     }
 
