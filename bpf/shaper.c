@@ -1010,25 +1010,41 @@ struct {
 	__type(value, __u64);
 } unpace_target SEC(".maps");
 
-SEC("iter/tcp")
-int podshaper_unpace(struct bpf_iter__tcp *ctx)
+/* The TCP socket an iterator visits and the cgroup id user space wrote into
+ * the iterator's one-entry `target_map`; NULL if either is missing. */
+static __always_inline struct tcp_sock *iter_socket(struct bpf_iter__tcp *ctx, void *target_map,
+						    __u64 *target)
 {
 	struct sock_common *skc = ctx->sk_common;
 	struct tcp_sock *tp;
-	struct sock_state *ss;
-	__u32 zero = 0, unpaced = ~0U, unclamped = CWND_UNCLAMPED;
-	__u64 *target;
+	__u32 zero = 0;
+	__u64 *value;
 
 	if (!skc)
 		return 0;
 	tp = bpf_skc_to_tcp_sock(skc);
 	if (!tp)
 		return 0;
-	target = bpf_map_lookup_elem(&unpace_target, &zero);
-	if (!target)
+	value = bpf_map_lookup_elem(target_map, &zero);
+	if (!value || *value == 0)
+		return 0;
+	*target = *value;
+	return tp;
+}
+
+SEC("iter/tcp")
+int podshaper_unpace(struct bpf_iter__tcp *ctx)
+{
+	__u32 unpaced = ~0U, unclamped = CWND_UNCLAMPED;
+	struct sock_state *ss;
+	struct tcp_sock *tp;
+	__u64 target = 0;
+
+	tp = iter_socket(ctx, &unpace_target, &target);
+	if (!tp)
 		return 0;
 	ss = bpf_sk_storage_get(&sock_states, tp, 0, 0);
-	if (!ss || ss->paced_cgid != *target || ss->applied == 0)
+	if (!ss || ss->paced_cgid != target || ss->applied == 0)
 		return 0;
 	if (ss->cwnd_clamp && bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SNDCWND_CLAMP, &unclamped,
 					     sizeof(unclamped)) == 0)
@@ -1087,25 +1103,17 @@ struct {
 SEC("iter/tcp")
 int podshaper_delack(struct bpf_iter__tcp *ctx)
 {
-	struct sock_common *skc = ctx->sk_common;
-	struct cgroup *cg;
-	__u32 zero = 0;
 	struct tcp_sock *tp;
-	__u64 *target, id;
+	struct cgroup *cg;
+	__u64 target = 0;
 	int i;
 
-	if (!skc)
-		return 0;
-	tp = bpf_skc_to_tcp_sock(skc);
+	tp = iter_socket(ctx, &delack_target, &target);
 	if (!tp)
-		return 0;
-	target = bpf_map_lookup_elem(&delack_target, &zero);
-	if (!target || *target == 0)
 		return 0;
 	cg = BPF_CORE_READ((struct sock *)tp, sk_cgrp_data.cgroup);
 	for (i = 0; i < MAX_CGROUP_LEVEL && cg; i++) {
-		id = BPF_CORE_READ(cg, kn, id);
-		if (id == *target)
+		if (BPF_CORE_READ(cg, kn, id) == target)
 			break;
 		cg = (struct cgroup *)BPF_CORE_READ(cg, self.parent);
 	}
