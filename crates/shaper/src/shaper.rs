@@ -544,7 +544,8 @@ impl Shaper {
     /// Runs the TCP iterator `name` for `cgroup_id` (written into its
     /// `target` map): over the sockets of our network namespace (hostNetwork
     /// pods: a TCP iterator sees the namespace it is opened in), then of each
-    /// of `netns`.
+    /// of `netns` that is not ours (a cgroup with hostNetwork processes lists
+    /// ours too: its sockets were walked once already).
     fn run_iterator(
         &mut self,
         name: &'static str,
@@ -557,7 +558,7 @@ impl Shaper {
                 .map_err(|e| map_error(target, e))?;
         map.set(0, cgroup_id, 0).map_err(|e| map_error(target, e))?;
         self.run_iterator_here(name)?;
-        for ns in netns {
+        for ns in crate::netns::not_ours(netns) {
             crate::netns::run_in(ns, || self.run_iterator_here(name))
                 .map_err(ShaperError::EnterNetns)??;
         }
