@@ -69,6 +69,16 @@ fn bench_compares_podshaper_with_tbf_and_no_limit() {
             .is_some_and(|(s, e)| e > 0.0 && s > e),
         "{rows:?}"
     );
+    // the sockops program ran on the sender's ACKs, and only for podshaper
+    let sockops = |m: &str| tcp(m)["bpf_sockops_runs"].as_u64();
+    assert!(
+        sockops("podshaper").is_some_and(|runs| runs > 0)
+            && tcp("podshaper")["bpf_sockops_ns_per_run"]
+                .as_f64()
+                .is_some_and(|ns| ns > 0.0),
+        "{rows:?}"
+    );
+    assert_eq!(sockops("tbf"), None, "{rows:?}");
     // limit halved mid-flow: podshaper and tbf (none has no limit to change)
     let changes = report["limit_changes"]
         .as_array()

@@ -101,6 +101,10 @@ struct Cell {
     /// the same for a program that does nothing, attached beside the shaper
     /// on the same cgroup: what any program costs on these packets here
     bpf_empty_ns: Option<f64>,
+    /// the sockops program's mean run time and runs (podshaper only): it
+    /// runs on TCP events, mostly each ACK's RTT sample, not on packets the
+    /// cgroup program sees
+    bpf_sockops: Option<(f64, u64)>,
     /// the shaper's own counters for this direction (podshaper only): what it
     /// passed, dropped and marked
     shaped: Option<DirectionCounters>,
@@ -278,6 +282,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                     "rtt_p99_ms": c.rtt.map(|r| ms(r.1)),
                     "bpf_ns_per_packet": c.bpf_ns,
                     "bpf_empty_ns_per_packet": c.bpf_empty_ns,
+                    "bpf_sockops_ns_per_run": c.bpf_sockops.map(|(ns, _)| ns),
+                    "bpf_sockops_runs": c.bpf_sockops.map(|(_, runs)| runs),
                     "shaper_packets": c.shaped.map(|s| s.packets),
                     "shaper_dropped": c.shaped.map(|s| s.dropped),
                     "shaper_marked": c.shaped.map(|s| s.marked),
@@ -358,6 +364,9 @@ fn describe(c: &Cell) -> String {
             .map_or(String::new(), |ns| format!(", bpf {ns:.0} ns/pkt"))
         + &c.bpf_empty_ns
             .map_or(String::new(), |ns| format!(" (empty program {ns:.0})"))
+        + &c.bpf_sockops.map_or(String::new(), |(ns, runs)| {
+            format!(", sockops {ns:.0} ns/run over {runs} runs")
+        })
         + &c.shaped.map_or(String::new(), |s| {
             format!(
                 ", dropped {:.2}% marked {:.2}%",
@@ -455,6 +464,13 @@ fn run_cell(
         (Mechanism::Podshaper, false) => (ns_per_run("podshaper_ingre"), ns_per_run(EMPTY_INGRESS)),
         _ => (None, None),
     };
+    let bpf_sockops = match mechanism {
+        Mechanism::Podshaper => bpf_runs
+            .get("podshaper_socko")
+            .filter(|(_, runs)| *runs > 0)
+            .copied(),
+        _ => None,
+    };
     drop(empty);
     let cpu_busy = cpu_times()
         .zip(before_cpu)
@@ -499,6 +515,7 @@ fn run_cell(
         rtt,
         bpf_ns,
         bpf_empty_ns,
+        bpf_sockops,
         shaped,
     })
 }
