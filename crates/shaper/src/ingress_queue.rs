@@ -90,24 +90,31 @@ pub fn flow_queue_bytes(limit: &DirectionLimit) -> u64 {
 
 /// Puts (or updates, live) the queue in front of the network namespace `ns`.
 /// `flow_classifier` is where the shaper's flow classifier is pinned
-/// ([`crate::Shaper::pin_flow_classifier`]); a queue built with another
-/// program (an older daemon's) gets the pinned one.
+/// ([`crate::Shaper::pin_flow_classifier`]). `adopting`: the queue may have
+/// been built by another daemon (an older build's), whose classifier it then
+/// gets replaced by the pinned one; a queue this daemon built or adopted
+/// already runs it, and its live changes skip that check (a `tc filter show`).
 pub fn install(
     ns: &File,
     limit: &DirectionLimit,
     flow_classifier: &Path,
+    adopting: bool,
 ) -> Result<(), QueueError> {
     let classifier = flow_classifier
         .to_str()
         .filter(|p| !p.is_empty() && !p.contains(char::is_whitespace))
         .ok_or_else(|| QueueError::ClassifierPath(flow_classifier.display().to_string()))?;
     // read here: a pin is in bpffs, which entering the namespace leaves alone
-    let pinned = ProgramInfo::from_pin(flow_classifier)
-        .map(|info| info.id())
-        .map_err(|e| {
-            tracing::warn!(pin = %flow_classifier.display(), error = %e, "cannot read the flow classifier's pin: a queue's classifier is not checked");
+    let pinned = adopting
+        .then(|| {
+            ProgramInfo::from_pin(flow_classifier)
+                .map(|info| info.id())
+                .map_err(|e| {
+                    tracing::warn!(pin = %flow_classifier.display(), error = %e, "cannot read the flow classifier's pin: a queue's classifier is not checked");
+                })
+                .ok()
         })
-        .ok();
+        .flatten();
     netns::run_in(ns, || install_here(limit, classifier, pinned)).map_err(QueueError::Enter)?
 }
 

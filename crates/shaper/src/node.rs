@@ -266,10 +266,15 @@ impl Node {
         if !self.ingress_queue {
             return;
         }
+        let known = self.queued.get(&id);
         let mut tried = Vec::new();
         for ns in netns::not_ours(namespaces) {
+            let identity = netns::identity(ns).ok();
+            // a namespace this daemon has not put a queue in may hold an
+            // older daemon's, with its classifier
+            let adopting = !identity.is_some_and(|n| known.is_some_and(|k| k.contains(&n)));
             let done = match ingress {
-                Some(limit) => ingress_queue::install(ns, &limit, &self.flow_classifier),
+                Some(limit) => ingress_queue::install(ns, &limit, &self.flow_classifier, adopting),
                 None => ingress_queue::remove(ns),
             };
             if let Err(e) = done {
@@ -279,7 +284,7 @@ impl Node {
                     "ingress queue not updated; the cgroup policer holds the limit"
                 );
             }
-            tried.extend(netns::identity(ns).ok());
+            tried.extend(identity);
         }
         if ingress.is_some() && !tried.is_empty() {
             self.queued.insert(id, tried);

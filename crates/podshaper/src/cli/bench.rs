@@ -435,8 +435,9 @@ fn run_cell(
             };
             if let (Some(ingress), Some(classifier)) = (limits.ingress, &run.ingress_queue) {
                 // what the daemon does for a pod in a namespace of its own
+                // (a fresh one: no other daemon's queue to adopt)
                 let ns = std::fs::File::open(podshaper_netlab::netns::netns_path(lab.a()))?;
-                podshaper_shaper::ingress_queue::install(&ns, &ingress, classifier)?;
+                podshaper_shaper::ingress_queue::install(&ns, &ingress, classifier, false)?;
             }
         }
         Mechanism::Tbf => {
