@@ -23,8 +23,9 @@
  *
  * From about 65 Mbit/s up, each CPU takes a slice of a bucket at a time (a
  * couple of milliseconds at the rate, while the bucket can spare it) and
- * passes packets on it without the lock or the clock; the bucket decides,
- * per packet, whatever it cannot spare a slice for (cpu_credits, below).
+ * passes packets on it without the lock, the clock or the cgroup's shared
+ * state; the bucket decides, per packet, whatever it cannot spare a slice
+ * for (cpu_credits, below).
  *
  * Ingress is a token-bucket policer: ECN-capable packets are marked CE while
  * the bucket (with the slices CPUs hold) is less than half full, and packets
@@ -483,8 +484,17 @@ static __always_inline void steer_socket(struct sock_state *p, __u64 share, __u6
 }
 
 /*
- * Takes a packet from this CPU's slice of the bucket, if what is left of it
- * covers the packet and it was taken under the limit in force (`seen`).
+ * Whether this CPU's slice covers a packet: what is left of it is at least
+ * the packet, and it was taken under the limit in force (`seen`; a slice
+ * is only taken under a limit, and every change of one moves the version).
+ */
+static __always_inline int slice_covers(struct ps_credit *c, __u64 len, __u64 seen)
+{
+	return c->credit >= (__s64)len && c->version == seen;
+}
+
+/*
+ * Takes a packet the slice covers from it.
  *
  * Atomic adds, though the value is this CPU's alone: a softirq may run the
  * program again on this CPU in the middle of a process-context run, and a
@@ -492,41 +502,61 @@ static __always_inline void steer_socket(struct sock_state *p, __u64 share, __u6
  * (a counter reset, to Prometheus). The line is this CPU's, so a locked add
  * costs no transfer. Nested runs may overdraw a slice by a packet.
  */
-static __always_inline int spend_credit(struct ps_credit *c, __u64 len, __u64 seen)
+static __always_inline void spend_credit(struct ps_credit *c, __u64 len)
 {
-	if (c->credit < (__s64)len || c->version != seen)
-		return 0;
 	__sync_fetch_and_sub(&c->credit, (__s64)len);
 	__sync_fetch_and_add(&c->bytes, len);
 	__sync_fetch_and_add(&c->packets, 1);
-	return 1;
 }
 
 /*
- * Passes an egress packet on this CPU's slice of the bucket, if what is left
- * of it covers the packet and it was taken under the limit in force (`seen`):
- * no lock, no clock, nothing written that the other core writes but a flow's
- * first packet in a window. Returns 0 if the packet must take the lock.
+ * Takes the bucket's steering window, share and limited cgroup into this
+ * CPU's copies, read without the lock (as the share always was read on
+ * this path). A new window starts the CPU's count of its most-sending
+ * socket afresh: the last one's was settled, or came too late.
  */
-static __always_inline int pass_on_credit(struct ps_state *st, struct ps_credit *c,
-					  struct sock_state *p, __u64 len, __u64 seen)
+static __always_inline void catch_up(struct ps_state *st, struct ps_credit *c)
 {
-	__u64 seq, sent;
+	__u64 seq = st->bucket.window_seq + 1;
 
-	if (!spend_credit(c, len, seen))
-		return 0;
-	if (p) {
-		seq = st->bucket.window_seq + 1;
-		sent = count_socket(&st->bucket, p, seq, len, 1);
-		if (c->top_seq != seq) {
-			c->top_seq = seq;
-			c->top_bytes = 0;
-		}
-		if (sent > c->top_bytes)
-			c->top_bytes = sent;
-		steer_socket(p, st->bucket.share, st->limit_cgid);
+	if (c->window_seq != seq) {
+		c->window_seq = seq;
+		c->top_bytes = 0;
 	}
-	return 1;
+	c->share = st->bucket.share;
+	c->limit_cgid = st->limit_cgid;
+}
+
+/*
+ * Passes an egress packet on this CPU's slice of the bucket (which covers
+ * it): no lock, no clock, and nothing of the cgroup's state (`cgroup_states`),
+ * whose lines the other core writes: the socket is steered with the slice's
+ * copies of the share and the window. A socket counted in another window
+ * than the copies' (the window moved on, or the socket is new in it) has
+ * the CPU read the state once to catch up and count it. So a copy is at most
+ * a slice old for a socket already counted in the window (its last packets
+ * on the slice may carry the last window's share).
+ */
+static __always_inline void pass_on_credit(struct ps_credit *c, struct sock_state *p, __u64 len)
+{
+	struct ps_state *st;
+	__u64 sent;
+
+	spend_credit(c, len);
+	if (!p)
+		return;
+	if (p->egress_bytes_window == c->window_seq &&
+	    (len <= SMALL_PACKET_BYTES || p->egress_window == c->window_seq)) {
+		p->egress_window_bytes += len;
+		sent = p->egress_window_bytes;
+	} else {
+		st = bpf_get_local_storage(&cgroup_states, 0);
+		catch_up(st, c);
+		sent = count_socket(&st->bucket, p, c->window_seq, len, 1);
+	}
+	if (sent > c->top_bytes)
+		c->top_bytes = sent;
+	steer_socket(p, c->share, c->limit_cgid);
 }
 
 /*
@@ -552,7 +582,7 @@ static __always_inline void settle_credit(struct ps_state *st, struct ps_credit 
 	c->credit = 0;
 	c->slice = 0;
 	c->rate = 0;
-	if (steered && c->top_seq == b->window_seq + 1 && c->top_bytes > b->window_top_bytes)
+	if (steered && c->window_seq == b->window_seq + 1 && c->top_bytes > b->window_top_bytes)
 		b->window_top_bytes = c->top_bytes;
 }
 
@@ -568,13 +598,19 @@ static __always_inline int under_half(struct ps_bucket *b)
 	return b->tokens + (__s64)b->lent < (__s64)(b->burst / 2);
 }
 
-/* This CPU's slice of the state's bucket, where slices are taken (from
- * CREDIT_MIN_RATE up); NULL below it. */
-static __always_inline struct ps_credit *cpu_credit(struct ps_state *st)
+/*
+ * This CPU's slice of the cgroup's bucket this way. Looked up before the
+ * cgroup's state: a packet the slice covers needs nothing else.
+ */
+static __always_inline struct ps_credit *cpu_slice(void)
 {
-	if (st->bucket.rate < CREDIT_MIN_RATE)
-		return 0;
 	return bpf_get_local_storage(&cpu_credits, 0);
+}
+
+/* Whether the bucket lends slices: from CREDIT_MIN_RATE up. */
+static __always_inline int takes_slices(struct ps_state *st)
+{
+	return st->bucket.rate >= CREDIT_MIN_RATE;
 }
 
 /* Gives this CPU a slice of the bucket, under the lock, if the bucket keeps
@@ -595,20 +631,30 @@ static __always_inline void take_credit(struct ps_state *st, struct ps_credit *c
 	c->version = st->limit_version;
 	c->rate = b->rate;
 	c->congested = under_half(b);
+	catch_up(st, c);
 }
 
 SEC("cgroup_skb/egress")
 int podshaper_egress(struct __sk_buff *skb)
 {
-	struct ps_state *st = bpf_get_local_storage(&cgroup_states, 0);
 	__u64 cgid, len = skb->len, now, share = 0, seen = limits_seen();
+	struct ps_credit *c = cpu_slice();
 	struct bpf_sock *tcp = tcp_fullsock(skb);
 	struct sock_state *p = 0;
-	struct ps_credit *c = 0;
+	struct ps_state *st;
 	struct ps_bucket *b;
 	__u64 sent;
 	int verdict = VERDICT_PASS, marked = 0;
 
+	/* a slice is only taken under a limit this way, so the socket is
+	 * paced: its storage is made here if it has none yet */
+	if (slice_covers(c, len, seen)) {
+		if (tcp)
+			p = bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		pass_on_credit(c, p, len);
+		return VERDICT_PASS;
+	}
+	st = bpf_get_local_storage(&cgroup_states, 0);
 	if (st->limit_version != seen)
 		refresh_limit(skb, st, seen, PS_EGRESS);
 	if (!has_limit(st)) {
@@ -622,9 +668,8 @@ int podshaper_egress(struct __sk_buff *skb)
 	}
 	if (tcp)
 		p = bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	c = cpu_credit(st);
-	if (c && pass_on_credit(st, c, p, len, seen))
-		return VERDICT_PASS;
+	if (!takes_slices(st))
+		c = 0;
 	now = bpf_ktime_get_ns();
 
 	bpf_spin_lock(&st->lock);
@@ -772,36 +817,45 @@ static __always_inline void track_highest(struct sock_state *ss, __u32 end)
 	}
 }
 
+/*
+ * The storage of the TCP socket a received packet carries data for (made if
+ * it has none), and the packet's sequence range; NULL for anything else.
+ */
+static __always_inline struct sock_state *data_socket(struct __sk_buff *skb, struct bpf_sock *tcp,
+						      __u32 *seq, __u32 *end)
+{
+	struct sock_state *sp;
+
+	if (!tcp)
+		return 0;
+	sp = bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!sp || !tcp_payload_range(skb, seq, end))
+		return 0;
+	return sp;
+}
+
 SEC("cgroup_skb/ingress")
 int podshaper_ingress(struct __sk_buff *skb)
 {
-	struct ps_state *st = bpf_get_local_storage(&cgroup_states, 0);
 	__u64 len = skb->len, now, seen = limits_seen();
+	struct ps_credit *c = cpu_slice();
 	struct bpf_sock *tcp = tcp_fullsock(skb);
-	/* the socket's storage, and the same when the packet carries data */
-	struct sock_state *sp = 0, *ss = 0;
-	struct ps_credit *c = 0;
+	struct sock_state *ss;
+	struct ps_state *st;
 	struct ps_bucket *b;
 	int verdict = VERDICT_PASS, congested = 0, may_borrow = 0;
 	__u32 seq = 0, end = 0;
 
-	if (st->limit_version != seen)
-		refresh_limit(skb, st, seen, PS_INGRESS);
-	if (!has_limit(st))
-		return pass_unlimited(st, len);
-	if (tcp)
-		sp = bpf_sk_storage_get(&sock_states, tcp, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (sp && tcp_payload_range(skb, &seq, &end))
-		ss = sp;
 	/*
 	 * On this CPU's slice of the bucket: nothing to drop, and marked if
-	 * the bucket was under half full when the slice was taken. The
-	 * socket's time of its last packet let in is not kept here (no
-	 * clock): after a while on credit, its first packet to find the
-	 * bucket short may borrow, as after a gap.
+	 * the bucket was under half full when the slice was taken; nothing of
+	 * the cgroup's state is read. The socket's time of its last packet let
+	 * in is not kept here (no clock): after a while on credit, its first
+	 * packet to find the bucket short may borrow, as after a gap.
 	 */
-	c = cpu_credit(st);
-	if (c && spend_credit(c, len, seen)) {
+	if (slice_covers(c, len, seen)) {
+		ss = data_socket(skb, tcp, &seq, &end);
+		spend_credit(c, len);
 		if (ss) {
 			if (ss->rcv_dropped_last)
 				ss->rcv_dropped_last = 0;
@@ -811,6 +865,14 @@ int podshaper_ingress(struct __sk_buff *skb)
 			__sync_fetch_and_add(&c->marked, 1);
 		return VERDICT_PASS;
 	}
+	st = bpf_get_local_storage(&cgroup_states, 0);
+	if (st->limit_version != seen)
+		refresh_limit(skb, st, seen, PS_INGRESS);
+	if (!has_limit(st))
+		return pass_unlimited(st, len);
+	ss = data_socket(skb, tcp, &seq, &end);
+	if (!takes_slices(st))
+		c = 0;
 	/*
 	 * Some TCP packets may take the bucket into deficit (charged; new data
 	 * pays it back): a retransmission (data below the highest sequence

@@ -119,9 +119,16 @@ struct ps_credit {
 	/* ingress: the bucket was under half full when the slice was taken, so
 	 * packets passed on it are marked (ECN CE) as the bucket would */
 	__u64 congested;
-	/* the most one socket sent on this CPU in steering window top_seq (+1) */
+	/* egress: the steering window (+1) this CPU's copies below are from,
+	 * and the most one socket sent on this CPU in it */
 	__u64 top_bytes;
-	__u64 top_seq;
+	__u64 window_seq;
+	/* egress: copies of the bucket's share and of the limited cgroup, so
+	 * that a packet on the slice reads nothing the other core writes.
+	 * Taken with the slice, and again when a socket shows that the
+	 * window moved on (catch_up) */
+	__u64 share;
+	__u64 limit_cgid;
 };
 
 /*

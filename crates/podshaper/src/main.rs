@@ -72,24 +72,27 @@ fn main() -> ExitCode {
             "warn"
         },
     );
+    // Commands that leave nothing behind end on a signal as any program
+    // does; the others decide what a signal means.
+    let plain = |signals: signals::Signals| signals.unblock();
     let result = match args.command {
         Command::Daemon(a) => cli::daemon::run(a, signals),
         Command::Controller(a) => cli::controller::run(a, signals),
-        Command::Attach(a) => cli::client::attach(a),
-        Command::Detach(a) => cli::client::detach(a),
-        Command::Status(a) => cli::client::status(a),
-        Command::List(a) => cli::client::list(a),
+        Command::Attach(a) => plain(signals).and_then(|()| cli::client::attach(a)),
+        Command::Detach(a) => plain(signals).and_then(|()| cli::client::detach(a)),
+        Command::Status(a) => plain(signals).and_then(|()| cli::client::status(a)),
+        Command::List(a) => plain(signals).and_then(|()| cli::client::list(a)),
         Command::Run(a) => cli::run::run(a, signals),
         Command::Demo(a) => cli::demo::run(a, signals),
         Command::Bench {
             command: Some(BenchCommand::Daemon(a)),
             ..
-        } => cli::bench_daemon::run(a),
+        } => cli::bench_daemon::run(a, signals.stop_flag("bench daemon")),
         Command::Bench {
             command: None,
             args,
-        } => cli::bench::run(args),
-        Command::Traffic(c) => cli::traffic::run(c),
+        } => cli::bench::run(args, signals.stop_flag("bench")),
+        Command::Traffic(c) => plain(signals).and_then(|()| cli::traffic::run(c)),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,8 @@
 //! blocked in every thread and taken one at a time by a handler thread, so
 //! that cleanup code always gets to run.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 
 use anyhow::Context;
@@ -43,6 +45,33 @@ impl Signals {
                 }
             }
         });
+    }
+
+    /// Gives the handled signals their default behaviour back (they end the
+    /// process), for commands with nothing to clean up: blocked and never
+    /// waited for, Ctrl-C would do nothing.
+    pub fn unblock(self) -> anyhow::Result<()> {
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&self.set), None)
+            .context("cannot unblock signals")
+    }
+
+    /// For commands whose cleanup is in their values' `Drop` (network
+    /// namespaces, cgroups, pins): the first signal sets the returned flag,
+    /// which the command checks between steps to stop and clean up; a second
+    /// one ends the process at once, leaving what it made.
+    pub fn stop_flag(self, command: &'static str) -> Arc<AtomicBool> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        self.handle(move |signal| {
+            if flag.swap(true, Ordering::SeqCst) {
+                eprintln!("podshaper {command}: {signal} again: stopping now, without cleaning up");
+                std::process::exit(130);
+            }
+            eprintln!(
+                "podshaper {command}: {signal}: stopping after the current step and removing what it made (again to stop now)"
+            );
+        });
+        stop
     }
 
     /// Unblocks the handled signals in a child between fork and exec, so that

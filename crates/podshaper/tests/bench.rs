@@ -123,3 +123,82 @@ fn bench_compares_podshaper_with_tbf_and_no_limit() {
         "the bench left network namespaces"
     );
 }
+
+/// SIGTERM (what Ctrl-C and `kill` send) stops the bench after the cell it
+/// is in, and it removes the network namespaces, cgroup and pins it made.
+/// Before, every command had the signals blocked and only the daemon,
+/// controller, run and demo took them: the bench went on to its end.
+#[test]
+fn bench_stops_on_sigterm_and_removes_what_it_made() {
+    let _turn = common::traffic_turn();
+    let mut command = common::podshaper();
+    command
+        .args(["bench", "--rates", "10M,20M,30M", "--flows", "1"])
+        .args(["--directions", "egress", "--mechanisms", "podshaper"])
+        .args(["--udp", "false", "--change", "false", "--probe", "false"])
+        .args(["--seconds", "3"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut bench = common::ChildGuard::spawn(&mut command);
+    let pid = bench.0.as_ref().map(|c| c.id()).expect("the bench runs");
+    let netns_tag = format!("ps-bench-{pid}-");
+    let netns = || {
+        std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&netns_tag))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while netns().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench made no namespace"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM sent");
+    // the cell in progress ends (3 s and its setup), then the bench stops
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = bench.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench did not stop on SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let output = bench.wait_output();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!status.success(), "stopped early, yet it succeeded");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        !stderr.contains("30Mbit"),
+        "it ran to its last cell: {stderr}"
+    );
+    assert_eq!(netns(), Vec::<String>::new(), "namespaces left behind");
+    let tag = format!("podshaper-bench-{pid}");
+    let left: Vec<String> = ["/sys/fs/bpf"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&tag))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "pins left behind");
+    let cgroup = podshaper_shaper::cgroup::cgroup2_mount()
+        .expect("a cgroup2 mount")
+        .join(&tag);
+    assert!(!cgroup.exists(), "{} left behind", cgroup.display());
+}

@@ -190,6 +190,104 @@ fn the_daemon_queues_a_pods_ingress_changes_it_live_and_removes_it() {
     daemon.ok(&["detach", "--cgroup", &host_path]);
 }
 
+/// A directory of the test's own `tc`, put first on the daemon's PATH: it
+/// refuses every command while `refuse` exists, as a tc that fails for a
+/// while would (a busy netlink, a module still loading), else runs the real
+/// one. Removed when the test ends.
+struct FailingTc {
+    dir: std::path::PathBuf,
+}
+
+impl FailingTc {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("podshaper-test-tc-{}", std::process::id()));
+        let real = ["/usr/sbin/tc", "/sbin/tc", "/usr/bin/tc"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("tc (iproute2) is installed");
+        std::fs::create_dir_all(&dir).expect("a directory for the test's tc");
+        let script = format!(
+            "#!/bin/sh\nif [ -e {refuse} ]; then echo 'refused by the test' >&2; exit 1; fi\nexec {real} \"$@\"\n",
+            refuse = dir.join("refuse").display()
+        );
+        let tc = dir.join("tc");
+        std::fs::write(&tc, script).expect("the test's tc");
+        std::fs::set_permissions(&tc, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("the test's tc made executable");
+        Self { dir }
+    }
+
+    fn path(&self) -> String {
+        format!(
+            "{}:{}",
+            self.dir.display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        )
+    }
+
+    fn refuse(&self, refuse: bool) {
+        let flag = self.dir.join("refuse");
+        if refuse {
+            std::fs::write(&flag, b"").expect("the refuse flag");
+        } else {
+            std::fs::remove_file(&flag).expect("the refuse flag removed");
+        }
+    }
+}
+
+impl Drop for FailingTc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A queue that could not be built (tc failed) is tried again by the
+/// daemon's sweep, not given up on: the pod had only the policer until it
+/// was limited again (the failed namespace was recorded as done).
+#[test]
+fn a_queue_that_failed_to_install_is_tried_again() {
+    let root = TestRoot::new("queue-retry");
+    let pod = root.make("pod");
+    let lab = NetnsPair::create("qr").unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
+    let tc = FailingTc::new();
+    let daemon = TestDaemon::start_with_path(&root.path, &[], Some(tc.path()));
+
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns_path(lab.a()).display()))
+        .args(["sleep", "120"]);
+    pod.spawn_inside(&mut cmd)
+        .unwrap_or_else(|e| panic!("cannot start in {}: {e}", pod.path().display()));
+    let _pod_process = ChildGuard::spawn(&mut cmd);
+
+    tc.refuse(true);
+    let pod_path = pod.path().display().to_string();
+    daemon.ok(&["attach", "--cgroup", &pod_path, "--ingress", "100M"]);
+    // a few sweeps (one a second) with tc refusing: no queue, the limit held
+    thread::sleep(Duration::from_millis(2500));
+    assert!(
+        !has_ingress_queue(Some(lab.a())),
+        "a queue was built although tc refused"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&daemon.ok(&["status", "--cgroup", &pod_path, "-o", "json"]))
+            .expect("status -o json");
+    assert_eq!(
+        status[0]["ingress_bps"].as_u64(),
+        Some(100_000_000),
+        "the policer's limit is gone: {status}"
+    );
+    let log = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("tried again on the next sweep"),
+        "the failure was not logged: {log}"
+    );
+
+    // tc works again: the next sweep builds the queue, with no new request
+    tc.refuse(false);
+    wait_for_rate(lab.a(), "100Mbit");
+    daemon.ok(&["detach", "--cgroup", &pod_path]);
+}
+
 /// Cubic senders into a pod through the daemon: the daemon's sweep installs
 /// the queue once the receiving thread has entered the namespace (within a
 /// second); the senders start after that, and the first 3 s are left out.

@@ -90,7 +90,9 @@ pub struct Credit {
     pub marked: u64,
     pub congested: u64,
     pub top_bytes: u64,
-    pub top_seq: u64,
+    pub window_seq: u64,
+    pub share: u64,
+    pub limit_cgid: u64,
 }
 
 // SAFETY: plain `repr(C)` structs of integers with no implicit padding.
@@ -128,8 +130,9 @@ mod tests {
         assert_eq!(size_of::<State>(), 184);
         assert_eq!(offset_of!(Credit, bytes), 32);
         assert_eq!(offset_of!(Credit, marked), 48);
-        assert_eq!(offset_of!(Credit, top_seq), 72);
-        assert_eq!(size_of::<Credit>(), 80);
+        assert_eq!(offset_of!(Credit, window_seq), 72);
+        assert_eq!(offset_of!(Credit, limit_cgid), 88);
+        assert_eq!(size_of::<Credit>(), 96);
     }
 
     #[test]
@@ -232,7 +235,9 @@ mod tests {
                 "__u64 marked",
                 "__u64 congested",
                 "__u64 top_bytes",
-                "__u64 top_seq"
+                "__u64 window_seq",
+                "__u64 share",
+                "__u64 limit_cgid"
             ]
         );
         assert!(header.contains("__s64 credit;"));

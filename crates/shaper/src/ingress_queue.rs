@@ -80,6 +80,12 @@ pub enum QueueError {
     Command { command: String, stderr: String },
     #[error("the flow classifier's pin path {0} cannot be passed to tc (it must be UTF-8, without spaces)")]
     ClassifierPath(String),
+    #[error("the queue holds the limit, but its flow classifier (program {program}) is an older daemon's and was not replaced")]
+    OlderClassifier {
+        program: u32,
+        #[source]
+        source: Box<QueueError>,
+    },
 }
 
 /// How many bytes each flow's FIFO holds for a limit.
@@ -133,10 +139,11 @@ fn install_here(
         // A live change: the classes' rates and the FIFOs' sizes, and the
         // classifier if an older daemon's program classifies.
         if tc_batch(&classes("change", limit)).is_ok() {
-            if let Some(pinned) = pinned {
-                replace_older_classifier(classifier, pinned);
-            }
-            return redirect_interfaces(&have);
+            redirect_interfaces(&have)?;
+            return match pinned {
+                Some(pinned) => replace_older_classifier(classifier, pinned),
+                None => Ok(()),
+            };
         }
         // Not the queue we build (changed by hand, half made, or built by an
         // older daemon with another layout): start over.
@@ -177,29 +184,30 @@ fn install_here(
 /// classifier after an upgrade, for as long as the pod lived. One `replace`
 /// of the filter's handle: packets are classified by one program or the
 /// other, never by none. If it fails, the older program goes on classifying
-/// (the queue still holds the rate).
-fn replace_older_classifier(classifier: &str, pinned: u32) {
+/// (the queue still holds the rate) and the error says so, so that the
+/// caller tries again later.
+fn replace_older_classifier(classifier: &str, pinned: u32) -> Result<(), QueueError> {
     let show =
         format!("filter show dev {IFB_NAME} parent {QUEUE_MAJOR:x}: prio {FLOW_FILTER_PREF}");
     let Some((id, handle)) = tc(&show).ok().as_deref().and_then(flow_filter) else {
-        return;
+        return Ok(());
     };
     if id == pinned {
-        return;
+        return Ok(());
     }
     let replace = format!(
         "filter replace dev {IFB_NAME} parent {QUEUE_MAJOR:x}: prio {FLOW_FILTER_PREF} handle {handle} protocol all bpf object-pinned {classifier}"
     );
-    match tc_batch(&[replace]) {
-        Ok(()) => tracing::info!(
-            from = id,
-            to = pinned,
-            "the ingress queue's flow classifier replaced by this daemon's"
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, program = id, "cannot replace an older flow classifier: it goes on classifying")
-        }
-    }
+    tc_batch(&[replace]).map_err(|e| QueueError::OlderClassifier {
+        program: id,
+        source: Box::new(e),
+    })?;
+    tracing::info!(
+        from = id,
+        to = pinned,
+        "the ingress queue's flow classifier replaced by this daemon's"
+    );
+    Ok(())
 }
 
 /// The program id and handle of the bpf filter in `tc filter show` output

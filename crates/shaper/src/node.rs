@@ -277,14 +277,16 @@ impl Node {
                 Some(limit) => ingress_queue::install(ns, &limit, &self.flow_classifier, adopting),
                 None => ingress_queue::remove(ns),
             };
-            if let Err(e) = done {
-                tracing::warn!(
+            match done {
+                // recorded as done: its live changes skip the classifier check
+                Ok(()) => tried.extend(identity),
+                // not recorded: the next sweep (sync_ingress_queues) tries again
+                Err(e) => tracing::warn!(
                     error = %e,
                     cgroup = %path.display(),
-                    "ingress queue not updated; the cgroup policer holds the limit"
-                );
+                    "ingress queue not updated, tried again on the next sweep; the cgroup policer holds the limit"
+                ),
             }
-            tried.extend(identity);
         }
         if ingress.is_some() && !tried.is_empty() {
             self.queued.insert(id, tried);

@@ -10,7 +10,8 @@
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -155,7 +156,16 @@ struct Measured {
     rtts: Vec<Duration>,
 }
 
-pub fn run(args: BenchArgs) -> Result<ExitCode> {
+/// Fails once `stop` is set (a signal): the caller's values then remove the
+/// namespaces, cgroups and pins they made as they drop.
+pub(crate) fn check_stop(stop: &AtomicBool) -> Result<()> {
+    if stop.load(Ordering::SeqCst) {
+        bail!("interrupted: stopped, and removed what the bench made");
+    }
+    Ok(())
+}
+
+pub fn run(args: BenchArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
     let rates: Vec<Rate> = args
         .rates
         .iter()
@@ -214,6 +224,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         for rate in &rates {
             for traffic in &traffics {
                 for mechanism in &mechanisms {
+                    check_stop(&stop)?;
                     let cell = run_cell(
                         &mut shaper,
                         direction,
@@ -221,8 +232,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                         *traffic,
                         *mechanism,
                         &run_options,
-                    )
-                    .with_context(|| format!("{direction} {rate} {traffic:?} {mechanism:?}"))?;
+                    );
+                    // a signal also ends the traffic children (the terminal's
+                    // process group): the cell's error is then the signal's
+                    check_stop(&stop)?;
+                    let cell = cell
+                        .with_context(|| format!("{direction} {rate} {traffic:?} {mechanism:?}"))?;
                     if !args.json {
                         eprintln!("  {}", describe(&cell));
                     }
@@ -235,8 +250,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if args.change || args.plot.is_some() {
         for rate in &rates {
             for mechanism in mechanisms.iter().filter(|m| **m != Mechanism::Unlimited) {
-                let run = super::bench_change::run(&mut shaper, *rate, *mechanism, &args.cc)
-                    .with_context(|| format!("limit change at {rate} with {mechanism:?}"))?;
+                check_stop(&stop)?;
+                let run = super::bench_change::run(&mut shaper, *rate, *mechanism, &args.cc);
+                check_stop(&stop)?;
+                let run =
+                    run.with_context(|| format!("limit change at {rate} with {mechanism:?}"))?;
                 if !args.json {
                     eprintln!(
                         "  change  {:>10} {:<9} new limit in effect after {}",

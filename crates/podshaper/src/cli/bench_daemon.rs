@@ -8,6 +8,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -15,6 +17,8 @@ use clap::Args;
 use podshaper_api::{pb, DaemonAddress};
 use podshaper_netlab::latency::quantile;
 use podshaper_shaper::cgroup::{cgroup2_mount, remove_cgroup_tree};
+
+use super::bench::check_stop;
 
 #[derive(Debug, Args)]
 pub struct BenchDaemonArgs {
@@ -193,7 +197,7 @@ fn detach_request(cgroup: &str) -> pb::DetachRequest {
     }
 }
 
-pub fn run(args: BenchDaemonArgs) -> Result<ExitCode> {
+pub fn run(args: BenchDaemonArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
     let tag = format!("podshaper-bench-{}", std::process::id());
     let mut scratch = Scratch {
         root: cgroup2_mount()?.join(&tag),
@@ -225,6 +229,7 @@ pub fn run(args: BenchDaemonArgs) -> Result<ExitCode> {
         let started = Instant::now();
         let mut attach = Vec::with_capacity(args.cgroups);
         for cg in &cgroups[..args.cgroups] {
+            check_stop(&stop)?;
             let t = Instant::now();
             client.attach(request(cg, 100_000_000)).await.map_err(|e| anyhow::anyhow!("attach: {e}"))?;
             attach.push(t.elapsed());
@@ -235,6 +240,7 @@ pub fn run(args: BenchDaemonArgs) -> Result<ExitCode> {
         // traffic in some of them, with every limit in the maps
         let senders = &cgroups[..args.traffic_cgroups.min(args.cgroups)];
         for cg in senders {
+            check_stop(&stop)?;
             client.attach(request(cg, TRAFFIC_LIMIT_BITS)).await.map_err(|e| anyhow::anyhow!("attach: {e}"))?;
         }
         let cpu_before_traffic = cpu_time(pid)?;
@@ -246,9 +252,11 @@ pub fn run(args: BenchDaemonArgs) -> Result<ExitCode> {
             tokio::task::spawn_blocking(move || traffic_phase(&senders, seconds, loaded_since)).await??
         };
         let cpu_during_traffic = cpu_time(pid)? - cpu_before_traffic;
+        check_stop(&stop)?;
         // updates: a new rate on each, one map update each
         let mut update = Vec::with_capacity(args.cgroups);
         for cg in &cgroups[..args.cgroups] {
+            check_stop(&stop)?;
             let t = Instant::now();
             client.attach(request(cg, 50_000_000)).await.map_err(|e| anyhow::anyhow!("update: {e}"))?;
             update.push(t.elapsed());
@@ -256,11 +264,13 @@ pub fn run(args: BenchDaemonArgs) -> Result<ExitCode> {
         let listed = client.list(pb::ListRequest {}).await?.into_inner().cgroups.len();
         let mut detach = Vec::with_capacity(args.cgroups);
         for cg in &cgroups[..args.cgroups] {
+            check_stop(&stop)?;
             let t = Instant::now();
             client.detach(detach_request(cg)).await.map_err(|e| anyhow::anyhow!("detach: {e}"))?;
             detach.push(t.elapsed());
         }
         // concurrent clients, each on its own connection
+        check_stop(&stop)?;
         let before = kernel_objects();
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
@@ -301,7 +311,11 @@ pub fn run(args: BenchDaemonArgs) -> Result<ExitCode> {
             "concurrent_seconds": concurrent.as_secs_f64(),
             "leaked_programs_maps_links": [after.0 as i64 - before.0 as i64, after.1 as i64 - before.1 as i64, after.2 as i64 - before.2 as i64],
         }))
-    })?;
+    });
+    // a signal also reaches the daemon and the senders (the terminal's
+    // process group): the phase's error is then the signal's
+    check_stop(&stop)?;
+    let report = report?;
     drop(scratch);
     if args.json {
         println!("{report}");

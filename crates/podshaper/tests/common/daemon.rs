@@ -57,17 +57,25 @@ pub struct TestDaemon {
     pub bpffs: PathBuf,
     pub root: PathBuf,
     extra: Vec<String>,
+    /// the daemon's PATH, where the test puts its own tools first
+    path: Option<String>,
     child: Option<ChildGuard>,
 }
 
 impl TestDaemon {
     pub fn start(root: &Path, extra: &[&str]) -> Self {
+        Self::start_with_path(root, extra, None)
+    }
+
+    /// A daemon that looks up the programs it runs (tc, ip) in `path`.
+    pub fn start_with_path(root: &Path, extra: &[&str], path: Option<String>) -> Self {
         let name = unique("d");
         let mut d = Self {
             socket: std::env::temp_dir().join(&name).join("podshaper.sock"),
             bpffs: PathBuf::from("/sys/fs/bpf").join(&name),
             root: root.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            path,
             child: None,
         };
         d.spawn();
@@ -104,6 +112,9 @@ impl TestDaemon {
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(path) = &self.path {
+            cmd.env("PATH", path);
+        }
         self.child = Some(ChildGuard::spawn(&mut cmd));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
