@@ -18,6 +18,7 @@ use common::{
 };
 use podshaper_netlab::netns::{netns_path, NetnsPair};
 use podshaper_shaper::ingress_queue::{flow_filter, IFB_NAME};
+use podshaper_shaper::Cgroup;
 
 /// `ip netns exec <ns> <args>` (or in the host's namespace), its output.
 fn in_ns(ns: Option<&str>, args: &[&str]) -> Output {
@@ -74,6 +75,16 @@ fn flow_filter_program(ns: &str) -> Option<u32> {
     flow_filter(&show).map(|(program, _handle)| program)
 }
 
+/// A pod's process: in its cgroup, and in its own network namespace `ns`.
+fn pod_process(pod: &Cgroup, ns: &str) -> ChildGuard {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns_path(ns).display()))
+        .args(["sleep", "120"]);
+    pod.spawn_inside(&mut cmd)
+        .unwrap_or_else(|e| panic!("cannot start in {}: {e}", pod.path().display()));
+    ChildGuard::spawn(&mut cmd)
+}
+
 #[test]
 fn the_daemon_queues_a_pods_ingress_changes_it_live_and_removes_it() {
     let root = TestRoot::new("queue");
@@ -82,13 +93,7 @@ fn the_daemon_queues_a_pods_ingress_changes_it_live_and_removes_it() {
     let lab = NetnsPair::create("q").unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
     let mut daemon = TestDaemon::start(&root.path, &[]);
 
-    // the pod's process: in its cgroup, and in its own network namespace
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", netns_path(lab.a()).display()))
-        .args(["sleep", "120"]);
-    pod.spawn_inside(&mut cmd)
-        .unwrap_or_else(|e| panic!("cannot start in {}: {e}", pod.path().display()));
-    let _pod_process = ChildGuard::spawn(&mut cmd);
+    let _pod_process = pod_process(&pod, lab.a());
     // a hostNetwork pod's process: in the host's namespace
     let mut cmd = Command::new("sleep");
     cmd.arg("120");
@@ -252,12 +257,7 @@ fn a_queue_that_failed_to_install_is_tried_again() {
     let tc = FailingTc::new();
     let daemon = TestDaemon::start_with_path(&root.path, &[], Some(tc.path()));
 
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", netns_path(lab.a()).display()))
-        .args(["sleep", "120"]);
-    pod.spawn_inside(&mut cmd)
-        .unwrap_or_else(|e| panic!("cannot start in {}: {e}", pod.path().display()));
-    let _pod_process = ChildGuard::spawn(&mut cmd);
+    let _pod_process = pod_process(&pod, lab.a());
 
     tc.refuse(true);
     let pod_path = pod.path().display().to_string();
