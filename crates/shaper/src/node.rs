@@ -10,6 +10,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::cgroup::Cgroup;
 use crate::confine::{pod_uid_of, CgroupRoot};
@@ -71,6 +72,33 @@ pub struct Adoption {
 /// at, at most: each costs a few `tc` runs, and the node is locked meanwhile.
 const QUEUE_SYNCS_PER_PASS: usize = 32;
 
+/// After an ingress queue fails to install, the sweep tries the pod again
+/// after this long, doubled at every failure up to QUEUE_RETRY_MAX: a queue
+/// that fails for a moment comes back within a second or two, one that
+/// keeps failing (no ifb module, a pod's odd set-up) costs its `tc` runs and
+/// a warning once or twice a minute, not every sweep.
+const QUEUE_RETRY_FIRST: Duration = Duration::from_secs(1);
+const QUEUE_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// When the sweep next tries a cgroup whose ingress queue failed.
+#[derive(Debug, Clone, Copy)]
+struct QueueRetry {
+    failures: u32,
+    next: Instant,
+}
+
+impl QueueRetry {
+    fn after(failures: u32, now: Instant) -> Self {
+        let wait = QUEUE_RETRY_FIRST
+            .saturating_mul(1 << failures.saturating_sub(1).min(16))
+            .min(QUEUE_RETRY_MAX);
+        Self {
+            failures,
+            next: now + wait,
+        }
+    }
+}
+
 /// What [`Node::repair`] put back.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Repair {
@@ -94,10 +122,12 @@ pub struct Node {
     /// queue in front of them (crate::ingress_queue).
     ingress_queue: bool,
     /// The network namespaces (dev, inode) each limited cgroup's ingress
-    /// queue was put in, with its current limit (or tried: a namespace where
-    /// it failed is not tried again every sweep, only when the limit
-    /// changes, the pod gets a new namespace, or the daemon restarts).
+    /// queue was put in, with its current limit. A namespace where it
+    /// failed is not in it, so the sweep tries again, after `queue_retry`.
     queued: HashMap<u64, Vec<(u64, u64)>>,
+    /// Cgroups whose ingress queue failed in some namespace, and when the
+    /// sweep tries them again (a limit change tries at once).
+    queue_retry: HashMap<u64, QueueRetry>,
 }
 
 impl Node {
@@ -135,6 +165,7 @@ impl Node {
             attached: HashMap::new(),
             ingress_queue: true,
             queued: HashMap::new(),
+            queue_retry: HashMap::new(),
         };
         let adoption = node.adopt()?;
         Ok((node, adoption))
@@ -268,6 +299,7 @@ impl Node {
         }
         let known = self.queued.get(&id);
         let mut tried = Vec::new();
+        let mut failed = false;
         for ns in netns::not_ours(namespaces) {
             let identity = netns::identity(ns).ok();
             // a namespace this daemon has not put a queue in may hold an
@@ -280,13 +312,23 @@ impl Node {
             match done {
                 // recorded as done: its live changes skip the classifier check
                 Ok(()) => tried.extend(identity),
-                // not recorded: the next sweep (sync_ingress_queues) tries again
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    cgroup = %path.display(),
-                    "ingress queue not updated, tried again on the next sweep; the cgroup policer holds the limit"
-                ),
+                // not recorded: a sweep (sync_ingress_queues) tries again
+                Err(e) => {
+                    failed = true;
+                    tracing::warn!(
+                        error = %e,
+                        cgroup = %path.display(),
+                        "ingress queue not updated, tried again by a later sweep; the cgroup policer holds the limit"
+                    );
+                }
             }
+        }
+        if failed && ingress.is_some() {
+            let failures = self.queue_retry.get(&id).map_or(0, |r| r.failures) + 1;
+            let retry = QueueRetry::after(failures, Instant::now());
+            self.queue_retry.insert(id, retry);
+        } else {
+            self.queue_retry.remove(&id);
         }
         if ingress.is_some() && !tried.is_empty() {
             self.queued.insert(id, tried);
@@ -304,7 +346,11 @@ impl Node {
             return Ok(0);
         }
         let mut todo = Vec::new();
+        let now = Instant::now();
         for (id, path) in &self.attached {
+            if self.queue_retry.get(id).is_some_and(|r| r.next > now) {
+                continue;
+            }
             let Some(ingress) = self.shaper.limits(*id)?.and_then(|l| l.ingress) else {
                 continue;
             };
@@ -384,6 +430,7 @@ impl Node {
             self.attached.remove(id);
             // its namespace went with its processes, and the queue with it
             self.queued.remove(id);
+            self.queue_retry.remove(id);
         }
         Ok(stale.len())
     }
@@ -486,4 +533,20 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
         return Err(io::Error::last_os_error());
     }
     Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_queue_is_tried_again_later_each_time_up_to_the_cap() {
+        let now = Instant::now();
+        let wait = |failures| QueueRetry::after(failures, now).next - now;
+        assert_eq!(wait(1), Duration::from_secs(1));
+        assert_eq!(wait(2), Duration::from_secs(2));
+        assert_eq!(wait(3), Duration::from_secs(4));
+        assert_eq!(wait(6), QUEUE_RETRY_MAX);
+        assert_eq!(wait(u32::MAX), QUEUE_RETRY_MAX);
+    }
 }
