@@ -205,7 +205,10 @@ struct FailingTc {
 
 impl FailingTc {
     fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("podshaper-test-tc-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("podshaper-test-tc-{}-{n}", std::process::id()));
         let real = ["/usr/sbin/tc", "/sbin/tc", "/usr/bin/tc"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -266,9 +269,11 @@ fn a_queue_that_failed_to_install_is_tried_again() {
     daemon.ok(&["attach", "--cgroup", &pod_path, "--ingress", "100M"]);
     // eight seconds of sweeps (one a second) with tc refusing
     thread::sleep(Duration::from_secs(8));
+    // (a try that fails leaves no ifb either, but one may be under way now)
     assert!(
-        !has_ingress_queue(Some(lab.a())),
-        "a queue was built although tc refused"
+        queue_class(lab.a()).is_empty(),
+        "a queue was built although tc refused: {}",
+        queue_class(lab.a())
     );
     let status: serde_json::Value =
         serde_json::from_str(&daemon.ok(&["status", "--cgroup", &pod_path, "-o", "json"]))
@@ -295,6 +300,44 @@ fn a_queue_that_failed_to_install_is_tried_again() {
         assert!(
             Instant::now() < deadline,
             "the queue was not built once tc worked again: {log}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    daemon.ok(&["detach", "--cgroup", &pod_path]);
+}
+
+/// A queue whose removal failed (the ingress limit lifted while tc
+/// refused) is taken away by a later sweep: left, it would hold the pod at
+/// the old rate with no limit asked for.
+#[test]
+fn a_queue_that_failed_to_go_is_taken_away_later() {
+    let root = TestRoot::new("queue-gone");
+    let pod = root.make("pod");
+    let lab = NetnsPair::create("qg").unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
+    let tc = FailingTc::new();
+    let daemon = TestDaemon::start_with_path(&root.path, &[], Some(tc.path()));
+    let _pod_process = pod_process(&pod, lab.a());
+    let pod_path = pod.path().display().to_string();
+    daemon.ok(&["attach", "--cgroup", &pod_path, "--ingress", "100M"]);
+    wait_for_rate(lab.a(), "100Mbit");
+
+    // only an egress limit left, while tc refuses: the queue stays for now
+    tc.refuse(true);
+    daemon.ok(&["attach", "--cgroup", &pod_path, "--egress", "40M"]);
+    thread::sleep(Duration::from_millis(1500));
+    assert!(
+        has_ingress_queue(Some(lab.a())),
+        "the queue went although tc refused"
+    );
+    let log = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
+    assert!(log.contains("ingress queue not removed"), "{log}");
+
+    tc.refuse(false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while has_ingress_queue(Some(lab.a())) {
+        assert!(
+            Instant::now() < deadline,
+            "the queue outlived its ingress limit once tc worked again"
         );
         thread::sleep(Duration::from_millis(100));
     }

@@ -171,8 +171,11 @@ fn install_here(
         ),
     ]);
     if let Err(e) = tc_batch(&commands) {
-        // half a queue would pass for ours on the next change: none at all
-        let _ = remove_here();
+        // half a queue would pass for ours on the next change: none at all.
+        // The ifb was made a moment ago and nothing redirects to it yet (that
+        // comes next), so deleting it undoes everything, with no tc needed
+        // (the tc that just failed may fail again).
+        let _ = run("ip", &["link", "del", IFB_NAME]);
         return Err(e);
     }
     redirect_interfaces(&have)
@@ -275,7 +278,7 @@ fn flow_classes() -> impl Iterator<Item = u32> {
 /// Sends what each interface receives through the ifb (once per interface).
 fn redirect_interfaces(have: &[String]) -> Result<(), QueueError> {
     for dev in have.iter().filter(|n| is_pod_interface(n)) {
-        if redirects_to_ifb(dev) {
+        if redirects_to_ifb(dev)? {
             continue;
         }
         // The ingress qdisc may be there already (ours from before, or
@@ -292,7 +295,7 @@ fn remove_here() -> Result<(), QueueError> {
     let have = interfaces()?;
     // Filters first: a redirect to a device that is gone drops packets.
     for dev in have.iter().filter(|n| is_pod_interface(n)) {
-        if !redirects_to_ifb(dev) {
+        if !redirects_to_ifb(dev)? {
             continue;
         }
         tc(&format!(
@@ -313,8 +316,16 @@ fn ingress_filters(dev: &str) -> Option<String> {
     tc(&format!("filter show dev {dev} parent ffff:")).ok()
 }
 
-fn redirects_to_ifb(dev: &str) -> bool {
-    ingress_filters(dev).is_some_and(|f| f.contains(IFB_NAME))
+/// Whether an interface's received traffic is redirected to the queue. A
+/// tc that fails is an error, never "no redirect": the removal would then
+/// delete the ifb with the redirect still in place, and the redirect drops
+/// every packet to a device that is gone (a test's failing tc found it).
+fn redirects_to_ifb(dev: &str) -> Result<bool, QueueError> {
+    let qdiscs = tc(&format!("qdisc show dev {dev}"))?;
+    if !qdiscs.split_whitespace().any(|w| w == "ffff:") {
+        return Ok(false);
+    }
+    Ok(tc(&format!("filter show dev {dev} parent ffff:"))?.contains(IFB_NAME))
 }
 
 /// Interfaces whose received traffic goes through the queue: all but

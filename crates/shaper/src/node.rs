@@ -128,6 +128,11 @@ pub struct Node {
     /// Cgroups whose ingress queue failed in some namespace, and when the
     /// sweep tries them again (a limit change tries at once).
     queue_retry: HashMap<u64, QueueRetry>,
+    /// Cgroups whose ingress limit went (or that were detached) but whose
+    /// queue could not be taken away, with their path (a detached cgroup is
+    /// no longer in `attached`): left, the queue would hold the pod at the
+    /// old rate. The sweep tries again, as for `queue_retry`.
+    queue_removals: HashMap<u64, (PathBuf, QueueRetry)>,
 }
 
 impl Node {
@@ -166,6 +171,7 @@ impl Node {
             ingress_queue: true,
             queued: HashMap::new(),
             queue_retry: HashMap::new(),
+            queue_removals: HashMap::new(),
         };
         let adoption = node.adopt()?;
         Ok((node, adoption))
@@ -313,7 +319,7 @@ impl Node {
                 // recorded as done: its live changes skip the classifier check
                 Ok(()) => tried.extend(identity),
                 // not recorded: a sweep (sync_ingress_queues) tries again
-                Err(e) => {
+                Err(e) if ingress.is_some() => {
                     failed = true;
                     tracing::warn!(
                         error = %e,
@@ -321,14 +327,31 @@ impl Node {
                         "ingress queue not updated, tried again by a later sweep; the cgroup policer holds the limit"
                     );
                 }
+                Err(e) => {
+                    failed = true;
+                    tracing::warn!(
+                        error = %e,
+                        cgroup = %path.display(),
+                        "ingress queue not removed, tried again by a later sweep; it holds the pod at its last rate meanwhile"
+                    );
+                }
             }
         }
-        if failed && ingress.is_some() {
-            let failures = self.queue_retry.get(&id).map_or(0, |r| r.failures) + 1;
-            let retry = QueueRetry::after(failures, Instant::now());
-            self.queue_retry.insert(id, retry);
-        } else {
-            self.queue_retry.remove(&id);
+        let installs = self.queue_retry.remove(&id);
+        let removals = self.queue_removals.remove(&id).map(|(_, r)| r);
+        if failed {
+            let now = Instant::now();
+            let failures = |last: Option<QueueRetry>| last.map_or(0, |r| r.failures) + 1;
+            match ingress {
+                Some(_) => {
+                    let retry = QueueRetry::after(failures(installs), now);
+                    self.queue_retry.insert(id, retry);
+                }
+                None => {
+                    let retry = QueueRetry::after(failures(removals), now);
+                    self.queue_removals.insert(id, (path.to_path_buf(), retry));
+                }
+            }
         }
         if ingress.is_some() && !tried.is_empty() {
             self.queued.insert(id, tried);
@@ -339,14 +362,32 @@ impl Node {
 
     /// Installs the ingress queue where it is missing: pods whose processes
     /// joined their cgroup after it was limited, pods in a new network
-    /// namespace, and every pod after the daemon starts. Returns how many
-    /// cgroups it updated.
+    /// namespace, and every pod after the daemon starts; and takes away the
+    /// queues whose removal failed. Returns how many cgroups it updated.
     pub fn sync_ingress_queues(&mut self) -> Result<usize, NodeError> {
         if !self.ingress_queue {
             return Ok(0);
         }
-        let mut todo = Vec::new();
         let now = Instant::now();
+        let removals: Vec<(u64, PathBuf)> = self
+            .queue_removals
+            .iter()
+            .filter(|(_, (_, retry))| retry.next <= now)
+            .map(|(id, (path, _))| (*id, path.clone()))
+            .collect();
+        for (id, path) in &removals {
+            // a limit that came back in the meantime put the queue back
+            let limited = self.attached.contains_key(id)
+                && self.shaper.limits(*id)?.and_then(|l| l.ingress).is_some();
+            if limited {
+                self.queue_removals.remove(id);
+                continue;
+            }
+            // a cgroup gone has no processes left, so no namespaces here
+            let namespaces = network_namespaces_in(path);
+            self.sync_ingress_queue(*id, path, &namespaces, None);
+        }
+        let mut todo = Vec::new();
         for (id, path) in &self.attached {
             if self.queue_retry.get(id).is_some_and(|r| r.next > now) {
                 continue;
@@ -369,7 +410,7 @@ impl Node {
         for (id, path, namespaces, ingress) in &todo {
             self.sync_ingress_queue(*id, path, namespaces, Some(*ingress));
         }
-        Ok(todo.len())
+        Ok(todo.len() + removals.len())
     }
 
     /// Detaches the shaper from a cgroup and forgets its limits.
@@ -431,6 +472,7 @@ impl Node {
             // its namespace went with its processes, and the queue with it
             self.queued.remove(id);
             self.queue_retry.remove(id);
+            self.queue_removals.remove(id);
         }
         Ok(stale.len())
     }
