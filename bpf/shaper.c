@@ -78,6 +78,9 @@
  * much time at the rate, and at least two bursts */
 #define MAX_DEFICIT_NS (200ULL * 1000 * 1000)
 #define MIN_DEFICIT_BURSTS 2
+/* ingress: how long a socket's highest sequence is taken as known after a
+ * packet that took the lock set it, in units of 2^20 ns (rcv_high_fresh) */
+#define RCV_HIGH_FRESH 64
 /* ingress: longest a TCP flow goes without a packet let in */
 #define FEEDBACK_GAP_NS (1ULL * 1000 * 1000)
 /*
@@ -117,9 +120,11 @@ struct sock_state {
 	/* the pacing rate the egress program wants the sockops program to set */
 	__u64 want;    /* bytes per second, 0 = unpaced */
 	__u64 applied; /* what was last set on the socket */
-	/* ingress: end of the highest TCP sequence seen, to tell retransmissions */
+	/* ingress: end of the highest TCP sequence seen by a packet that took
+	 * the lock, to tell retransmissions, and when (rcv_high_clock units,
+	 * 0 = never; see rcv_high_fresh) */
 	__u32 rcv_high;
-	__u32 rcv_high_valid;
+	__u32 rcv_high_at;
 	/* ingress: when this socket last had a packet let in */
 	__u64 rcv_last_pass_ns;
 	/* ingress: the socket's last packet was dropped */
@@ -807,14 +812,34 @@ range:
 	return 1;
 }
 
-/* Remembers the highest TCP sequence seen on a socket, dropped or not: a
- * dropped tail's resend is a retransmission too. */
-static __always_inline void track_highest(struct sock_state *ss, __u32 end)
+/* The ingress program's coarse clock for `rcv_high_at`: ns / 2^20 (about
+ * 1 ms), never 0. */
+static __always_inline __u32 rcv_high_clock(__u64 now)
 {
-	if (!ss->rcv_high_valid || (__s32)(end - ss->rcv_high) > 0) {
+	return (__u32)(now >> 20) | 1;
+}
+
+/*
+ * Whether a socket's `rcv_high` still says where its sequence is. Packets on
+ * a CPU's slice do not update it (they read nothing of the socket), so it
+ * can fall behind the sequence while a flow runs on slices; a value left
+ * 2 GB behind would read, in 32-bit sequence arithmetic, as ahead of all new
+ * data, and every packet would then count as a retransmission. Taken as
+ * known for RCV_HIGH_FRESH (about 67 ms) after a packet that took the lock
+ * set it: less than 2 GB even at 200 Gbit/s.
+ */
+static __always_inline int rcv_high_fresh(struct sock_state *ss, __u32 clock)
+{
+	return ss->rcv_high_at && clock - ss->rcv_high_at <= RCV_HIGH_FRESH;
+}
+
+/* Remembers the highest TCP sequence a packet that took the lock carried,
+ * dropped or not: a dropped tail's resend is a retransmission too. */
+static __always_inline void track_highest(struct sock_state *ss, __u32 end, __u32 clock)
+{
+	if (!rcv_high_fresh(ss, clock) || (__s32)(end - ss->rcv_high) > 0)
 		ss->rcv_high = end;
-		ss->rcv_high_valid = 1;
-	}
+	ss->rcv_high_at = clock;
 }
 
 /*
@@ -839,28 +864,25 @@ int podshaper_ingress(struct __sk_buff *skb)
 {
 	__u64 len = skb->len, now, seen = limits_seen();
 	struct ps_credit *c = cpu_slice();
-	struct bpf_sock *tcp = tcp_fullsock(skb);
+	struct bpf_sock *tcp;
 	struct sock_state *ss;
 	struct ps_state *st;
 	struct ps_bucket *b;
 	int verdict = VERDICT_PASS, congested = 0, may_borrow = 0;
-	__u32 seq = 0, end = 0;
+	__u32 seq = 0, end = 0, clock;
 
 	/*
 	 * On this CPU's slice of the bucket: nothing to drop, and marked if
-	 * the bucket was under half full when the slice was taken; nothing of
-	 * the cgroup's state is read. The socket's time of its last packet let
-	 * in is not kept here (no clock): after a while on credit, its first
-	 * packet to find the bucket short may borrow, as after a gap.
+	 * the bucket was under half full when the slice was taken. Nothing of
+	 * the cgroup's state or of the socket is read: the socket's highest
+	 * sequence, its time of last delivery and its last drop are kept by the
+	 * packets that take the lock, where they decide something (a slice is
+	 * only given while the bucket holds three, so drops, borrowing and
+	 * retransmissions happen there). After a while on slices, a flow's
+	 * first packet to find the bucket short may borrow, as after a gap.
 	 */
 	if (slice_covers(c, len, seen)) {
-		ss = data_socket(skb, tcp, &seq, &end);
 		spend_credit(c, len);
-		if (ss) {
-			if (ss->rcv_dropped_last)
-				ss->rcv_dropped_last = 0;
-			track_highest(ss, end);
-		}
 		if (c->congested && bpf_skb_ecn_set_ce(skb))
 			__sync_fetch_and_add(&c->marked, 1);
 		return VERDICT_PASS;
@@ -870,6 +892,7 @@ int podshaper_ingress(struct __sk_buff *skb)
 		refresh_limit(skb, st, seen, PS_INGRESS);
 	if (!has_limit(st))
 		return pass_unlimited(st, len);
+	tcp = tcp_fullsock(skb);
 	ss = data_socket(skb, tcp, &seq, &end);
 	if (!takes_slices(st))
 		c = 0;
@@ -881,10 +904,11 @@ int podshaper_ingress(struct __sk_buff *skb)
 	 * TCP under a plain policer; and small packets (ACKs, requests).
 	 */
 	now = bpf_ktime_get_ns();
+	clock = rcv_high_clock(now);
 	if (tcp && len <= SMALL_PACKET_BYTES)
 		may_borrow = 1;
 	if (ss) {
-		if (ss->rcv_high_valid && (__s32)(end - ss->rcv_high) <= 0)
+		if (rcv_high_fresh(ss, clock) && (__s32)(end - ss->rcv_high) <= 0)
 			may_borrow = 1;
 		/*
 		 * A flow that has had nothing let in for a while gets one packet
@@ -926,7 +950,7 @@ int podshaper_ingress(struct __sk_buff *skb)
 		ss->rcv_dropped_last = verdict != VERDICT_PASS;
 	}
 	if (ss)
-		track_highest(ss, end);
+		track_highest(ss, end, clock);
 
 	/* early, loss-free signal for flows that negotiated ECN (a helper
 	 * cannot run under the lock, so the mark is counted atomically; only
