@@ -115,31 +115,41 @@
  * notification took too long to get their share back */
 #define SHARE_MAX_GROWTH (RATIO_ONE * 2)
 
-/* Per-socket state (socket local storage). */
+/*
+ * Per-socket state (socket local storage). 56 bytes: the kernel keeps a
+ * storage's data on a cache line of its own after an 8-byte pointer, so all
+ * of it is one line, which every egress packet, every ACK's sockops run
+ * and every ingress packet that takes the lock read. (At 72 bytes the
+ * egress window's byte count sat on a second line.) Hence 32-bit window
+ * numbers and times.
+ */
 struct sock_state {
 	/* the pacing rate the egress program wants the sockops program to set */
 	__u64 want;    /* bytes per second, 0 = unpaced */
 	__u64 applied; /* what was last set on the socket */
+	/* the limited cgroup whose share this socket is paced at */
+	__u64 paced_cgid;
+	/* the egress steering window (+1, its low 32 bits: window_tag) this
+	 * socket was last counted in */
+	__u32 egress_window;
+	/* the bytes this socket sent in one egress steering window (at most
+	 * 200 ms: 4 GB would be 171 Gbit/s), and that window's tag */
+	__u32 egress_window_bytes;
+	__u32 egress_bytes_window;
+	/* congestion window clamp last set, in segments (0 = never set) */
+	__u32 cwnd_clamp;
 	/* ingress: end of the highest TCP sequence seen by a packet that took
 	 * the lock, to tell retransmissions, and when (rcv_high_clock units,
 	 * 0 = never; see rcv_high_fresh) */
 	__u32 rcv_high;
 	__u32 rcv_high_at;
-	/* ingress: when this socket last had a packet let in */
-	__u64 rcv_last_pass_ns;
+	/* ingress: when this socket last had a packet let in (ns / 1024, low
+	 * 32 bits: wraps every 73 minutes, far beyond the gap it measures) */
+	__u32 rcv_last_pass_us;
 	/* ingress: the socket's last packet was dropped */
 	__u32 rcv_dropped_last;
-	/* congestion window clamp last set, in segments (0 = never set) */
-	__u32 cwnd_clamp;
-	/* the limited cgroup whose share this socket is paced at */
-	__u64 paced_cgid;
-	/* the egress steering window (+1) this socket was last counted in */
-	__u64 egress_window;
-	/* the bytes this socket sent in one egress steering window, and that
-	 * window (+1) */
-	__u64 egress_window_bytes;
-	__u64 egress_bytes_window;
 };
+_Static_assert(sizeof(struct sock_state) == 56, "a socket's state fits the cache line its storage starts");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -455,15 +465,24 @@ static __always_inline struct bpf_sock *tcp_fullsock(struct __sk_buff *skb)
 	return sk;
 }
 
+/* How a socket notes an egress steering window (+1): its low 32 bits (the
+ * windows are at least 10 ms long, so a tag comes back after 497 days). */
+static __always_inline __u32 window_tag(__u64 window)
+{
+	return (__u32)window;
+}
+
 /*
- * Counts a TCP socket's packet into egress steering window `seq` (+1): the
+ * Counts a TCP socket's packet into egress steering window `window` (+1): the
  * socket counts once per window as a flow (the latency probe's small
  * requests do not make one), and the bytes it passed in the window add up.
  * Returns those bytes.
  */
-static __always_inline __u64 count_socket(struct ps_bucket *b, struct sock_state *p, __u64 seq,
+static __always_inline __u64 count_socket(struct ps_bucket *b, struct sock_state *p, __u64 window,
 					  __u64 len, int passed)
 {
+	__u32 seq = window_tag(window);
+
 	if (len > SMALL_PACKET_BYTES && p->egress_window != seq) {
 		p->egress_window = seq;
 		__sync_fetch_and_add(&b->window_flows, 1);
@@ -550,8 +569,8 @@ static __always_inline void pass_on_credit(struct ps_credit *c, struct sock_stat
 	spend_credit(c, len);
 	if (!p)
 		return;
-	if (p->egress_bytes_window == c->window_seq &&
-	    (len <= SMALL_PACKET_BYTES || p->egress_window == c->window_seq)) {
+	if (p->egress_bytes_window == window_tag(c->window_seq) &&
+	    (len <= SMALL_PACKET_BYTES || p->egress_window == window_tag(c->window_seq))) {
 		p->egress_window_bytes += len;
 		sent = p->egress_window_bytes;
 	} else {
@@ -915,7 +934,8 @@ int podshaper_ingress(struct __sk_buff *skb)
 		 * through, so that its sender hears (by SACK) what was lost and
 		 * recovers fast instead of waiting for a retransmission timeout.
 		 */
-		if (ss->rcv_dropped_last || now - ss->rcv_last_pass_ns > FEEDBACK_GAP_NS)
+		if (ss->rcv_dropped_last ||
+		    (__u32)(now >> 10) - ss->rcv_last_pass_us > FEEDBACK_GAP_NS >> 10)
 			may_borrow = 1;
 	}
 
@@ -946,7 +966,7 @@ int podshaper_ingress(struct __sk_buff *skb)
 
 	if (ss) {
 		if (verdict == VERDICT_PASS)
-			ss->rcv_last_pass_ns = now;
+			ss->rcv_last_pass_us = (__u32)(now >> 10);
 		ss->rcv_dropped_last = verdict != VERDICT_PASS;
 	}
 	if (ss)

@@ -246,6 +246,66 @@ fn a_restart_over_state_maps_of_another_layout_starts_them_afresh() {
     assert_ratio("limited after the restart", rate, 50e6, 0.90, 1.05);
 }
 
+/// A pinned state map of another size is started afresh even where this
+/// build's programs would load with it: aya reuses a pinned map as it is,
+/// and a program that reads less of a value than the map holds verifies, so
+/// a layout that shrank (session 14's socket state, 72 to 56 bytes) would
+/// have been read under the new one. Only its group starts afresh: the
+/// sockets' state here, so the buckets and their counters carry on.
+#[test]
+fn a_restart_over_a_socket_map_of_another_size_starts_only_it_afresh() {
+    let root = TestRoot::new("sockmap");
+    let app = root.make("app");
+    let mut daemon = TestDaemon::start(&root.path, &[]);
+    let path = app.path().display().to_string();
+    daemon.ok(&["attach", "--cgroup", &path, "--egress", "100M"]);
+    let rate = measure_with(&Limiter::Cgroup(&app), &Flow::tcp(true));
+    assert_ratio("before the restart", rate, 100e6, 0.90, 1.05);
+    let counted_before = daemon.list()[0]["counters"]["egress_bytes"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        counted_before > 10_000_000,
+        "counted {counted_before} bytes"
+    );
+    daemon.kill9();
+
+    // another build's socket storage: the same map, with values larger
+    // than this build's (so its programs would load with it)
+    let bytes = common::compiled_bpf(
+        "old_sock_states",
+        "struct { __uint(type, BPF_MAP_TYPE_SK_STORAGE); \
+         __uint(map_flags, BPF_F_NO_PREALLOC); __type(key, int); \
+         __type(value, __u64[13]); } sock_states SEC(\".maps\");",
+    );
+    let pin = daemon.bpffs.join("maps").join("sock_states");
+    std::fs::remove_file(&pin).expect("unpin the daemon's sock_states map");
+    let loaded = aya::EbpfLoader::new()
+        .map_pin_path("sock_states", &pin)
+        .load(&bytes);
+    drop(loaded.expect("pin a sock_states map of another size"));
+    let size = |pin: &std::path::Path| {
+        aya::maps::MapInfo::from_pin(pin)
+            .expect("read the pinned sock_states")
+            .value_size()
+    };
+    assert_eq!(size(&pin), 104);
+
+    daemon.restart();
+    let log = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
+    assert!(log.contains("pinned state maps of another size"), "{log}");
+    assert_ne!(size(&pin), 104, "the other size's map was reused");
+    let listed = daemon.list();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let counted_after = listed[0]["counters"]["egress_bytes"].as_u64().unwrap_or(0);
+    assert!(
+        counted_after >= counted_before,
+        "the buckets' counters started afresh too: {counted_before} then {counted_after}"
+    );
+    let rate = measure_with(&Limiter::Cgroup(&app), &Flow::tcp(true));
+    assert_ratio("after the restart", rate, 100e6, 0.90, 1.05);
+}
+
 /// The name of the program a pinned link runs.
 fn program_of_link(pin: &std::path::Path) -> String {
     let link: aya::programs::links::FdLink = aya::programs::links::PinnedLink::from_pin(pin)

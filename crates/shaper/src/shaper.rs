@@ -59,6 +59,11 @@ const ALL_MAPS: [&str; 6] = [
     SOCK_STATES_MAP,
     UNPACE_TARGET_MAP,
 ];
+/// The maps that hold only what the programs rebuild from traffic, in the
+/// groups that start afresh together when a build changes their layout: the
+/// buckets with the CPUs' slices of them (a slice's bytes are counted in its
+/// bucket's `lent`, and the counters live in both), and the sockets' state.
+const STATE_MAP_GROUPS: [&[&str]; 2] = [&[STATES_MAP, CREDITS_MAP], &[SOCK_STATES_MAP]];
 /// Pin names of an attachment's links, inside its directory.
 const EGRESS_LINK: &str = "egress";
 const INGRESS_LINK: &str = "ingress";
@@ -176,12 +181,15 @@ impl Shaper {
     /// maps already pinned there are reused, with every limit and counter in
     /// them, so a restarted daemon carries on where the last one stopped.
     ///
-    /// If the shaper does not load with the pinned maps, the three that hold
-    /// only what the programs rebuild from traffic (`cgroup_states`: bucket levels
-    /// and shares; `cpu_credits`: the CPUs' slices of the buckets;
-    /// `sock_states`: per-socket state) are unpinned and the load
-    /// tried once more: a daemon whose shaper changed their layout starts
-    /// them afresh (buckets full) rather than not at all. Limits are never
+    /// The three maps that hold only what the programs rebuild from traffic
+    /// (`cgroup_states`: bucket levels and shares; `cpu_credits`: the CPUs'
+    /// slices of the buckets; `sock_states`: per-socket state) are started
+    /// afresh where this build's layout differs: a pinned one whose key or
+    /// value size is not this build's is unpinned first, with its group
+    /// (STATE_MAP_GROUPS); and if the shaper does not load with the pinned
+    /// maps, all three are unpinned and the load tried once more. So a
+    /// daemon whose shaper changed their layout starts them afresh (buckets
+    /// full) rather than not at all, or reading them wrong. Limits are never
     /// dropped; the counters, kept in `cgroup_states`, start again from zero then
     /// (a counter reset, to Prometheus). Programs still attached from before
     /// keep the maps they were loaded with until [`Node`](crate::Node) moves
@@ -208,12 +216,23 @@ impl Shaper {
     }
 
     fn load_pinned_maps(maps_dir: &Path) -> Result<Self, ShaperError> {
+        // aya reuses a pinned map as it is, and a program that reads less
+        // of a value than the pinned map holds loads fine: a state whose
+        // layout shrank would be read under the new layout, silently
+        let resized = resized_state_pins(maps_dir);
+        if !resized.is_empty() {
+            tracing::warn!(pins = ?resized, "pinned state maps of another size (another version's layout): starting them afresh; limits are kept");
+            for path in &resized {
+                std::fs::remove_file(path).map_err(|e| pin_error(path, e))?;
+            }
+        }
         let first = match Self::load_with_pins(maps_dir) {
             Ok(shaper) => return Ok(shaper),
             Err(e) => e,
         };
-        let stale: Vec<PathBuf> = [STATES_MAP, CREDITS_MAP, SOCK_STATES_MAP]
+        let stale: Vec<PathBuf> = STATE_MAP_GROUPS
             .iter()
+            .flat_map(|group| group.iter())
             .map(|name| maps_dir.join(name))
             .filter(|path| path.exists())
             .collect();
@@ -724,6 +743,36 @@ const BPF_CGROUP_INET_INGRESS: u32 = 0;
 const BPF_CGROUP_INET_EGRESS: u32 = 1;
 
 /// A pin (or the pinned object behind it) at `path` that could not be used.
+/// The pins in `maps_dir` of the state maps whose key or value size is not
+/// this build's, with the rest of their group (STATE_MAP_GROUPS). A pin that
+/// cannot be read is left to the load, which fails on it and starts the
+/// state maps afresh then.
+fn resized_state_pins(maps_dir: &Path) -> Vec<PathBuf> {
+    let object = match aya_obj::Object::parse(SHAPER_OBJECT) {
+        Ok(object) => object,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the shaper's own map definitions: pinned state maps are reused unchecked");
+            return Vec::new();
+        }
+    };
+    let resized = |name: &str| -> bool {
+        let (Some(ours), Ok(pinned)) = (
+            object.maps.get(name),
+            aya::maps::MapInfo::from_pin(maps_dir.join(name)),
+        ) else {
+            return false;
+        };
+        ours.key_size() != pinned.key_size() || ours.value_size() != pinned.value_size()
+    };
+    STATE_MAP_GROUPS
+        .iter()
+        .filter(|group| group.iter().any(|name| resized(name)))
+        .flat_map(|group| group.iter())
+        .map(|name| maps_dir.join(name))
+        .filter(|path| path.exists())
+        .collect()
+}
+
 fn pin_error(path: &Path, source: impl std::error::Error + Send + Sync + 'static) -> ShaperError {
     ShaperError::Pin {
         path: path.display().to_string(),
