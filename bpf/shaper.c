@@ -121,7 +121,7 @@
  * of it is one line, which every egress packet, every ACK's sockops run
  * and every ingress packet that takes the lock read. (At 72 bytes the
  * egress window's byte count sat on a second line.) Hence 32-bit window
- * numbers and times.
+ * numbers and times. Pinned: see shaper.h on changing a state's layout.
  */
 struct sock_state {
 	/* the pacing rate the egress program wants the sockops program to set */

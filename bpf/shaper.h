@@ -4,6 +4,13 @@
  *
  * Mirrored by `crates/shaper/src/abi.rs` (a unit test there checks that sizes
  * and offsets agree). Change both together.
+ *
+ * The state maps' values (struct ps_state, struct ps_credit, and struct
+ * sock_state in shaper.c) outlive the daemon in bpffs pins, and a restarted
+ * daemon reuses them unless their size changed (Shaper::load_pinned). A
+ * change of a field's meaning or place that keeps the size is not noticed:
+ * make such a change change the size too, or the new build reads the old
+ * values under the new layout.
  */
 #ifndef PODSHAPER_SHAPER_H
 #define PODSHAPER_SHAPER_H
