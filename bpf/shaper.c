@@ -838,6 +838,12 @@ static __always_inline __u32 rcv_high_clock(__u64 now)
 	return (__u32)(now >> 20) | 1;
 }
 
+/* The ingress program's clock for `rcv_last_pass_us`: ns / 1024, low 32 bits. */
+static __always_inline __u32 rcv_pass_clock(__u64 now)
+{
+	return (__u32)(now >> 10);
+}
+
 /*
  * Whether a socket's `rcv_high` still says where its sequence is. Packets on
  * a CPU's slice do not update it (they read nothing of the socket), so it
@@ -935,7 +941,7 @@ int podshaper_ingress(struct __sk_buff *skb)
 		 * recovers fast instead of waiting for a retransmission timeout.
 		 */
 		if (ss->rcv_dropped_last ||
-		    (__u32)(now >> 10) - ss->rcv_last_pass_us > FEEDBACK_GAP_NS >> 10)
+		    rcv_pass_clock(now) - ss->rcv_last_pass_us > FEEDBACK_GAP_NS >> 10)
 			may_borrow = 1;
 	}
 
@@ -966,7 +972,7 @@ int podshaper_ingress(struct __sk_buff *skb)
 
 	if (ss) {
 		if (verdict == VERDICT_PASS)
-			ss->rcv_last_pass_us = (__u32)(now >> 10);
+			ss->rcv_last_pass_us = rcv_pass_clock(now);
 		ss->rcv_dropped_last = verdict != VERDICT_PASS;
 	}
 	if (ss)

@@ -222,9 +222,7 @@ impl Shaper {
         let resized = resized_state_pins(maps_dir);
         if !resized.is_empty() {
             tracing::warn!(pins = ?resized, "pinned state maps of another size (another version's layout): starting them afresh; limits are kept");
-            for path in &resized {
-                std::fs::remove_file(path).map_err(|e| pin_error(path, e))?;
-            }
+            unpin(&resized)?;
         }
         let first = match Self::load_with_pins(maps_dir) {
             Ok(shaper) => return Ok(shaper),
@@ -240,9 +238,7 @@ impl Shaper {
             return Err(first);
         }
         tracing::warn!(error = %first, "the shaper does not load with its pinned state maps (another version's layout?): starting them afresh (buckets full, counters from zero); limits are kept");
-        for path in &stale {
-            std::fs::remove_file(path).map_err(|e| pin_error(path, e))?;
-        }
+        unpin(&stale)?;
         Self::load_with_pins(maps_dir)
     }
 
@@ -742,7 +738,6 @@ fn state_keys(cgroup_id: u64) -> [CgroupStorageKey; 2] {
 const BPF_CGROUP_INET_INGRESS: u32 = 0;
 const BPF_CGROUP_INET_EGRESS: u32 = 1;
 
-/// A pin (or the pinned object behind it) at `path` that could not be used.
 /// The pins in `maps_dir` of the state maps whose key or value size is not
 /// this build's, with the rest of their group (STATE_MAP_GROUPS). A pin that
 /// cannot be read is left to the load, which fails on it and starts the
@@ -773,6 +768,16 @@ fn resized_state_pins(maps_dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Removes the pins of maps that start afresh: the maps go once nothing
+/// else holds them.
+fn unpin(paths: &[PathBuf]) -> Result<(), ShaperError> {
+    for path in paths {
+        std::fs::remove_file(path).map_err(|e| pin_error(path, e))?;
+    }
+    Ok(())
+}
+
+/// A pin (or the pinned object behind it) at `path` that could not be used.
 fn pin_error(path: &Path, source: impl std::error::Error + Send + Sync + 'static) -> ShaperError {
     ShaperError::Pin {
         path: path.display().to_string(),
