@@ -56,9 +56,10 @@ struct ps_bucket {
 	/* token bucket: may go negative by up to one burst (TCP deficit) */
 	__s64 tokens;
 	__u64 last_ns;
-	/* fair-share steering (egress only): the window, what the cgroup
-	 * offered in it, the windows so far, the share, and the most bytes
-	 * one TCP socket sent in this window */
+	/* fair-share steering (egress): the window, what the cgroup offered
+	 * in it, the windows so far, the share, and the most bytes one TCP
+	 * socket sent in this window. Ingress uses the window, its length
+	 * and number (and the flow counts below) for each flow's fair part */
 	__u64 window_start_ns;
 	__u64 window_ns;
 	__u64 window_bytes;
@@ -71,9 +72,9 @@ struct ps_bucket {
 	struct ps_dir_counters counters;
 	/* how far below empty TCP retransmissions may take the bucket (ingress) */
 	__u64 max_deficit;
-	/* TCP sockets that sent bulk packets in this window and in the last
-	 * complete one, and the most-sending one's rate over the last complete
-	 * window, bytes/s (egress only) */
+	/* TCP sockets that sent (ingress: brought) bulk packets in this window
+	 * and in the last complete one, and the most-sending one's rate over
+	 * the last complete window, bytes/s (egress only) */
 	__u64 window_flows;
 	__u64 flows;
 	__u64 top_flow_rate;

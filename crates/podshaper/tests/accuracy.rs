@@ -37,6 +37,13 @@ const BBR_EGRESS: (f64, f64) = (0.85, 1.05);
 /// retransmissions are not.)
 const INGRESS_ECN_ONE_FLOW: (f64, f64) = (0.85, 1.05);
 
+/// Jain's index of eight cubic flows through the ingress policer alone:
+/// 0.88-1.000 here at 10M-1G. Until session 15 one flow of several could
+/// take most of the rate (0.716 once at 100M x8 here with a first version
+/// of the fair parts; in the bench at 1G x16, 330-510 MB of 500 in half the
+/// runs, Jain 0.12-0.26).
+const INGRESS_CUBIC_FAIR: f64 = 0.80;
+
 /// Who sends: its congestion control, and whether its connections
 /// negotiate ECN.
 #[derive(Clone, Copy)]
@@ -86,10 +93,14 @@ fn tcp(
     assert_ratio(&what, got.bits_per_second, bits, bounds.0, bounds.1);
     // every egress flow is paced at an equal part of the limit while they
     // all want more (0.997-1.000 in the bench); the ingress policer alone
-    // has no say in which flow's packets it drops (tests/ingress_queue.rs
-    // checks the queue's fairness)
-    if egress && flows > 1 {
+    // lets a flow within its fair part borrow and takes the pass after a
+    // drop from one over it, which holds senders that back off on loss
+    // (BBR does not: 0.79-0.91 here; tests/ingress_queue.rs checks the
+    // queue's fairness)
+    if flows > 1 && egress {
         assert_fair(&what, &got.flow_bytes, flows, 0.90);
+    } else if flows > 1 && cc == "cubic" {
+        assert_fair(&what, &got.flow_bytes, flows, INGRESS_CUBIC_FAIR);
     }
 }
 

@@ -69,6 +69,21 @@ fn bench_compares_podshaper_with_tbf_and_no_limit() {
             .is_some_and(|(s, e)| e > 0.0 && s > e),
         "{rows:?}"
     );
+    // each flow's bytes at the receiver, and what the shaper let through
+    let flow_bytes = tcp("podshaper")["flow_bytes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        flow_bytes.len() == 1 && flow_bytes[0].as_u64().is_some_and(|b| b > 0),
+        "{rows:?}"
+    );
+    assert!(
+        tcp("podshaper")["shaper_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 0),
+        "{rows:?}"
+    );
     // the sockops program ran on the sender's ACKs, and only for podshaper
     let sockops = |m: &str| tcp(m)["bpf_sockops_runs"].as_u64();
     assert!(

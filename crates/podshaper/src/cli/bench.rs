@@ -95,6 +95,8 @@ struct Cell {
     cpu_busy: f64,
     /// Jain's index over the flows' bytes (TCP, more than one flow)
     jain: Option<f64>,
+    /// each TCP flow's bytes at the receiver over the measured seconds
+    flow_bytes: Vec<u64>,
     /// round trips of a small request/response beside the bulk traffic: p50, p99
     rtt: Option<(Duration, Duration)>,
     /// mean run time of the shaper's program for this direction (podshaper only)
@@ -296,12 +298,14 @@ pub fn run(args: BenchArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
                     "sent_segments": c.retrans.map(|r| r.1),
                     "cpu_busy": c.cpu_busy,
                     "jain_index": c.jain,
+                    "flow_bytes": c.flow_bytes,
                     "rtt_p50_ms": c.rtt.map(|r| ms(r.0)),
                     "rtt_p99_ms": c.rtt.map(|r| ms(r.1)),
                     "bpf_ns_per_packet": c.bpf_ns,
                     "bpf_empty_ns_per_packet": c.bpf_empty_ns,
                     "bpf_sockops_ns_per_run": c.bpf_sockops.map(|(ns, _)| ns),
                     "bpf_sockops_runs": c.bpf_sockops.map(|(_, runs)| runs),
+                    "shaper_bytes": c.shaped.map(|s| s.bytes),
                     "shaper_packets": c.shaped.map(|s| s.packets),
                     "shaper_dropped": c.shaped.map(|s| s.dropped),
                     "shaper_marked": c.shaped.map(|s| s.marked),
@@ -531,6 +535,7 @@ fn run_cell(
         retrans,
         cpu_busy,
         jain,
+        flow_bytes: measured.flow_bytes,
         rtt,
         bpf_ns,
         bpf_empty_ns,
