@@ -893,7 +893,7 @@ static __always_inline void note_verdict(struct sock_state *ss, __u32 end, __u32
  * pass after a drop: it keeps only the passes of retransmissions, of small
  * packets and after a millisecond with nothing let in, so its sender still
  * recovers without a timeout. Before, one cubic flow of 16 at 1G took
- * 330-510 MB of 500 in half the runs (Jain 0.12-0.26): each of its drops let
+ * 390-510 MB of 710 in half the runs (Jain 0.12-0.31): each of its drops let
  * its next packet through, so it never lost two running and never backed
  * off for long (docs/shaping.md, "Fair parts through the policer alone").
  * Taking the retransmissions' pass from such a flow as well held BBR

@@ -40,8 +40,8 @@ const INGRESS_ECN_ONE_FLOW: (f64, f64) = (0.85, 1.05);
 /// Jain's index of eight cubic flows through the ingress policer alone:
 /// 0.88-1.000 here at 10M-1G. Until session 15 one flow of several could
 /// take most of the rate (0.716 once at 100M x8 here with a first version
-/// of the fair parts; in the bench at 1G x16, 330-510 MB of 500 in half the
-/// runs, Jain 0.12-0.26).
+/// of the fair parts; in the bench at 1G x16, 390-510 MB of 710 in half the
+/// runs, Jain 0.12-0.31).
 const INGRESS_CUBIC_FAIR: f64 = 0.80;
 
 /// Who sends: its congestion control, and whether its connections
