@@ -39,9 +39,9 @@ const INGRESS_ECN_ONE_FLOW: (f64, f64) = (0.85, 1.05);
 
 /// Jain's index of eight cubic flows through the ingress policer alone:
 /// 0.88-1.000 here at 10M-1G. Until session 15 one flow of several could
-/// take most of the rate (0.716 once at 100M x8 here with a first version
-/// of the fair parts; in the bench at 1G x16, 390-510 MB of 710 in half the
-/// runs, Jain 0.12-0.31).
+/// take most of the rate: session 14's build read 0.17 and 0.43 at 100M x8,
+/// 0.26 and 0.22 at 1G x8 here (10M x8 0.95-0.98), and a first version of
+/// the fair parts 0.716 once at 100M x8.
 const INGRESS_CUBIC_FAIR: f64 = 0.80;
 
 /// Who sends: its congestion control, and whether its connections
