@@ -380,6 +380,27 @@ static __always_inline void refresh_limit(struct __sk_buff *skb, struct ps_state
 }
 
 /*
+ * Starts a bucket's next window of flow counting (the egress steering's, the
+ * ingress fair parts'): a flow is forgotten one window at a time, since a
+ * flow paced at a small share may send nothing in one window. Called with
+ * the lock held.
+ */
+static __always_inline void start_window(struct ps_bucket *b, __u64 now)
+{
+	b->window_start_ns = now;
+	b->flows = b->flows > b->window_flows ? b->flows - 1 : b->window_flows;
+	b->window_flows = 0;
+	b->window_seq++;
+}
+
+/* The bucket's TCP flows: of the window so far or of the ones before it,
+ * whichever are more. Called with the lock held. */
+static __always_inline __u64 active_flows(struct ps_bucket *b)
+{
+	return b->flows > b->window_flows ? b->flows : b->window_flows;
+}
+
+/*
  * Steers the fair share so that the measured aggregate approaches the rate:
  * share *= sqrt-ish(rate / measured), clamped to halve or double at most per
  * window. With N flows all paced at the share, one full step lands on rate/N;
@@ -402,15 +423,10 @@ static __always_inline void steer_share(struct ps_bucket *b, __u64 now)
 	offered = (__s64)b->window_bytes +
 		  (((__s64)(b->burst >> 1) - b->tokens) >> INTEGRAL_SHIFT);
 	measured = offered > 0 ? (__u64)offered * NSEC_PER_SEC / span : 0;
-	b->window_start_ns = now;
 	b->window_bytes = 0;
 	b->top_flow_rate = b->window_top_bytes * NSEC_PER_SEC / span;
 	b->window_top_bytes = 0;
-	/* forgets a flow one window at a time: a flow paced at a small share
-	 * may send nothing in one window */
-	b->flows = b->flows > b->window_flows ? b->flows - 1 : b->window_flows;
-	b->window_flows = 0;
-	b->window_seq++;
+	start_window(b, now);
 
 	if (measured == 0) {
 		ratio = SHARE_MAX_GROWTH;
@@ -449,7 +465,7 @@ static __always_inline void steer_share(struct ps_bucket *b, __u64 now)
  */
 static __always_inline void cap_share_in_deficit(struct ps_bucket *b)
 {
-	__u64 flows = b->flows > b->window_flows ? b->flows : b->window_flows;
+	__u64 flows = active_flows(b);
 	__u64 cap, top = b->top_flow_rate + (b->top_flow_rate >> 3);
 
 	if (b->tokens >= 0 || flows <= 1)
@@ -913,18 +929,6 @@ static __always_inline void note_verdict(struct sock_state *ss, __u32 end, __u32
 /* what a flow over its fair part (FAIR_HOG) keeps */
 #define BORROW_HOG_KEEPS (BORROW_SMALL | BORROW_RETRANSMIT | BORROW_AFTER_GAP)
 
-/* Moves the ingress bucket's window on, as steer_share does for egress: a
- * flow is forgotten one window at a time. Called with the lock held. */
-static __always_inline void next_ingress_window(struct ps_bucket *b, __u64 now)
-{
-	if (now - b->window_start_ns < b->window_ns)
-		return;
-	b->window_start_ns = now;
-	b->flows = b->flows > b->window_flows ? b->flows - 1 : b->window_flows;
-	b->window_flows = 0;
-	b->window_seq++;
-}
-
 /* Counts a socket into the ingress window; returns the KiB it had let in
  * during it. Called with the lock held. */
 static __always_inline __u64 count_ingress_flow(struct ps_bucket *b, struct sock_state *ss)
@@ -954,7 +958,7 @@ static __always_inline void add_ingress_bytes(struct sock_state *ss, __u64 len)
  * lock held. */
 static __always_inline int fair_standing(struct ps_bucket *b, __u64 had_kib, __u64 len)
 {
-	__u64 flows = b->flows > b->window_flows ? b->flows : b->window_flows;
+	__u64 flows = active_flows(b);
 	__u64 part, had = had_kib << 10;
 
 	if (flows == 0)
@@ -1060,7 +1064,8 @@ int podshaper_ingress(struct __sk_buff *skb)
 	if (c)
 		settle_credit(st, c, 0);
 	if (ss) {
-		next_ingress_window(b, now);
+		if (now - b->window_start_ns >= b->window_ns)
+			start_window(b, now);
 		had_kib = count_ingress_flow(b, ss);
 	}
 	if (b->tokens >= (__s64)len) {
