@@ -7,10 +7,12 @@
  *
  * The state maps' values (struct ps_state, struct ps_credit, and struct
  * sock_state in shaper.c) outlive the daemon in bpffs pins, and a restarted
- * daemon reuses them unless their size changed (Shaper::load_pinned). A
- * change of a field's meaning or place that keeps the size is not noticed:
- * make such a change change the size too, or the new build reads the old
- * values under the new layout.
+ * daemon reuses them unless their size or layout changed
+ * (Shaper::load_pinned compares the BTF the kernel kept with each pinned
+ * map, field names, offsets and types, with this build's). A change of a
+ * field's meaning alone (same name, type and place) is not noticed: rename
+ * the field with it, or the new build reads the old values under the new
+ * meaning.
  */
 #ifndef PODSHAPER_SHAPER_H
 #define PODSHAPER_SHAPER_H

@@ -68,6 +68,12 @@ fn limits_hold_through_kill_9_are_adopted_on_restart_and_detach_removes_them() {
     assert_ratio("with the daemon killed", rate, 100e6, 0.90, 1.05);
 
     daemon.restart();
+    // the same build: its own pinned maps are its layout
+    let log = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
+    assert!(
+        !log.contains("pinned state maps of another size or layout"),
+        "{log}"
+    );
     let listed = daemon.list();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["cgroup"], path.as_str());
@@ -254,7 +260,24 @@ fn a_restart_over_state_maps_of_another_layout_starts_them_afresh() {
 /// sockets' state here, so the buckets and their counters carry on.
 #[test]
 fn a_restart_over_a_socket_map_of_another_size_starts_only_it_afresh() {
-    let root = TestRoot::new("sockmap");
+    // values larger than this build's (so its programs would load with it)
+    restart_over_another_socket_map("sockmap", "__u64[13]", 104);
+}
+
+/// The same for a pinned state map of this build's size but another
+/// layout (a field moved, renamed or retyped), which the sizes cannot tell:
+/// the daemon compares the BTF the kernel kept with the pinned map against
+/// its own.
+#[test]
+fn a_restart_over_a_socket_map_of_another_layout_of_the_same_size_starts_only_it_afresh() {
+    restart_over_another_socket_map("socklayout", "__u64[6]", 48);
+}
+
+/// Attaches a limit, kills the daemon, pins in its `sock_states` place a
+/// socket storage whose value is `value_type` (`value_size` bytes), and
+/// checks that the restarted daemon starts only that map afresh.
+fn restart_over_another_socket_map(name: &str, value_type: &str, value_size: u32) {
+    let root = TestRoot::new(name);
     let app = root.make("app");
     let mut daemon = TestDaemon::start(&root.path, &[]);
     let path = app.path().display().to_string();
@@ -270,31 +293,35 @@ fn a_restart_over_a_socket_map_of_another_size_starts_only_it_afresh() {
     );
     daemon.kill9();
 
-    // another build's socket storage: the same map, with values larger
-    // than this build's (so its programs would load with it)
+    // another build's socket storage
     let bytes = common::compiled_bpf(
-        "old_sock_states",
-        "struct { __uint(type, BPF_MAP_TYPE_SK_STORAGE); \
-         __uint(map_flags, BPF_F_NO_PREALLOC); __type(key, int); \
-         __type(value, __u64[13]); } sock_states SEC(\".maps\");",
+        &format!("old_sock_states_{name}"),
+        &format!(
+            "struct {{ __uint(type, BPF_MAP_TYPE_SK_STORAGE); \
+             __uint(map_flags, BPF_F_NO_PREALLOC); __type(key, int); \
+             __type(value, {value_type}); }} sock_states SEC(\".maps\");"
+        ),
     );
     let pin = daemon.bpffs.join("maps").join("sock_states");
     std::fs::remove_file(&pin).expect("unpin the daemon's sock_states map");
     let loaded = aya::EbpfLoader::new()
         .map_pin_path("sock_states", &pin)
         .load(&bytes);
-    drop(loaded.expect("pin a sock_states map of another size"));
-    let size = |pin: &std::path::Path| {
-        aya::maps::MapInfo::from_pin(pin)
-            .expect("read the pinned sock_states")
-            .value_size()
+    drop(loaded.expect("pin another sock_states map"));
+    let id = |pin: &std::path::Path| {
+        let info = aya::maps::MapInfo::from_pin(pin).expect("read the pinned sock_states");
+        (info.id(), info.value_size())
     };
-    assert_eq!(size(&pin), 104);
+    let (other_id, size) = id(&pin);
+    assert_eq!(size, value_size);
 
     daemon.restart();
     let log = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
-    assert!(log.contains("pinned state maps of another size"), "{log}");
-    assert_ne!(size(&pin), 104, "the other size's map was reused");
+    assert!(
+        log.contains("pinned state maps of another size or layout"),
+        "{log}"
+    );
+    assert_ne!(id(&pin).0, other_id, "the other build's map was reused");
     let listed = daemon.list();
     assert_eq!(listed.len(), 1, "{listed:?}");
     let counted_after = listed[0]["counters"]["egress_bytes"].as_u64().unwrap_or(0);

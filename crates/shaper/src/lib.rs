@@ -9,6 +9,7 @@ pub mod confine;
 pub mod counters;
 pub mod empty;
 pub mod ingress_queue;
+mod layout;
 pub mod limits;
 pub mod netns;
 pub mod node;

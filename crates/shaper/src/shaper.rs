@@ -17,10 +17,12 @@ use aya::{Ebpf, EbpfError, EbpfLoader};
 use crate::abi;
 use crate::cgroup::{Cgroup, CgroupError};
 use crate::counters::CgroupCounters;
+use crate::layout;
 use crate::limits::Limits;
 
 /// The shaper object, compiled from `bpf/shaper.c` by build.rs.
-static SHAPER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shaper.o"));
+pub(crate) static SHAPER_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shaper.o"));
 
 const EGRESS_PROGRAM: &str = "podshaper_egress";
 const INGRESS_PROGRAM: &str = "podshaper_ingress";
@@ -219,10 +221,10 @@ impl Shaper {
         // aya reuses a pinned map as it is, and a program that reads less
         // of a value than the pinned map holds loads fine: a state whose
         // layout shrank would be read under the new layout, silently
-        let resized = resized_state_pins(maps_dir);
-        if !resized.is_empty() {
-            tracing::warn!(pins = ?resized, "pinned state maps of another size (another version's layout): starting them afresh; limits are kept");
-            unpin(&resized)?;
+        let changed = changed_state_pins(maps_dir);
+        if !changed.is_empty() {
+            tracing::warn!(pins = ?changed, "pinned state maps of another size or layout (another version's): starting them afresh; limits are kept");
+            unpin(&changed)?;
         }
         let first = match Self::load_with_pins(maps_dir) {
             Ok(shaper) => return Ok(shaper),
@@ -738,11 +740,14 @@ fn state_keys(cgroup_id: u64) -> [CgroupStorageKey; 2] {
 const BPF_CGROUP_INET_INGRESS: u32 = 0;
 const BPF_CGROUP_INET_EGRESS: u32 = 1;
 
-/// The pins in `maps_dir` of the state maps whose key or value size is not
-/// this build's, with the rest of their group (STATE_MAP_GROUPS). A pin that
-/// cannot be read is left to the load, which fails on it and starts the
-/// state maps afresh then.
-fn resized_state_pins(maps_dir: &Path) -> Vec<PathBuf> {
+/// The pins in `maps_dir` of the state maps made under another layout than
+/// this build's, with the rest of their group (STATE_MAP_GROUPS): another
+/// key or value size, or, where the kernel kept the map's BTF, another
+/// value layout of the same size (a field moved, renamed or retyped). A pin
+/// that cannot be read is left to the load, which fails on it and starts
+/// the state maps afresh then; one whose BTF cannot be read is judged by
+/// its sizes.
+fn changed_state_pins(maps_dir: &Path) -> Vec<PathBuf> {
     let object = match aya_obj::Object::parse(SHAPER_OBJECT) {
         Ok(object) => object,
         Err(e) => {
@@ -750,18 +755,30 @@ fn resized_state_pins(maps_dir: &Path) -> Vec<PathBuf> {
             return Vec::new();
         }
     };
-    let resized = |name: &str| -> bool {
-        let (Some(ours), Ok(pinned)) = (
-            object.maps.get(name),
-            aya::maps::MapInfo::from_pin(maps_dir.join(name)),
-        ) else {
+    let btf = layout::object_btf(&object);
+    let changed = |name: &str| -> bool {
+        let pin = maps_dir.join(name);
+        let (Some(ours), Ok(pinned)) = (object.maps.get(name), aya::maps::MapInfo::from_pin(&pin))
+        else {
             return false;
         };
-        ours.key_size() != pinned.key_size() || ours.value_size() != pinned.value_size()
+        if ours.key_size() != pinned.key_size() || ours.value_size() != pinned.value_size() {
+            return true;
+        }
+        let ours = btf
+            .as_ref()
+            .and_then(|btf| layout::object_value_layout(&object, btf, name));
+        match (ours, layout::pinned_value_layout(&pin)) {
+            (Some(ours), Some(pinned)) if ours != pinned => {
+                tracing::info!(map = name, pinned = %pinned, ours = %ours, "a pinned state map of this build's size but another layout");
+                true
+            }
+            _ => false,
+        }
     };
     STATE_MAP_GROUPS
         .iter()
-        .filter(|group| group.iter().any(|name| resized(name)))
+        .filter(|group| group.iter().any(|name| changed(name)))
         .flat_map(|group| group.iter())
         .map(|name| maps_dir.join(name))
         .filter(|path| path.exists())
