@@ -1,18 +1,19 @@
 //! The layout of a state map's value, as its BTF describes it: field names,
 //! offsets and types, nested structs and arrays written out. A daemon
 //! compares the layout a pinned state map was made with (the BTF the kernel
-//! keeps with the map) against its own build's, so that a change of a
-//! field's place or meaning that keeps the value's size still starts the
-//! map afresh instead of having the new programs read the old values under
-//! the new layout (the size check alone missed that: bpf/shaper.h).
+//! keeps with the map) against its own build's, so that a field moved,
+//! renamed or retyped in a value of the same size still starts the map
+//! afresh instead of having the new programs read the old values under the
+//! new layout (the size check alone missed that). A change of a field's
+//! meaning alone is not seen: bpf/shaper.h asks for a rename with it.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use aya_obj::generated::{bpf_btf_info, bpf_cmd, bpf_map_info};
 
 /// How deep a layout is written out (struct in struct in array ...): far
-/// beyond the state maps' two levels; a type nested deeper is named, not
-/// written out, so a malformed BTF cannot recurse without end.
+/// beyond the state maps' two levels; a type nested deeper is written as
+/// `...`, so a malformed BTF cannot recurse without end.
 const MAX_DEPTH: usize = 16;
 
 /// Describes type `id` of `btf`: the same text for the same layout, another
