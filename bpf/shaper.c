@@ -1239,6 +1239,52 @@ struct {
 	__type(value, __u64);
 } unpace_target SEC(".maps");
 
+/*
+ * The kernel's structs, as far as the iterators read them: relocated to the
+ * running kernel's layout (CO-RE), read with bpf_probe_read_kernel.
+ */
+struct kernfs_node {
+	__u64 id;
+} __attribute__((preserve_access_index));
+
+struct cgroup_subsys_state {
+	struct cgroup_subsys_state *parent;
+} __attribute__((preserve_access_index));
+
+/* `self` is struct cgroup's first member: a parent css is its cgroup */
+struct cgroup {
+	struct cgroup_subsys_state self;
+	struct kernfs_node *kn;
+} __attribute__((preserve_access_index));
+
+struct sock_cgroup_data {
+	struct cgroup *cgroup;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_cgroup_data sk_cgrp_data;
+	unsigned long sk_max_pacing_rate;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock {
+	__u32 snd_cwnd_clamp;
+} __attribute__((preserve_access_index));
+
+/* Whether a socket's cgroup is `target` or below it (a pod's limit covers
+ * its containers). */
+static __always_inline int in_cgroup(struct tcp_sock *tp, __u64 target)
+{
+	struct cgroup *cg = BPF_CORE_READ((struct sock *)tp, sk_cgrp_data.cgroup);
+	int i;
+
+	for (i = 0; i < MAX_CGROUP_LEVEL && cg; i++) {
+		if (BPF_CORE_READ(cg, kn, id) == target)
+			return 1;
+		cg = (struct cgroup *)BPF_CORE_READ(cg, self.parent);
+	}
+	return 0;
+}
+
 /* The TCP socket an iterator visits and the cgroup id user space wrote into
  * the iterator's one-entry `target_map`; NULL if either is missing. */
 static __always_inline struct tcp_sock *iter_socket(struct bpf_iter__tcp *ctx, void *target_map,
@@ -1261,6 +1307,33 @@ static __always_inline struct tcp_sock *iter_socket(struct bpf_iter__tcp *ctx, v
 	return tp;
 }
 
+/*
+ * A socket of the cgroup (or below it) with no state in this build's map,
+ * but a pacing cap or a window clamp: paced by an older build whose socket
+ * map a daemon upgrade started afresh (shaper.h), and idle since, so this
+ * build never took it over. Its cap and clamp are lifted as its state's
+ * would be. A cap the application set itself on such a socket is lifted too:
+ * podshaper replaced any such cap on every socket that sent under the limit
+ * anyway, and leaving an old share on a socket of a pod no longer limited
+ * is the worse error. The window clamp is only set by BPF (or a route's
+ * locked cwnd, which is not per socket).
+ */
+static __always_inline void unpace_unknown(struct tcp_sock *tp, __u64 target)
+{
+	__u32 unpaced = ~0U, unclamped = CWND_UNCLAMPED;
+	unsigned long cap = BPF_CORE_READ((struct sock *)tp, sk_max_pacing_rate);
+	__u32 clamp = BPF_CORE_READ(tp, snd_cwnd_clamp);
+
+	if ((cap == ~0UL || cap == ~0U) && clamp >= CWND_UNCLAMPED)
+		return;
+	if (!in_cgroup(tp, target))
+		return;
+	if (clamp < CWND_UNCLAMPED)
+		bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SNDCWND_CLAMP, &unclamped, sizeof(unclamped));
+	if (cap != ~0UL && cap != ~0U)
+		bpf_setsockopt(tp, SOL_SOCKET, SO_MAX_PACING_RATE, &unpaced, sizeof(unpaced));
+}
+
 SEC("iter/tcp")
 int podshaper_unpace(struct bpf_iter__tcp *ctx)
 {
@@ -1273,7 +1346,11 @@ int podshaper_unpace(struct bpf_iter__tcp *ctx)
 	if (!tp)
 		return 0;
 	ss = bpf_sk_storage_get(&sock_states, tp, 0, 0);
-	if (!ss || ss->paced_cgid != target || ss->applied == 0)
+	if (!ss) {
+		unpace_unknown(tp, target);
+		return 0;
+	}
+	if (ss->paced_cgid != target || ss->applied == 0)
 		return 0;
 	if (ss->cwnd_clamp && bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SNDCWND_CLAMP, &unclamped,
 					     sizeof(unclamped)) == 0)
@@ -1296,32 +1373,7 @@ int podshaper_unpace(struct bpf_iter__tcp *ctx)
  * operator adding the annotation to a running pod does, kept the kernel's
  * delayed ACK on its open connections, and a cubic download through the
  * policer alone got 0.5-0.9 of the limit (docs/shaping.md).
- *
- * The kernel's structs, as far as this reads them: relocated to the running
- * kernel's layout (CO-RE), read with bpf_probe_read_kernel.
  */
-struct kernfs_node {
-	__u64 id;
-} __attribute__((preserve_access_index));
-
-struct cgroup_subsys_state {
-	struct cgroup_subsys_state *parent;
-} __attribute__((preserve_access_index));
-
-/* `self` is struct cgroup's first member: a parent css is its cgroup */
-struct cgroup {
-	struct cgroup_subsys_state self;
-	struct kernfs_node *kn;
-} __attribute__((preserve_access_index));
-
-struct sock_cgroup_data {
-	struct cgroup *cgroup;
-} __attribute__((preserve_access_index));
-
-struct sock {
-	struct sock_cgroup_data sk_cgrp_data;
-} __attribute__((preserve_access_index));
-
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -1333,20 +1385,10 @@ SEC("iter/tcp")
 int podshaper_delack(struct bpf_iter__tcp *ctx)
 {
 	struct tcp_sock *tp;
-	struct cgroup *cg;
 	__u64 target = 0;
-	int i;
 
 	tp = iter_socket(ctx, &delack_target, &target);
-	if (!tp)
-		return 0;
-	cg = BPF_CORE_READ((struct sock *)tp, sk_cgrp_data.cgroup);
-	for (i = 0; i < MAX_CGROUP_LEVEL && cg; i++) {
-		if (BPF_CORE_READ(cg, kn, id) == target)
-			break;
-		cg = (struct cgroup *)BPF_CORE_READ(cg, self.parent);
-	}
-	if (i < MAX_CGROUP_LEVEL && cg)
+	if (tp && in_cgroup(tp, target))
 		set_short_delack(tp);
 	return 0;
 }

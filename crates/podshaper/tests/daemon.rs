@@ -293,7 +293,36 @@ fn restart_over_another_socket_map(name: &str, value_type: &str, value_size: u32
     );
     daemon.kill9();
 
-    // another build's socket storage
+    let (other_id, size) = pin_another_socket_map(&daemon, name, value_type);
+    assert_eq!(size, value_size);
+    let id = |pin: &std::path::Path| {
+        aya::maps::MapInfo::from_pin(pin)
+            .expect("read the pinned sock_states")
+            .id()
+    };
+    let pin = daemon.bpffs.join("maps").join("sock_states");
+
+    daemon.restart();
+    let log = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("pinned state maps of another size or layout"),
+        "{log}"
+    );
+    assert_ne!(id(&pin), other_id, "the other build's map was reused");
+    let listed = daemon.list();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let counted_after = listed[0]["counters"]["egress_bytes"].as_u64().unwrap_or(0);
+    assert!(
+        counted_after >= counted_before,
+        "the buckets' counters started afresh too: {counted_before} then {counted_after}"
+    );
+    let rate = measure_with(&Limiter::Cgroup(&app), &Flow::tcp(true));
+    assert_ratio("after the restart", rate, 100e6, 0.90, 1.05);
+}
+
+/// Pins, in the (stopped) daemon's `sock_states` place, another build's
+/// socket storage whose value is `value_type`; its map id and value size.
+fn pin_another_socket_map(daemon: &TestDaemon, name: &str, value_type: &str) -> (u32, u32) {
     let bytes = common::compiled_bpf(
         &format!("old_sock_states_{name}"),
         &format!(
@@ -308,29 +337,113 @@ fn restart_over_another_socket_map(name: &str, value_type: &str, value_size: u32
         .map_pin_path("sock_states", &pin)
         .load(&bytes);
     drop(loaded.expect("pin another sock_states map"));
-    let id = |pin: &std::path::Path| {
-        let info = aya::maps::MapInfo::from_pin(pin).expect("read the pinned sock_states");
-        (info.id(), info.value_size())
-    };
-    let (other_id, size) = id(&pin);
-    assert_eq!(size, value_size);
+    let info = aya::maps::MapInfo::from_pin(&pin).expect("read the pinned sock_states");
+    (info.id(), info.value_size())
+}
 
+/// A TCP socket paced under a limit, idle while an upgrade started the
+/// sockets' map afresh (so this build has no state for it), loses its
+/// pacing cap when its cgroup is detached: the un-pacing iterator lifts the
+/// cap of a socket of the cgroup that has none in the map. Before, it kept
+/// the old share for the rest of its life, in a pod no longer limited. A
+/// socket of another limited cgroup, in the same state, keeps its cap.
+#[test]
+fn a_socket_paced_by_an_older_build_and_idle_since_is_unpaced_at_detach() {
+    use std::net::{SocketAddr, TcpListener};
+
+    use podshaper_netlab::traffic::{self, Until};
+    use podshaper_netlab::{Meter, NetnsPair};
+
+    let root = TestRoot::new("oldpaced");
+    let mut daemon = TestDaemon::start(&root.path, &[]);
+    let _turn = common::traffic_turn();
+    let lab = NetnsPair::create("oldpaced").expect("lab");
+    let until = Until::after(Duration::from_secs(20));
+    // in each of two cgroups limited to 20M, one light connection: a 16 KiB
+    // write at the start, then idle
+    let mut idle = Vec::new();
+    for name in ["app", "other"] {
+        let cgroup = root.make(name);
+        let path = cgroup.path().display().to_string();
+        daemon.ok(&["attach", "--cgroup", &path, "--egress", "20M"]);
+        let port = unique_port();
+        let to = SocketAddr::new(NetnsPair::addr_b(false), port);
+        let sink = {
+            let until = until.clone();
+            traffic::spawn_in(Some(lab.b().to_string()), move || {
+                traffic::tcp_sink(TcpListener::bind(to)?, Meter::default(), &until)
+            })
+        };
+        thread::sleep(Duration::from_millis(200));
+        let mut cmd = common::podshaper();
+        cgroup.spawn_inside(&mut cmd).expect("spawn inside");
+        cmd.args(["traffic", "tcp-send", "--netns", lab.a(), "--seconds", "20"])
+            .args(["--flows", "0", "--light", "1", "--light-rate", "1k"])
+            .arg("--to")
+            .arg(to.to_string())
+            .stdout(std::process::Stdio::null());
+        let source = common::ChildGuard::spawn(&mut cmd);
+        idle.push((path, port, cgroup, sink, source));
+    }
+    let cap = |port: u16| max_pacing_rate(lab.a(), port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while idle.iter().any(|(_, port, ..)| cap(*port).is_none())
+        && std::time::Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let before: Vec<Option<String>> = idle.iter().map(|(_, port, ..)| cap(*port)).collect();
+    assert!(
+        before.iter().all(Option::is_some),
+        "a connection was never paced: {before:?}"
+    );
+
+    daemon.kill9();
+    pin_another_socket_map(&daemon, "oldpaced", "__u64[6]");
     daemon.restart();
     let log = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
     assert!(
         log.contains("pinned state maps of another size or layout"),
         "{log}"
     );
-    assert_ne!(id(&pin).0, other_id, "the other build's map was reused");
-    let listed = daemon.list();
-    assert_eq!(listed.len(), 1, "{listed:?}");
-    let counted_after = listed[0]["counters"]["egress_bytes"].as_u64().unwrap_or(0);
-    assert!(
-        counted_after >= counted_before,
-        "the buckets' counters started afresh too: {counted_before} then {counted_after}"
+    let (app_path, app_port, ..) = &idle[0];
+    let (_, other_port, ..) = &idle[1];
+    assert_eq!(
+        cap(*app_port),
+        before[0],
+        "the restart touched the idle connection"
     );
-    let rate = measure_with(&Limiter::Cgroup(&app), &Flow::tcp(true));
-    assert_ratio("after the restart", rate, 100e6, 0.90, 1.05);
+    daemon.ok(&["detach", "--cgroup", app_path]);
+    assert_eq!(
+        cap(*app_port),
+        None,
+        "the older build's pacing cap stayed on after the detach"
+    );
+    assert_eq!(
+        cap(*other_port),
+        before[1],
+        "the detach lifted the cap of another limited cgroup's connection"
+    );
+}
+
+/// The pacing cap (`ss`'s "pacing_rate RATE/CAP") of the TCP connection to
+/// `port` in network namespace `netns`, if it has one.
+fn max_pacing_rate(netns: &str, port: u16) -> Option<String> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!(
+            "--net={}",
+            podshaper_netlab::netns::netns_path(netns).display()
+        ))
+        .args(["ss", "-tin", "state", "established"])
+        .arg(format!("dport = :{port}"))
+        .output()
+        .expect("run ss");
+    assert!(out.status.success(), "ss: {}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "pacing_rate")?;
+    let rate = words.next()?;
+    rate.split_once('/').map(|(_, cap)| cap.to_string())
 }
 
 /// The name of the program a pinned link runs.

@@ -22,7 +22,7 @@ pub enum TrafficCommand {
         /// Where to send.
         #[arg(long)]
         to: SocketAddr,
-        /// Parallel connections.
+        /// Parallel connections (0: only the light ones).
         #[arg(long, default_value_t = 1)]
         flows: usize,
         /// Light connections beside them, each writing 16 KiB at a time
@@ -109,8 +109,11 @@ pub fn run(command: TrafficCommand) -> Result<ExitCode> {
                     traffic::tcp_send_light(to, light, rate.bits_per_sec(), &until)
                 })
             });
-            let mut sent =
-                traffic::tcp_send(to, flows, &until).with_context(|| format!("sending to {to}"))?;
+            let mut sent = if flows > 0 {
+                traffic::tcp_send(to, flows, &until).with_context(|| format!("sending to {to}"))?
+            } else {
+                0
+            };
             if let Some(handle) = light_sender {
                 sent += handle
                     .join()
