@@ -320,6 +320,136 @@ fn restart_over_another_socket_map(name: &str, value_type: &str, value_size: u32
     assert_ratio("after the restart", rate, 100e6, 0.90, 1.05);
 }
 
+/// After an upgrade each adopted state takes its limit again through this
+/// build's programs. The daemon moves the limit's version when it loads, but
+/// the older build's programs stay attached until it moves each attachment,
+/// and a packet in between has the older program take the new version with
+/// its own reading of the limit (here: another ingress window length, as
+/// session 15 changed it from 256 KiB at the rate to 1 MiB), which this
+/// build's programs then kept until the cgroup's next limit change. An
+/// older build's ingress program stands in (on every packet it takes the
+/// version and writes a window of its own), while traffic runs through the
+/// restart.
+#[test]
+fn an_upgraded_attachment_takes_its_limit_again_under_this_build() {
+    use std::net::SocketAddr;
+
+    use podshaper_netlab::traffic::{self, Until};
+    use podshaper_netlab::NetnsPair;
+
+    #[expect(deprecated, reason = "the shaper's own map type (shaper.rs)")]
+    type States = aya::maps::CgroupStorage<aya::maps::MapData, podshaper_shaper::abi::State>;
+    const BPF_F_LOCK: u64 = 4;
+    const INGRESS: u32 = 0;
+    const OLD_WINDOW_NS: u64 = 1_234_567;
+
+    let root = TestRoot::new("retake");
+    let app = root.make("app");
+    let path = app.path().display().to_string();
+    let mut daemon = TestDaemon::start(&root.path, &[]);
+    daemon.ok(&["attach", "--cgroup", &path, "--ingress", "100M"]);
+    let rate = measure_with(&Limiter::Cgroup(&app), &Flow::tcp(false));
+    assert_ratio("before the restart", rate, 100e6, 0.85, 1.05);
+    let pin = daemon.bpffs.join("maps").join("cgroup_states");
+    let key = aya::maps::CgroupStorageKey::new(app.id(), INGRESS);
+    let window = || {
+        let data = aya::maps::MapData::from_pin(&pin).expect("open cgroup_states");
+        States::try_from(aya::maps::Map::from_map_data(data).expect("cgroup_states"))
+            .expect("cgroup_states")
+            .get(key, BPF_F_LOCK)
+            .expect("the ingress state")
+            .bucket
+            .window_ns
+    };
+    let ours = window();
+    assert_ne!(ours, OLD_WINDOW_NS);
+    daemon.kill9();
+
+    // the older build: its ingress program on the daemon's maps, taking a
+    // new limit version with a window of its own
+    let header = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bpf/shaper.h");
+    let bytes = common::compiled_bpf(
+        "old_retake",
+        &format!(
+            "#include \"{header}\"\n\
+             struct {{ __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); \
+             __type(key, __u32); __type(value, __u64); }} limits_version SEC(\".maps\");\n\
+             struct {{ __uint(type, BPF_MAP_TYPE_CGROUP_STORAGE); \
+             __type(key, struct bpf_cgroup_storage_key); __type(value, struct ps_state); }} \
+             cgroup_states SEC(\".maps\");\n\
+             SEC(\"cgroup_skb/ingress\") int old_build_ingress(struct __sk_buff *skb) {{\n\
+             __u32 zero = 0; __u64 *v = bpf_map_lookup_elem(&limits_version, &zero);\n\
+             struct ps_state *st = bpf_get_local_storage(&cgroup_states, 0);\n\
+             if (v) {{ bpf_spin_lock(&st->lock); \
+             st->bucket.window_ns = {OLD_WINDOW_NS}; st->limit_version = *v + 1; \
+             bpf_spin_unlock(&st->lock); }}\n\
+             return 1; }}"
+        ),
+    );
+    let maps = daemon.bpffs.join("maps");
+    let mut old = aya::EbpfLoader::new()
+        .map_pin_path("limits_version", maps.join("limits_version"))
+        .map_pin_path("cgroup_states", maps.join("cgroup_states"))
+        .load(&bytes)
+        .expect("load the older build");
+    let program: &mut aya::programs::CgroupSkb = old
+        .program_mut("old_build_ingress")
+        .expect("its program")
+        .try_into()
+        .expect("a cgroup_skb program");
+    program.load().expect("load its program");
+    let cgroup_fd = std::fs::File::open(app.path()).expect("open the cgroup");
+    let link_id = program
+        .attach(
+            &cgroup_fd,
+            aya::programs::CgroupSkbAttachType::Ingress,
+            aya::programs::CgroupAttachMode::Single,
+        )
+        .expect("attach the older build");
+    let link: aya::programs::links::FdLink = program
+        .take_link(link_id)
+        .expect("its link")
+        .try_into()
+        .expect("an fd link");
+    let link_pin = daemon
+        .bpffs
+        .join("links")
+        .join(app.id().to_string())
+        .join("ingress");
+    let theirs =
+        aya::programs::links::PinnedLink::from_pin(&link_pin).expect("the daemon's ingress pin");
+    drop(theirs.unpin().expect("unpin the daemon's ingress link"));
+    drop(link.pin(&link_pin).expect("pin the older build's link"));
+    drop(old);
+
+    // traffic into the cgroup through the restart
+    let _turn = common::traffic_turn();
+    let lab = NetnsPair::create("retake").expect("lab");
+    let port = unique_port();
+    let to = SocketAddr::new(NetnsPair::addr_b(false), port);
+    let mut cmd = common::podshaper();
+    app.spawn_inside(&mut cmd).expect("spawn inside");
+    cmd.args(["traffic", "tcp-recv", "--netns", lab.b(), "--seconds", "6"])
+        .arg("--listen")
+        .arg(to.to_string())
+        .stdout(std::process::Stdio::null());
+    let _sink = common::ChildGuard::spawn(&mut cmd);
+    let until = Until::after(Duration::from_secs(5));
+    let source = traffic::spawn_in(Some(lab.a().to_string()), move || {
+        traffic::tcp_send(to, 4, &until)
+    });
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(window(), OLD_WINDOW_NS, "the older build's program runs");
+    daemon.restart();
+    let sent = source.join().expect("the source thread");
+    assert!(sent.expect("sending") > 1_000_000);
+    assert_eq!(
+        window(),
+        ours,
+        "the upgraded attachment kept the older build's window"
+    );
+}
+
 /// Pins, in the (stopped) daemon's `sock_states` place, another build's
 /// socket storage whose value is `value_type`; its map id and value size.
 fn pin_another_socket_map(daemon: &TestDaemon, name: &str, value_type: &str) -> (u32, u32) {

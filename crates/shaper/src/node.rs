@@ -231,6 +231,10 @@ impl Node {
                 self.shaper.remove_limits(id)?;
             }
         }
+        // now that every attachment runs this build's programs (the bump at
+        // load came before the moves: an older build's program could take
+        // it with its own reading of the limit, docs/reliability.md)
+        self.shaper.retake_limits()?;
         Ok(report)
     }
 

@@ -628,6 +628,15 @@ impl Shaper {
             .map_err(|e| map_error(LIMITS_VERSION_MAP, e))
     }
 
+    /// Has every cgroup's state take its limit again on its next packet,
+    /// through this build's programs: a state adopted from another build
+    /// keeps what that build's programs derived from the limit (window
+    /// lengths, the deficit allowed) until then. Counters, tokens and shares
+    /// carry on; each CPU's slice goes back to its bucket.
+    pub fn retake_limits(&mut self) -> Result<(), ShaperError> {
+        self.bump_limits_version()
+    }
+
     /// Forgets a cgroup: its limits, and its shaping state with its counters.
     pub fn remove_limits(&mut self, cgroup_id: u64) -> Result<(), ShaperError> {
         remove_key::<abi::Limit>(&mut self.ebpf, LIMITS_MAP, cgroup_id)?;
