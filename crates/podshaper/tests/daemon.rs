@@ -387,40 +387,23 @@ fn an_upgraded_attachment_takes_its_limit_again_under_this_build() {
         ),
     );
     let maps = daemon.bpffs.join("maps");
-    let mut old = aya::EbpfLoader::new()
+    let old = aya::EbpfLoader::new()
         .map_pin_path("limits_version", maps.join("limits_version"))
         .map_pin_path("cgroup_states", maps.join("cgroup_states"))
         .load(&bytes)
         .expect("load the older build");
-    let program: &mut aya::programs::CgroupSkb = old
-        .program_mut("old_build_ingress")
-        .expect("its program")
-        .try_into()
-        .expect("a cgroup_skb program");
-    program.load().expect("load its program");
-    let cgroup_fd = std::fs::File::open(app.path()).expect("open the cgroup");
-    let link_id = program
-        .attach(
-            &cgroup_fd,
-            aya::programs::CgroupSkbAttachType::Ingress,
-            aya::programs::CgroupAttachMode::Single,
-        )
-        .expect("attach the older build");
-    let link: aya::programs::links::FdLink = program
-        .take_link(link_id)
-        .expect("its link")
-        .try_into()
-        .expect("an fd link");
     let link_pin = daemon
         .bpffs
         .join("links")
         .join(app.id().to_string())
         .join("ingress");
-    let theirs =
-        aya::programs::links::PinnedLink::from_pin(&link_pin).expect("the daemon's ingress pin");
-    drop(theirs.unpin().expect("unpin the daemon's ingress link"));
-    drop(link.pin(&link_pin).expect("pin the older build's link"));
-    drop(old);
+    put_in_place_of_the_daemons(
+        old,
+        "old_build_ingress",
+        &app,
+        aya::programs::CgroupSkbAttachType::Ingress,
+        &link_pin,
+    );
 
     // traffic into the cgroup through the restart
     let _turn = common::traffic_turn();
@@ -576,6 +559,40 @@ fn max_pacing_rate(netns: &str, port: u16) -> Option<String> {
     rate.split_once('/').map(|(_, cap)| cap.to_string())
 }
 
+/// Attaches program `name` of an older build's object (`old`) to `cgroup`
+/// and pins its link at `link_pin` in place of the daemon's, as an upgrade
+/// finds it.
+fn put_in_place_of_the_daemons(
+    mut old: aya::Ebpf,
+    name: &str,
+    cgroup: &podshaper_shaper::Cgroup,
+    attach_type: aya::programs::CgroupSkbAttachType,
+    link_pin: &std::path::Path,
+) {
+    let program: &mut aya::programs::CgroupSkb = old
+        .program_mut(name)
+        .expect("its program")
+        .try_into()
+        .expect("a cgroup_skb program");
+    program.load().expect("load its program");
+    let cgroup_fd = std::fs::File::open(cgroup.path()).expect("open the cgroup");
+    let link_id = program
+        .attach(
+            &cgroup_fd,
+            attach_type,
+            aya::programs::CgroupAttachMode::Single,
+        )
+        .expect("attach the older build");
+    let link: aya::programs::links::FdLink = program
+        .take_link(link_id)
+        .expect("its link")
+        .try_into()
+        .expect("an fd link");
+    let ours = aya::programs::links::PinnedLink::from_pin(link_pin).expect("the daemon's link pin");
+    drop(ours.unpin().expect("unpin the daemon's link"));
+    drop(link.pin(link_pin).expect("pin the older build's link"));
+}
+
 /// The name of the program a pinned link runs.
 fn program_of_link(pin: &std::path::Path) -> String {
     let link: aya::programs::links::FdLink = aya::programs::links::PinnedLink::from_pin(pin)
@@ -604,32 +621,16 @@ fn an_attachment_made_by_another_build_moves_to_this_builds_programs() {
         "old_build",
         "SEC(\"cgroup_skb/egress\") int old_build_egress(struct __sk_buff *skb) { return 1; }",
     );
-    let mut old = aya::Ebpf::load(&bytes).expect("load the older build");
-    let program: &mut aya::programs::CgroupSkb = old
-        .program_mut("old_build_egress")
-        .expect("its program")
-        .try_into()
-        .expect("a cgroup_skb program");
-    program.load().expect("load its program");
-    let cgroup_fd = std::fs::File::open(pod.path()).expect("open the cgroup");
-    let link_id = program
-        .attach(
-            &cgroup_fd,
-            aya::programs::CgroupSkbAttachType::Egress,
-            aya::programs::CgroupAttachMode::Single,
-        )
-        .expect("attach the older build");
-    let link: aya::programs::links::FdLink = program
-        .take_link(link_id)
-        .expect("its link")
-        .try_into()
-        .expect("an fd link");
+    let old = aya::Ebpf::load(&bytes).expect("load the older build");
     let dir = daemon.bpffs.join("links").join(pod.id().to_string());
     let pin = dir.join("egress");
-    let ours = aya::programs::links::PinnedLink::from_pin(&pin).expect("the daemon's egress pin");
-    drop(ours.unpin().expect("unpin the daemon's egress link"));
-    drop(link.pin(&pin).expect("pin the older build's link"));
-    drop(old);
+    put_in_place_of_the_daemons(
+        old,
+        "old_build_egress",
+        &pod,
+        aya::programs::CgroupSkbAttachType::Egress,
+        &pin,
+    );
     assert_eq!(program_of_link(&pin), "old_build_egres");
 
     // the daemon log (appended to at each start): its last "shaper loaded"
