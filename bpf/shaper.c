@@ -1322,15 +1322,14 @@ static __always_inline void unpace_unknown(struct tcp_sock *tp, __u64 target)
 {
 	__u32 unpaced = ~0U, unclamped = CWND_UNCLAMPED;
 	unsigned long cap = BPF_CORE_READ((struct sock *)tp, sk_max_pacing_rate);
-	__u32 clamp = BPF_CORE_READ(tp, snd_cwnd_clamp);
+	int capped = cap != ~0UL && cap != ~0U;
+	int clamped = BPF_CORE_READ(tp, snd_cwnd_clamp) < CWND_UNCLAMPED;
 
-	if ((cap == ~0UL || cap == ~0U) && clamp >= CWND_UNCLAMPED)
+	if (!(capped || clamped) || !in_cgroup(tp, target))
 		return;
-	if (!in_cgroup(tp, target))
-		return;
-	if (clamp < CWND_UNCLAMPED)
+	if (clamped)
 		bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SNDCWND_CLAMP, &unclamped, sizeof(unclamped));
-	if (cap != ~0UL && cap != ~0U)
+	if (capped)
 		bpf_setsockopt(tp, SOL_SOCKET, SO_MAX_PACING_RATE, &unpaced, sizeof(unpaced));
 }
 
