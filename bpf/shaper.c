@@ -1255,6 +1255,7 @@ struct cgroup_subsys_state {
 struct cgroup {
 	struct cgroup_subsys_state self;
 	struct kernfs_node *kn;
+	int level;
 } __attribute__((preserve_access_index));
 
 struct sock_cgroup_data {
@@ -1473,17 +1474,33 @@ static __always_inline int read_flow(struct __sk_buff *skb, struct ps_flow *f)
 	return 1;
 }
 
+/* The FIFO (any number; the class takes it modulo PS_FLOW_QUEUES) of the
+ * packet's flow: the one it had, or the next after the last one `next`
+ * gave out. */
+static __always_inline __u32 flow_queue_of(struct ps_flow *flow, __u32 *next)
+{
+	__u32 *queue, mine;
+
+	queue = bpf_map_lookup_elem(&flow_queues, flow);
+	if (queue)
+		return *queue;
+	/* atomic: one queue classifies under its qdisc's lock, but the map is
+	 * shared by every queue on the node, and pods in different networks
+	 * may have the same address */
+	mine = __sync_fetch_and_add(next, 1);
+	bpf_map_update_elem(&flow_queues, flow, &mine, BPF_NOEXIST);
+	queue = bpf_map_lookup_elem(&flow_queues, flow);
+	return queue ? *queue : mine;
+}
+
 SEC("classifier")
 int podshaper_flow_class(struct __sk_buff *skb)
 {
 	struct ps_flow flow = {};
-	__u32 *queue, *next, first = 0, mine;
+	__u32 *next, first = 0;
 
 	if (!read_flow(skb, &flow))
 		return to_flow_queue(bpf_get_hash_recalc(skb));
-	queue = bpf_map_lookup_elem(&flow_queues, &flow);
-	if (queue)
-		return to_flow_queue(*queue);
 	next = bpf_map_lookup_elem(&next_flow_queue, &flow.dst);
 	if (!next) {
 		bpf_map_update_elem(&next_flow_queue, &flow.dst, &first, BPF_NOEXIST);
@@ -1491,13 +1508,141 @@ int podshaper_flow_class(struct __sk_buff *skb)
 		if (!next)
 			return to_flow_queue(bpf_get_hash_recalc(skb));
 	}
-	/* atomic: one queue classifies under its qdisc's lock, but the map is
-	 * shared by every queue on the node, and pods in different networks
-	 * may have the same address */
-	mine = __sync_fetch_and_add(next, 1);
-	bpf_map_update_elem(&flow_queues, &flow, &mine, BPF_NOEXIST);
-	queue = bpf_map_lookup_elem(&flow_queues, &flow);
-	return to_flow_queue(queue ? *queue : mine);
+	return to_flow_queue(flow_queue_of(&flow, next));
+}
+
+/*
+ * The node's ingress queue for hostNetwork pods (docs/shaping.md, "A queue
+ * for hostNetwork pods"). A hostNetwork pod shares the node's interfaces,
+ * so nothing but its sockets tells its packets apart: this classifier, on
+ * the ingress of every interface of the node's namespace, looks up the
+ * socket a TCP packet is for and the cgroup above it at each level in
+ * `host_queue_levels`; if that cgroup has a slot in `host_queue_slots`,
+ * the packet goes (mirred, the filter's action) to the node's ifb, whose
+ * htb takes skb->priority as the class: the pod's small-packet class or its
+ * flow's FIFO. Any other packet returns 0: no match, nothing done.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PS_HOST_SLOTS);
+	__type(key, __u64);
+	__type(value, __u32);
+} host_queue_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PS_HOST_LEVELS);
+	__type(key, __u32);
+	__type(value, __u32);
+} host_queue_levels SEC(".maps");
+
+/* each slot's turn counter for its flows' FIFOs (the pods share the node's
+ * addresses, so next_flow_queue's key would mix their flows) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PS_HOST_SLOTS + 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} host_next_flow_queue SEC(".maps");
+
+/* The slot of the limited cgroup a TCP socket is in (or below); 0 if none.
+ * The socket's cgroup and its parents are read as the iterators read them
+ * (cgroup programs have a helper for a socket's ancestors at a level; tc
+ * programs do not); only the levels user space listed are looked up. */
+static __always_inline __u32 host_slot_of(struct tcp_sock *tp)
+{
+	__u32 levels[PS_HOST_LEVELS] = {}, lowest = ~0U;
+	struct cgroup *cg;
+
+	for (__u32 i = 0; i < PS_HOST_LEVELS; i++) {
+		__u32 *level = bpf_map_lookup_elem(&host_queue_levels, &i);
+
+		if (!level || !*level)
+			break;
+		levels[i] = *level;
+		if (*level < lowest)
+			lowest = *level;
+	}
+	if (lowest == ~0U)
+		return 0;
+	cg = BPF_CORE_READ((struct sock *)tp, sk_cgrp_data.cgroup);
+	for (int i = 0; i < MAX_CGROUP_LEVEL && cg; i++) {
+		__u32 level = BPF_CORE_READ(cg, level);
+		int listed = 0;
+
+		if (level < lowest)
+			break;
+		for (__u32 j = 0; j < PS_HOST_LEVELS; j++)
+			listed |= levels[j] == level;
+		if (listed) {
+			__u64 cgid = BPF_CORE_READ(cg, kn, id);
+			__u32 *slot = bpf_map_lookup_elem(&host_queue_slots, &cgid);
+
+			if (slot)
+				return *slot <= PS_HOST_SLOTS ? *slot : 0;
+		}
+		cg = (struct cgroup *)BPF_CORE_READ(cg, self.parent);
+	}
+	return 0;
+}
+
+/* The slot of the limited hostNetwork pod whose TCP socket the packet is
+ * for; 0 if none. UDP is left to the policer: tc programs can reach a UDP
+ * socket's cgroup only for IPv6 sockets (bpf_skc_to_udp6_sock), and the
+ * policer holds UDP to its rate anyway (it does not back off). */
+static __always_inline __u32 host_slot(struct __sk_buff *skb, const struct ps_flow *flow)
+{
+	struct bpf_sock_tuple tuple = {};
+	struct tcp_sock *tp;
+	struct bpf_sock *sk;
+	__u32 size, slot = 0;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		tuple.ipv4.saddr = flow->src[0];
+		tuple.ipv4.daddr = flow->dst[0];
+		tuple.ipv4.sport = flow->sport;
+		tuple.ipv4.dport = flow->dport;
+		size = sizeof(tuple.ipv4);
+	} else {
+		__builtin_memcpy(tuple.ipv6.saddr, flow->src, sizeof(tuple.ipv6.saddr));
+		__builtin_memcpy(tuple.ipv6.daddr, flow->dst, sizeof(tuple.ipv6.daddr));
+		tuple.ipv6.sport = flow->sport;
+		tuple.ipv6.dport = flow->dport;
+		size = sizeof(tuple.ipv6);
+	}
+	sk = bpf_sk_lookup_tcp(skb, &tuple, size, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp)
+		slot = host_slot_of(tp);
+	bpf_sk_release(sk);
+	return slot;
+}
+
+SEC("classifier")
+int podshaper_host_class(struct __sk_buff *skb)
+{
+	struct ps_flow flow = {};
+	__u32 slot, minor, *next;
+
+	/* ports 0: a fragment: the policer alone */
+	if (!read_flow(skb, &flow) || flow.proto != IPPROTO_TCP || !flow.dport)
+		return 0;
+	slot = host_slot(skb, &flow);
+	if (!slot)
+		return 0;
+	minor = slot * PS_HOST_SLOT_STRIDE;
+	if (skb->len < 256) {
+		minor += PS_SMALL_CLASS;
+	} else {
+		next = bpf_map_lookup_elem(&host_next_flow_queue, &slot);
+		if (!next)
+			return 0;
+		minor += PS_FLOW_CLASS_BASE + flow_queue_of(&flow, next) % PS_FLOW_QUEUES;
+	}
+	skb->priority = (PS_QUEUE_MAJOR << 16) | minor;
+	return skb->priority;
 }
 
 char LICENSE[] SEC("license") = "GPL";

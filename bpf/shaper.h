@@ -149,5 +149,19 @@ struct ps_credit {
 #define PS_QUEUE_MAJOR 1
 #define PS_FLOW_CLASS_BASE 0x100
 #define PS_FLOW_QUEUES 16
+/* ... and small packets (IP length under 256 bytes) go to this class */
+#define PS_SMALL_CLASS 0x10
+
+/*
+ * The node's queue for hostNetwork pods (crates/shaper/src/host_queue.rs):
+ * one ifb in the node's namespace, and under its htb root one subtree per
+ * pod, the classes above offset by slot x PS_HOST_SLOT_STRIDE (slots 1 to
+ * PS_HOST_SLOTS; htb minor ids are 16 bits). The host classifier finds a
+ * packet's socket and the limited cgroup above it at one of the
+ * PS_HOST_LEVELS cgroup levels the daemon lists.
+ */
+#define PS_HOST_SLOTS 127
+#define PS_HOST_SLOT_STRIDE 0x200
+#define PS_HOST_LEVELS 4
 
 #endif

@@ -66,6 +66,9 @@ pub struct DaemonConfig {
     /// Queue ingress in front of pods with a network namespace of their own
     /// (an ifb with htb in the pod's namespace), besides the cgroup policer.
     pub ingress_queue: bool,
+    /// Queue the ingress of hostNetwork pods too, in one queue in the
+    /// node's namespace (a filter on every interface of the node).
+    pub host_ingress_queue: bool,
 }
 
 /// Gives the heap that loading the shaper freed back to the kernel. Loading
@@ -91,6 +94,7 @@ pub async fn run(
         Node::open(&config.bpffs_dir, root).context("cannot open the shaper state")?;
     release_freed_heap();
     node.set_ingress_queue(config.ingress_queue);
+    node.set_host_ingress_queue(config.host_ingress_queue);
     tracing::info!(
         bpffs = %config.bpffs_dir.display(),
         cgroup_root = %node.root().root().display(),
@@ -174,7 +178,7 @@ pub async fn run(
             Err(e) => tracing::error!(error = %e, "cannot repair removed pins"),
         }
     }));
-    if config.ingress_queue {
+    if config.ingress_queue || config.host_ingress_queue {
         tasks.spawn(every(
             QUEUE_SWEEP,
             state.clone(),

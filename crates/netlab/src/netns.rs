@@ -243,3 +243,23 @@ fn ip_output(args: &[&str]) -> Result<String, NetnsError> {
         })
     }
 }
+
+/// (TcpRetransSegs, TcpOutSegs) of the namespace `ns`: the segments its TCP
+/// sockets resent and sent, since it was made. None if they cannot be read.
+pub fn tcp_segments(ns: &str) -> Option<(u64, u64)> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let get = |name: &str| -> Option<u64> {
+        values
+            .get(header.iter().position(|h| *h == name)?)?
+            .parse()
+            .ok()
+    };
+    Some((get("RetransSegs")?, get("OutSegs")?))
+}

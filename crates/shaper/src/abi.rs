@@ -11,6 +11,14 @@ pub const INGRESS: usize = 1;
 pub const QUEUE_MAJOR: u32 = 1;
 pub const FLOW_CLASS_BASE: u32 = 0x100;
 pub const FLOW_QUEUES: u32 = 16;
+/// The small packets' class (`PS_SMALL_CLASS`).
+pub const SMALL_CLASS: u32 = 0x10;
+/// The node's queue for hostNetwork pods: slots 1 to `HOST_SLOTS`, each a
+/// subtree of the classes above offset by slot x `HOST_SLOT_STRIDE`; the
+/// classifier looks at up to `HOST_LEVELS` cgroup levels (`PS_HOST_*`).
+pub const HOST_SLOTS: u32 = 127;
+pub const HOST_SLOT_STRIDE: u32 = 0x200;
+pub const HOST_LEVELS: u32 = 4;
 
 /// `struct ps_dir_limit`: rate 0 means "no limit this way".
 #[repr(C)]
@@ -153,6 +161,12 @@ mod tests {
         assert_eq!(define("PS_QUEUE_MAJOR"), QUEUE_MAJOR);
         assert_eq!(define("PS_FLOW_CLASS_BASE"), FLOW_CLASS_BASE);
         assert_eq!(define("PS_FLOW_QUEUES"), FLOW_QUEUES);
+        assert_eq!(define("PS_SMALL_CLASS"), SMALL_CLASS);
+        assert_eq!(define("PS_HOST_SLOTS"), HOST_SLOTS);
+        assert_eq!(define("PS_HOST_SLOT_STRIDE"), HOST_SLOT_STRIDE);
+        assert_eq!(define("PS_HOST_LEVELS"), HOST_LEVELS);
+        // a slot's last class is still a 16-bit minor id
+        assert!(HOST_SLOTS * HOST_SLOT_STRIDE + FLOW_CLASS_BASE + FLOW_QUEUES <= 0xffff);
         assert_eq!(define("PS_INGRESS") as usize, INGRESS);
     }
 

@@ -44,6 +44,28 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     parse_cgroup2_mount(&info).ok_or(CgroupError::NoCgroup2)
 }
 
+/// A cgroup's level in the hierarchy (the root's is 0), as the kernel
+/// counts it: the directories from it up to the hierarchy's root, the one
+/// cgroup without `cgroup.events`. Not the path's depth under a mount: in a
+/// container (a cgroup namespace of its own, the host's hierarchy mounted
+/// elsewhere) mounts do not start at the root. None if the walk leaves the
+/// cgroup file system first (a mount that shows only part of the
+/// hierarchy: the level cannot be told from it).
+pub fn cgroup_level(path: &Path) -> Option<u32> {
+    let mut level = 0;
+    let mut dir = path;
+    loop {
+        if !dir.join("cgroup.controllers").exists() {
+            return None;
+        }
+        if !dir.join("cgroup.events").exists() {
+            return Some(level);
+        }
+        level += 1;
+        dir = dir.parent()?;
+    }
+}
+
 /// Every cgroup2 mount point. In a container the hierarchy is often mounted
 /// twice: the container's own view at /sys/fs/cgroup and the host's
 /// (a hostPath) elsewhere.
@@ -266,6 +288,30 @@ fn kill_listed_processes(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cgroups_level_counts_up_to_the_root_not_to_the_mount() {
+        // a hierarchy as cgroupfs shows it: the root has no cgroup.events
+        let top = std::env::temp_dir().join(format!("podshaper-level-{}", std::process::id()));
+        let pod = top.join("root/kubepods/pod1");
+        fs::create_dir_all(&pod).expect("make the tree");
+        let mark = |dir: &Path, events: bool| {
+            fs::write(dir.join("cgroup.controllers"), "").expect("write");
+            if events {
+                fs::write(dir.join("cgroup.events"), "").expect("write");
+            }
+        };
+        mark(&top.join("root"), false);
+        mark(&top.join("root/kubepods"), true);
+        mark(&pod, true);
+        assert_eq!(cgroup_level(&top.join("root")), Some(0));
+        assert_eq!(cgroup_level(&pod), Some(2));
+        // a mount showing part of a hierarchy: its top has cgroup.events
+        // and nothing above it is a cgroup
+        fs::remove_file(top.join("root/cgroup.controllers")).expect("remove");
+        assert_eq!(cgroup_level(&pod), None);
+        fs::remove_dir_all(&top).expect("clean up");
+    }
 
     #[test]
     fn finds_cgroup2_in_hybrid_and_unified_layouts() {

@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 
 use aya::programs::ProgramInfo;
 
-use crate::abi::{FLOW_CLASS_BASE, FLOW_QUEUES, QUEUE_MAJOR};
+use crate::abi::{FLOW_CLASS_BASE, FLOW_QUEUES, QUEUE_MAJOR, SMALL_CLASS};
 use crate::limits::DirectionLimit;
 use crate::netns;
 
@@ -49,11 +49,37 @@ const MIN_FLOW_QUEUE_BYTES: u64 = 16 * 1024;
 /// the limit (docs/shaping.md).
 const MIN_HTB_BURST: u64 = 16 * 1024;
 
-/// htb class ids (hex, as tc reads them): the limit, small packets, bulk
-/// (the parent of the per-flow classes, `FLOW_CLASS_BASE` and up).
-const ROOT: u32 = 0x1;
-const SMALL: u32 = 0x10;
-const BULK: u32 = 0x20;
+/// The htb class ids (minor, hex as tc reads them) of one pod's queue: the
+/// limit, small packets, bulk (the parent of the per-flow classes, `flows`
+/// and the next `FLOW_QUEUES - 1`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClassIds {
+    pub root: u32,
+    pub small: u32,
+    pub bulk: u32,
+    pub flows: u32,
+}
+
+impl ClassIds {
+    /// The classes `offset` above those of a pod's own queue (the node's
+    /// queue for hostNetwork pods puts each pod's subtree at an offset).
+    pub const fn offset(offset: u32) -> Self {
+        Self {
+            root: offset + 0x1,
+            small: offset + SMALL_CLASS,
+            bulk: offset + 0x20,
+            flows: offset + FLOW_CLASS_BASE,
+        }
+    }
+
+    /// The per-flow classes' minor ids.
+    pub fn flow_classes(&self) -> impl Iterator<Item = u32> {
+        self.flows..self.flows + FLOW_QUEUES
+    }
+}
+
+/// A pod's own queue's classes.
+const POD_CLASSES: ClassIds = ClassIds::offset(0);
 /// The small packets' FIFO: 64 packets of 256 bytes.
 const SMALL_QUEUE_BYTES: u64 = 16 * 1024;
 /// Preference of the flow classifier on the htb root, after the two u32
@@ -160,10 +186,10 @@ fn install_here(
     commands.extend([
         // IPv4 total length, IPv6 payload length under 256 bytes
         format!(
-            "filter add dev {IFB_NAME} parent {QUEUE_MAJOR:x}: prio 1 protocol ip u32 match u16 0 0xff00 at 2 flowid {QUEUE_MAJOR:x}:{SMALL:x}"
+            "filter add dev {IFB_NAME} parent {QUEUE_MAJOR:x}: prio 1 protocol ip u32 match u16 0 0xff00 at 2 flowid {QUEUE_MAJOR:x}:{small:x}", small = POD_CLASSES.small
         ),
         format!(
-            "filter add dev {IFB_NAME} parent {QUEUE_MAJOR:x}: prio 2 protocol ipv6 u32 match u16 0 0xff00 at 4 flowid {QUEUE_MAJOR:x}:{SMALL:x}"
+            "filter add dev {IFB_NAME} parent {QUEUE_MAJOR:x}: prio 2 protocol ipv6 u32 match u16 0 0xff00 at 4 flowid {QUEUE_MAJOR:x}:{small:x}", small = POD_CLASSES.small
         ),
         // everything else: the flow's own FIFO
         format!(
@@ -238,6 +264,16 @@ pub fn flow_filter(show: &str) -> Option<(u32, String)> {
 /// its parents have left, so with equal parts of the bulk rate assured (as
 /// a first version had) 16 flows at 10 Mbit/s got 0.88-0.90 of the limit.
 fn classes(verb: &str, limit: &DirectionLimit) -> Vec<String> {
+    queue_classes(IFB_NAME, &POD_CLASSES, verb, limit)
+}
+
+/// [`classes`] on the ifb `dev`, under the ids `ids`.
+pub(crate) fn queue_classes(
+    dev: &str,
+    ids: &ClassIds,
+    verb: &str,
+    limit: &DirectionLimit,
+) -> Vec<String> {
     let rate = limit.rate.bytes_per_sec().max(10);
     let small_rate = rate / 10;
     let bulk_rate = rate - small_rate;
@@ -249,30 +285,25 @@ fn classes(verb: &str, limit: &DirectionLimit) -> Vec<String> {
         // the assured rate's burst: a flow class's is one quantum, or the
         // 16 of them would let 16 bursts through past the limit at once
         // (the policer behind dropped 3.5% at 10 Mbit/s, 16 flows)
-        let green = if parent == BULK { quantum } else { burst };
+        let green = if parent == ids.bulk { quantum } else { burst };
         format!(
-            "class {verb} dev {IFB_NAME} parent {QUEUE_MAJOR:x}:{parent:x} classid {QUEUE_MAJOR:x}:{id:x} htb rate {assured}bps ceil {rate}bps burst {green} cburst {burst} prio {prio} quantum {quantum}"
+            "class {verb} dev {dev} parent {QUEUE_MAJOR:x}:{parent:x} classid {QUEUE_MAJOR:x}:{id:x} htb rate {assured}bps ceil {rate}bps burst {green} cburst {burst} prio {prio} quantum {quantum}"
         )
     };
     let fifo = |id: u32, bytes: u64| {
-        format!("qdisc {verb} dev {IFB_NAME} parent {QUEUE_MAJOR:x}:{id:x} handle {id:x}: bfifo limit {bytes}")
+        format!("qdisc {verb} dev {dev} parent {QUEUE_MAJOR:x}:{id:x} handle {id:x}: bfifo limit {bytes}")
     };
     let mut commands = vec![
-        class(ROOT, 0, rate, 0),
-        class(SMALL, ROOT, small_rate, 0),
-        class(BULK, ROOT, bulk_rate, 1),
-        fifo(SMALL, SMALL_QUEUE_BYTES),
+        class(ids.root, 0, rate, 0),
+        class(ids.small, ids.root, small_rate, 0),
+        class(ids.bulk, ids.root, bulk_rate, 1),
+        fifo(ids.small, SMALL_QUEUE_BYTES),
     ];
-    for id in flow_classes() {
-        commands.push(class(id, BULK, flow_rate, 1));
+    for id in ids.flow_classes() {
+        commands.push(class(id, ids.bulk, flow_rate, 1));
         commands.push(fifo(id, flow_queue));
     }
     commands
-}
-
-/// The per-flow htb classes' minor ids.
-fn flow_classes() -> impl Iterator<Item = u32> {
-    FLOW_CLASS_BASE..FLOW_CLASS_BASE + FLOW_QUEUES
 }
 
 /// Sends what each interface receives through the ifb (once per interface).
@@ -331,7 +362,7 @@ fn redirects_to_ifb(dev: &str) -> Result<bool, QueueError> {
 /// Interfaces whose received traffic goes through the queue: all but
 /// loopback (the pod talking to itself) and the ifb. Names come from the
 /// pod's namespace, so anything unusual is left alone rather than passed on.
-fn is_pod_interface(name: &str) -> bool {
+pub(crate) fn is_pod_interface(name: &str) -> bool {
     name != "lo"
         && name != IFB_NAME
         && !name.is_empty()
@@ -342,7 +373,7 @@ fn is_pod_interface(name: &str) -> bool {
 }
 
 /// The network interfaces of the calling thread's namespace.
-fn interfaces() -> Result<Vec<String>, QueueError> {
+pub(crate) fn interfaces() -> Result<Vec<String>, QueueError> {
     const NET_DEV: &str = "/proc/thread-self/net/dev";
     let table = fs::read_to_string(NET_DEV).map_err(|source| QueueError::Read {
         path: NET_DEV,
@@ -362,15 +393,15 @@ fn parse_net_dev(table: &str) -> Vec<String> {
 
 /// One tc command, its output. Words are split on whitespace: interface
 /// names in it have passed [`is_pod_interface`], which admits none.
-fn tc(command: &str) -> Result<String, QueueError> {
+pub(crate) fn tc(command: &str) -> Result<String, QueueError> {
     output("tc", &command.split_whitespace().collect::<Vec<_>>())
 }
 
-fn run(program: &'static str, args: &[&str]) -> Result<(), QueueError> {
+pub(crate) fn run(program: &'static str, args: &[&str]) -> Result<(), QueueError> {
     output(program, args).map(|_| ())
 }
 
-fn output(program: &'static str, args: &[&str]) -> Result<String, QueueError> {
+pub(crate) fn output(program: &'static str, args: &[&str]) -> Result<String, QueueError> {
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -386,7 +417,7 @@ fn output(program: &'static str, args: &[&str]) -> Result<String, QueueError> {
 }
 
 /// Runs tc commands in one process; fails on the first that fails.
-fn tc_batch(commands: &[String]) -> Result<(), QueueError> {
+pub(crate) fn tc_batch(commands: &[String]) -> Result<(), QueueError> {
     let failed = |stderr: String| QueueError::Command {
         command: format!("tc -batch: {}", commands.join("; ")),
         stderr,

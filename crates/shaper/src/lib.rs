@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod confine;
 pub mod counters;
 pub mod empty;
+pub mod host_queue;
 pub mod ingress_queue;
 mod layout;
 pub mod limits;

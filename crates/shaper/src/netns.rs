@@ -62,6 +62,17 @@ pub fn not_ours(namespaces: &[File]) -> Vec<&File> {
         .collect()
 }
 
+/// Whether one of `namespaces` is this process's own (for the daemon, a
+/// hostNetwork pod's). False if ours cannot be read.
+pub fn has_ours(namespaces: &[File]) -> bool {
+    let Ok(ours) = File::open("/proc/self/ns/net").and_then(|f| identity(&f)) else {
+        return false;
+    };
+    namespaces
+        .iter()
+        .any(|ns| identity(ns).is_ok_and(|id| id == ours))
+}
+
 /// Runs `f` on a thread of its own that has entered `ns`: setns changes only
 /// the calling thread, and processes that thread starts are born in `ns`.
 pub fn run_in<R: Send>(ns: &File, f: impl FnOnce() -> R + Send) -> io::Result<R> {

@@ -1,24 +1,31 @@
 //! A node's shaping state, kept in bpffs: maps pinned under `<dir>/maps`, one
 //! directory of pinned links per limited cgroup under `<dir>/links/<id>`, and
-//! the ingress queue's flow classifier at `<dir>/programs/flow_class`, where
-//! `tc` finds it.
+//! the ingress queues' classifiers at `<dir>/programs/flow_class` and
+//! `<dir>/programs/host_class`, where `tc` finds them.
 //! The pins are the state: limits stay enforced while no process holds them,
 //! and a new [`Node`] adopts what an earlier one left.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::abi;
 use crate::cgroup::Cgroup;
 use crate::confine::{pod_uid_of, CgroupRoot};
 use crate::counters::CgroupCounters;
+use crate::host_queue;
 use crate::ingress_queue;
 use crate::limits::{DirectionLimit, Limits};
 use crate::netns::{self, network_namespaces_in};
 use crate::shaper::{detach_pinned, is_fully_pinned, ProgramTags, Shaper, ShaperError};
+
+/// This process's network namespace: the node's, for a daemon.
+fn own_namespace() -> io::Result<fs::File> {
+    fs::File::open("/proc/self/ns/net")
+}
 
 /// statfs magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -114,6 +121,8 @@ pub struct Node {
     links_dir: PathBuf,
     /// where the flow classifier is pinned
     flow_classifier: PathBuf,
+    /// where the host classifier is pinned
+    host_classifier: PathBuf,
     root: CgroupRoot,
     /// Paths of the attached cgroups: an index of the pins, so that requests
     /// do not walk every pin (rebuilt from the pins on open).
@@ -133,6 +142,15 @@ pub struct Node {
     /// no longer in `attached`): left, the queue would hold the pod at the
     /// old rate. The sweep tries again, as for `queue_retry`.
     queue_removals: HashMap<u64, (PathBuf, QueueRetry)>,
+    /// Whether hostNetwork pods get the node's ingress queue
+    /// (crate::host_queue). Off unless asked for: it puts a filter on every
+    /// interface of the node.
+    host_queue: bool,
+    /// The hostNetwork pods' cgroups with a slot in the node's queue (the
+    /// pinned `host_queue_slots` map, kept here to find free slots).
+    host_slots: HashMap<u64, u32>,
+    /// The node's interfaces that classify for the node's queue.
+    host_redirected: HashSet<host_queue::Interface>,
 }
 
 impl Node {
@@ -161,17 +179,26 @@ impl Node {
             // queues cannot be built (tc finds no classifier): the policer holds
             tracing::warn!(error = %e, "the ingress queue's flow classifier is not pinned");
         }
+        let host_classifier = programs_dir.join("host_class");
+        if let Err(e) = shaper.pin_host_classifier(&host_classifier) {
+            tracing::warn!(error = %e, "the hostNetwork pods' queue classifier is not pinned");
+        }
+        let host_slots = shaper.host_queue_slots()?.into_iter().collect();
         let mut node = Self {
             shaper,
             maps_dir,
             links_dir,
             flow_classifier,
+            host_classifier,
             root,
             attached: HashMap::new(),
             ingress_queue: true,
             queued: HashMap::new(),
             queue_retry: HashMap::new(),
             queue_removals: HashMap::new(),
+            host_queue: false,
+            host_slots,
+            host_redirected: HashSet::new(),
         };
         let adoption = node.adopt()?;
         Ok((node, adoption))
@@ -181,6 +208,31 @@ impl Node {
     /// own on (the default) or off (the cgroup policer alone).
     pub fn set_ingress_queue(&mut self, enabled: bool) {
         self.ingress_queue = enabled;
+    }
+
+    /// Turns the node's ingress queue for hostNetwork pods on or off (the
+    /// default; crate::host_queue). Off, the slots an earlier daemon gave
+    /// (and with the last of them the queue) are taken away; on, the
+    /// sweep ([`Self::sync_ingress_queues`]) puts the queue in order.
+    pub fn set_host_ingress_queue(&mut self, enabled: bool) {
+        self.host_queue = enabled;
+        if enabled {
+            // slots of cgroups no longer limited (gone while no daemon ran)
+            let stale: Vec<u64> = self
+                .host_slots
+                .keys()
+                .filter(|id| !self.attached.contains_key(id))
+                .copied()
+                .collect();
+            for id in stale {
+                self.take_host_slot(id, "");
+            }
+            return;
+        }
+        let ids: Vec<u64> = self.host_slots.keys().copied().collect();
+        for id in ids {
+            self.take_host_slot(id, "");
+        }
     }
 
     pub fn root(&self) -> &CgroupRoot {
@@ -304,13 +356,18 @@ impl Node {
         namespaces: &[fs::File],
         ingress: Option<DirectionLimit>,
     ) {
-        if !self.ingress_queue {
+        if !self.ingress_queue && !self.host_queue {
             return;
         }
         let known = self.queued.get(&id);
         let mut tried = Vec::new();
         let mut failed = false;
-        for ns in netns::not_ours(namespaces) {
+        let pod_namespaces = if self.ingress_queue {
+            netns::not_ours(namespaces)
+        } else {
+            Vec::new()
+        };
+        for ns in pod_namespaces {
             let identity = netns::identity(ns).ok();
             // a namespace this daemon has not put a queue in may hold an
             // older daemon's, with its classifier
@@ -341,6 +398,19 @@ impl Node {
                 }
             }
         }
+        if self.host_queue {
+            // a hostNetwork pod's processes are in our namespace; one that
+            // has classes keeps them while it has no process (a container
+            // restarting), until its ingress limit goes
+            let host_pod = self.host_slots.contains_key(&id) || netns::has_ours(namespaces);
+            match ingress {
+                Some(limit) if host_pod => failed |= !self.give_host_slot(id, path, &limit),
+                None if self.host_slots.contains_key(&id) => {
+                    failed |= !self.take_host_slot(id, &path.display().to_string());
+                }
+                _ => {}
+            }
+        }
         let installs = self.queue_retry.remove(&id);
         let removals = self.queue_removals.remove(&id).map(|(_, r)| r);
         if failed {
@@ -369,8 +439,23 @@ impl Node {
     /// namespace, and every pod after the daemon starts; and takes away the
     /// queues whose removal failed. Returns how many cgroups it updated.
     pub fn sync_ingress_queues(&mut self) -> Result<usize, NodeError> {
-        if !self.ingress_queue {
+        if !self.ingress_queue && !self.host_queue {
             return Ok(0);
+        }
+        if self.host_queue && !self.host_slots.is_empty() {
+            // interfaces come and go with the node's pods
+            let done = own_namespace()
+                .map_err(ingress_queue::QueueError::Enter)
+                .and_then(|ns| {
+                    host_queue::redirect_interfaces(
+                        &ns,
+                        &self.host_classifier,
+                        &mut self.host_redirected,
+                    )
+                });
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "the node's interfaces not all classify for the hostNetwork pods' queue; tried again by the next sweep");
+            }
         }
         let now = Instant::now();
         let removals: Vec<(u64, PathBuf)> = self
@@ -401,9 +486,14 @@ impl Node {
             };
             let namespaces = network_namespaces_in(path);
             let known = self.queued.get(id);
-            let new = netns::not_ours(&namespaces).into_iter().any(|ns| {
-                netns::identity(ns).is_ok_and(|n| !known.is_some_and(|k| k.contains(&n)))
-            });
+            let new_pod_ns = self.ingress_queue
+                && netns::not_ours(&namespaces).into_iter().any(|ns| {
+                    netns::identity(ns).is_ok_and(|n| !known.is_some_and(|k| k.contains(&n)))
+                });
+            let new_host_pod = self.host_queue
+                && !self.host_slots.contains_key(id)
+                && netns::has_ours(&namespaces);
+            let new = new_pod_ns || new_host_pod;
             if new {
                 todo.push((*id, path.clone(), namespaces, ingress));
             }
@@ -415,6 +505,74 @@ impl Node {
             self.sync_ingress_queue(*id, path, namespaces, Some(*ingress));
         }
         Ok(todo.len() + removals.len())
+    }
+
+    /// Gives a hostNetwork pod's cgroup its classes in the node's queue (a
+    /// slot of its own, kept if it has one) and then its slot in the
+    /// classifier's map. False (logged) if it failed: the policer holds.
+    fn give_host_slot(&mut self, id: u64, path: &Path, limit: &DirectionLimit) -> bool {
+        let given = self.host_slots.get(&id).copied().or_else(|| {
+            let taken: HashSet<u32> = self.host_slots.values().copied().collect();
+            (1..=abi::HOST_SLOTS).find(|s| !taken.contains(s))
+        });
+        let Some(slot) = given else {
+            tracing::warn!(cgroup = %path.display(), most = abi::HOST_SLOTS, "every slot of the hostNetwork pods' queue is taken; the cgroup policer holds the limit");
+            return false;
+        };
+        // only logged: either error will do
+        let done = (|| -> Result<(), Box<dyn std::error::Error>> {
+            let level = crate::cgroup::cgroup_level(path).ok_or(
+                "its level in the cgroup hierarchy cannot be told from the cgroup root's mount",
+            )?;
+            let ns = own_namespace()?;
+            host_queue::install(
+                &ns,
+                slot,
+                limit,
+                &self.host_classifier,
+                &mut self.host_redirected,
+            )?;
+            self.shaper.set_host_queue_slot(id, level, slot)?;
+            Ok(())
+        })();
+        match done {
+            Ok(()) => {
+                self.host_slots.insert(id, slot);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, cgroup = %path.display(), "hostNetwork pod's ingress queue not updated, tried again by a later sweep; the cgroup policer holds the limit");
+                false
+            }
+        }
+    }
+
+    /// Takes a cgroup's slot away: first from the classifier's map (its
+    /// packets are no longer queued), then its classes, and with the last
+    /// slot the node's queue. False (logged) if it failed.
+    fn take_host_slot(&mut self, id: u64, shown: &str) -> bool {
+        let Some(&slot) = self.host_slots.get(&id) else {
+            return true;
+        };
+        let last = self.host_slots.len() == 1;
+        let done = (|| -> Result<(), Box<dyn std::error::Error>> {
+            self.shaper.remove_host_queue_slot(id)?;
+            host_queue::remove(&own_namespace()?, slot, last)?;
+            Ok(())
+        })();
+        match done {
+            Ok(()) => {
+                self.host_slots.remove(&id);
+                if last {
+                    self.host_redirected.clear();
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, cgroup = shown, "hostNetwork pod's classes not removed from the node's queue, tried again by a later sweep");
+                false
+            }
+        }
     }
 
     /// Detaches the shaper from a cgroup and forgets its limits.
@@ -472,11 +630,16 @@ impl Node {
         for id in &stale {
             detach_pinned(&self.link_dir(*id))?;
             self.shaper.remove_limits(*id)?;
-            self.attached.remove(id);
+            let path = self.attached.remove(id).unwrap_or_default();
             // its namespace went with its processes, and the queue with it
             self.queued.remove(id);
             self.queue_retry.remove(id);
             self.queue_removals.remove(id);
+            // but a hostNetwork pod's classes live in the node's queue
+            if !self.take_host_slot(*id, &path.display().to_string()) {
+                let retry = QueueRetry::after(1, Instant::now());
+                self.queue_removals.insert(*id, (path, retry));
+            }
         }
         Ok(stale.len())
     }
@@ -496,6 +659,13 @@ impl Node {
                 create_pin_dir(dir)?;
             }
             self.shaper.pin_flow_classifier(&self.flow_classifier)?;
+            report.maps += 1;
+        }
+        if self.shaper.has_host_classifier() && !self.host_classifier.exists() {
+            if let Some(dir) = self.host_classifier.parent() {
+                create_pin_dir(dir)?;
+            }
+            self.shaper.pin_host_classifier(&self.host_classifier)?;
             report.maps += 1;
         }
         create_pin_dir(&self.links_dir)?;

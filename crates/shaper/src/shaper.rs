@@ -53,13 +53,18 @@ const UNPACE_PROGRAM: &str = "podshaper_unpace";
 const DELACK_TARGET_MAP: &str = "delack_target";
 const DELACK_PROGRAM: &str = "podshaper_delack";
 const FLOW_CLASS_PROGRAM: &str = "podshaper_flow_class";
-const ALL_MAPS: [&str; 6] = [
+const HOST_CLASS_PROGRAM: &str = "podshaper_host_class";
+const HOST_SLOTS_MAP: &str = "host_queue_slots";
+const HOST_LEVELS_MAP: &str = "host_queue_levels";
+const ALL_MAPS: [&str; 8] = [
     LIMITS_MAP,
     LIMITS_VERSION_MAP,
     STATES_MAP,
     CREDITS_MAP,
     SOCK_STATES_MAP,
     UNPACE_TARGET_MAP,
+    HOST_SLOTS_MAP,
+    HOST_LEVELS_MAP,
 ];
 /// The maps that hold only what the programs rebuild from traffic, in the
 /// groups that start afresh together when a build changes their layout: the
@@ -141,6 +146,8 @@ pub enum ShaperError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("hostNetwork pods' cgroups already sit at {most} other cgroup levels; level {level} gets no queue")]
+    HostLevels { level: u32, most: u32 },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
 }
@@ -171,6 +178,8 @@ pub struct Shaper {
     can_shorten_delack: bool,
     /// whether the ingress queue's flow classifier loaded
     has_flow_classifier: bool,
+    /// whether the hostNetwork pods' queue's classifier loaded
+    has_host_classifier: bool,
 }
 
 impl Shaper {
@@ -278,6 +287,14 @@ impl Shaper {
                 false
             }
         };
+        let host_class: &mut SchedClassifier = program(&mut ebpf, HOST_CLASS_PROGRAM)?;
+        let has_host_classifier = match host_class.load() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load the hostNetwork pods' queue classifier: their ingress is held by the cgroup policer alone");
+                false
+            }
+        };
         let (can_unpace, can_shorten_delack) = match Btf::from_sys_fs() {
             Ok(btf) => {
                 let mut load = |name: &'static str, without: &str| -> Result<bool, ShaperError> {
@@ -310,6 +327,7 @@ impl Shaper {
             can_unpace,
             can_shorten_delack,
             has_flow_classifier,
+            has_host_classifier,
         };
         // Sockets' copies of their limits may come from pinned socket
         // storage that outlived the version map they were taken against.
@@ -467,24 +485,99 @@ impl Shaper {
     /// `tc` finds it (crate::ingress_queue). A pin already there is replaced:
     /// the queues built with the program it named keep that program.
     pub fn pin_flow_classifier(&mut self, path: &Path) -> Result<(), ShaperError> {
-        if !self.has_flow_classifier {
+        self.pin_classifier(FLOW_CLASS_PROGRAM, self.has_flow_classifier, path)
+    }
+
+    /// Whether the flow classifier loaded (it needs kernel 5.12).
+    pub fn has_flow_classifier(&self) -> bool {
+        self.has_flow_classifier
+    }
+
+    /// Pins the hostNetwork pods' queue classifier at `path`, as
+    /// [`Self::pin_flow_classifier`] does the flow classifier
+    /// (crate::host_queue).
+    pub fn pin_host_classifier(&mut self, path: &Path) -> Result<(), ShaperError> {
+        self.pin_classifier(HOST_CLASS_PROGRAM, self.has_host_classifier, path)
+    }
+
+    pub fn has_host_classifier(&self) -> bool {
+        self.has_host_classifier
+    }
+
+    fn pin_classifier(
+        &mut self,
+        name: &'static str,
+        loaded: bool,
+        path: &Path,
+    ) -> Result<(), ShaperError> {
+        if !loaded {
             return Err(ShaperError::Missing {
                 kind: "loaded program",
-                name: FLOW_CLASS_PROGRAM,
+                name,
             });
         }
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(pin_error(path, e)),
             _ => {}
         }
-        program::<SchedClassifier>(&mut self.ebpf, FLOW_CLASS_PROGRAM)?
+        program::<SchedClassifier>(&mut self.ebpf, name)?
             .pin(path)
             .map_err(|e| pin_error(path, e))
     }
 
-    /// Whether the flow classifier loaded (it needs kernel 5.12).
-    pub fn has_flow_classifier(&self) -> bool {
-        self.has_flow_classifier
+    /// Gives a hostNetwork pod's cgroup its slot in the node's queue (the
+    /// host classifier sends the packets of its sockets there from now on),
+    /// and has the classifier look at its cgroup level.
+    pub fn set_host_queue_slot(
+        &mut self,
+        cgroup_id: u64,
+        level: u32,
+        slot: u32,
+    ) -> Result<(), ShaperError> {
+        self.add_host_queue_level(level)?;
+        let mut map: HashMap<&mut MapData, u64, u32> = map_mut(&mut self.ebpf, HOST_SLOTS_MAP)?;
+        map.insert(cgroup_id, slot, 0)
+            .map_err(|e| map_error(HOST_SLOTS_MAP, e))
+    }
+
+    /// Takes a cgroup's slot away: its packets are no longer queued.
+    pub fn remove_host_queue_slot(&mut self, cgroup_id: u64) -> Result<(), ShaperError> {
+        remove_key::<u32>(&mut self.ebpf, HOST_SLOTS_MAP, cgroup_id)
+    }
+
+    /// Every cgroup with a slot in the node's queue, and its slot.
+    pub fn host_queue_slots(&self) -> Result<Vec<(u64, u32)>, ShaperError> {
+        let map: HashMap<&MapData, u64, u32> = map_ref(&self.ebpf, HOST_SLOTS_MAP)?;
+        map.iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| map_error(HOST_SLOTS_MAP, e))
+    }
+
+    /// Adds a cgroup level to those the host classifier looks at. Levels
+    /// are only added, never taken away: a level left without slots costs
+    /// a lookup that finds nothing, and a pod's level is the same for every
+    /// pod of a node (the kubelet's layout).
+    fn add_host_queue_level(&mut self, level: u32) -> Result<(), ShaperError> {
+        let mut map: Array<&mut MapData, u32> =
+            Array::try_from(raw_map_mut(&mut self.ebpf, HOST_LEVELS_MAP)?)
+                .map_err(|e| map_error(HOST_LEVELS_MAP, e))?;
+        for index in 0..abi::HOST_LEVELS {
+            let have = map
+                .get(&index, 0)
+                .map_err(|e| map_error(HOST_LEVELS_MAP, e))?;
+            if have == level {
+                return Ok(());
+            }
+            if have == 0 {
+                return map
+                    .set(index, level, 0)
+                    .map_err(|e| map_error(HOST_LEVELS_MAP, e));
+            }
+        }
+        Err(ShaperError::HostLevels {
+            level,
+            most: abi::HOST_LEVELS,
+        })
     }
 
     /// Pins again, in `maps_dir`, the maps whose pins were removed (the maps

@@ -61,6 +61,12 @@ pub struct BenchArgs {
     /// or the policer alone, as for hostNetwork pods (false).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     ingress_queue: bool,
+    /// podshaper's ingress: the node's queue for hostNetwork pods (the
+    /// daemon's `--host-ingress-queue`), with the receiver's namespace
+    /// playing the node's, and the policer behind it; instead of the
+    /// queue of `--ingress-queue`.
+    #[arg(long, value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
+    host_queue: bool,
     /// Also measure limit change to effect (one TCP flow, egress, limit halved).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     change: bool,
@@ -127,21 +133,38 @@ struct RunOptions {
     /// podshaper's ingress queue in front of the limited namespace: where
     /// its flow classifier is pinned (None: no queue)
     ingress_queue: Option<PathBuf>,
+    /// the node's queue for hostNetwork pods in the limited namespace:
+    /// where its classifier is pinned (None: none)
+    host_queue: Option<PathBuf>,
 }
 
-/// The flow classifier pinned where `tc` can find it, for as long as the
-/// bench runs (the daemon pins it in its own bpffs directory).
+/// A classifier of the ingress queues pinned where `tc` can find it, for as
+/// long as the bench runs (the daemon pins them in its own bpffs directory).
 struct ClassifierPin(PathBuf);
 
 impl ClassifierPin {
-    fn new(shaper: &mut Shaper) -> Result<Self> {
-        let path = PathBuf::from("/sys/fs/bpf")
-            .join(format!("podshaper-bench-{}-flow_class", std::process::id()));
+    /// The flow classifier of a pod's own queue.
+    fn flow(shaper: &mut Shaper) -> Result<Self> {
+        let path = Self::path("flow_class");
         shaper.pin_flow_classifier(&path).with_context(|| {
             "cannot pin the ingress queue's flow classifier under /sys/fs/bpf \
              (mount bpffs there, or measure without the queue: --ingress-queue false)"
         })?;
         Ok(Self(path))
+    }
+
+    /// The classifier of the node's queue for hostNetwork pods.
+    fn host(shaper: &mut Shaper) -> Result<Self> {
+        let path = Self::path("host_class");
+        shaper.pin_host_classifier(&path).with_context(|| {
+            "cannot pin the hostNetwork pods' queue classifier under /sys/fs/bpf \
+             (mount bpffs there, or measure without it: --host-queue false)"
+        })?;
+        Ok(Self(path))
+    }
+
+    fn path(name: &str) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf").join(format!("podshaper-bench-{}-{name}", std::process::id()))
     }
 }
 
@@ -150,6 +173,9 @@ impl Drop for ClassifierPin {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// The slot of the limited cgroup in the node's queue (one at a time).
+const BENCH_HOST_SLOT: u32 = 1;
 
 /// What one measurement saw.
 struct Measured {
@@ -208,8 +234,13 @@ pub fn run(args: BenchArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
     let mut shaper = Shaper::load()?;
     // The kernel keeps run-time statistics of BPF programs while this is open.
     let _stats = super::bpf_stats::enable()?;
-    let flow_classifier = if args.ingress_queue {
-        Some(ClassifierPin::new(&mut shaper)?)
+    let flow_classifier = if args.ingress_queue && !args.host_queue {
+        Some(ClassifierPin::flow(&mut shaper)?)
+    } else {
+        None
+    };
+    let host_classifier = if args.host_queue {
+        Some(ClassifierPin::host(&mut shaper)?)
     } else {
         None
     };
@@ -220,6 +251,7 @@ pub fn run(args: BenchArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
         cc: args.cc.clone(),
         ecn: args.ecn,
         ingress_queue: flow_classifier.as_ref().map(|p| p.0.clone()),
+        host_queue: host_classifier.as_ref().map(|p| p.0.clone()),
     };
     let mut cells = Vec::new();
     for direction in &directions {
@@ -314,7 +346,7 @@ pub fn run(args: BenchArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
             .collect();
         println!(
             "{}",
-            json!({"congestion_control": args.cc, "ecn": args.ecn, "ingress_queue": args.ingress_queue, "cells": rows, "limit_changes": change_rows})
+            json!({"congestion_control": args.cc, "ecn": args.ecn, "ingress_queue": args.ingress_queue && !args.host_queue, "host_queue": args.host_queue, "cells": rows, "limit_changes": change_rows})
         );
     } else {
         println!("TCP congestion control: {}", args.cc);
@@ -329,7 +361,9 @@ pub fn run(args: BenchArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
         if directions.contains(&"ingress") {
             println!(
                 "podshaper ingress: {}",
-                if args.ingress_queue {
+                if args.host_queue {
+                    "the node's queue for hostNetwork pods (ifb + htb, the receiver's namespace as the node's) and the cgroup policer"
+                } else if args.ingress_queue {
                     "queue in front of the namespace (ifb + htb) and the cgroup policer"
                 } else {
                     "cgroup policer alone"
@@ -461,6 +495,21 @@ fn run_cell(
                 let ns = std::fs::File::open(podshaper_netlab::netns::netns_path(lab.a()))?;
                 podshaper_shaper::ingress_queue::install(&ns, &ingress, classifier, false)?;
             }
+            if let (Some(ingress), Some(classifier)) = (limits.ingress, &run.host_queue) {
+                // what the daemon does for a hostNetwork pod: the receiver's
+                // namespace plays the node's (torn down with the cell)
+                let ns = std::fs::File::open(podshaper_netlab::netns::netns_path(lab.a()))?;
+                podshaper_shaper::host_queue::install(
+                    &ns,
+                    BENCH_HOST_SLOT,
+                    &ingress,
+                    classifier,
+                    &mut std::collections::HashSet::new(),
+                )?;
+                let level = podshaper_shaper::cgroup::cgroup_level(cgroup.cgroup().path())
+                    .context("cannot tell the limited cgroup's level in the hierarchy")?;
+                shaper.set_host_queue_slot(cgroup.cgroup().id(), level, BENCH_HOST_SLOT)?;
+            }
         }
         Mechanism::Tbf => {
             // The CNI bandwidth plugin's queue: on the sending side's veth.
@@ -470,7 +519,7 @@ fn run_cell(
         Mechanism::Unlimited => {}
     }
     let sender_ns = if egress { lab.a() } else { lab.b() };
-    let before_tcp = nstat(sender_ns);
+    let before_tcp = podshaper_netlab::netns::tcp_segments(sender_ns);
     let before_cpu = cpu_times();
     let before_bpf = super::bpf_stats::snapshot(loaded_since);
     let result = measure(&lab, &container, egress, rate, traffic, seconds, with_probe);
@@ -499,7 +548,11 @@ fn run_cell(
         .zip(before_cpu)
         .map(|((b1, t1), (b0, t0))| (b1 - b0) as f64 / (t1 - t0).max(1) as f64)
         .unwrap_or(0.0);
-    let retrans = match (before_tcp, nstat(sender_ns), traffic) {
+    let retrans = match (
+        before_tcp,
+        podshaper_netlab::netns::tcp_segments(sender_ns),
+        traffic,
+    ) {
         (Some(b), Some(a), Traffic::Tcp(_)) => Some((a.0 - b.0, a.1 - b.1)),
         _ => None,
     };
@@ -513,6 +566,7 @@ fn run_cell(
         });
         shaper.detach(a)?;
         shaper.remove_limits(cgroup.cgroup().id())?;
+        shaper.remove_host_queue_slot(cgroup.cgroup().id())?;
     }
     let measured = result?;
     let jain = match traffic {
@@ -753,25 +807,6 @@ pub(super) fn tc(ns: &str, args: &[String]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// (TcpRetransSegs, TcpOutSegs) of a namespace.
-fn nstat(ns: &str) -> Option<(u64, u64)> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let header: Vec<&str> = lines.next()?.split_whitespace().collect();
-    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
-    let get = |name: &str| -> Option<u64> {
-        values
-            .get(header.iter().position(|h| *h == name)?)?
-            .parse()
-            .ok()
-    };
-    Some((get("RetransSegs")?, get("OutSegs")?))
 }
 
 /// (busy, total) jiffies of all CPUs.

@@ -47,6 +47,13 @@ pub struct DaemonArgs {
     /// being dropped; `false` leaves ingress to the cgroup policer alone.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     ingress_queue: bool,
+    /// Queue the ingress of hostNetwork pods too: one queue (ifb + htb) in
+    /// the node's network namespace, fed by a BPF classifier on every
+    /// interface there that picks the packets for limited hostNetwork pods'
+    /// sockets. Off by default: every packet the node receives then pays
+    /// for a socket lookup while such a pod is limited.
+    #[arg(long, value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
+    host_ingress_queue: bool,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -69,6 +76,7 @@ pub fn run(args: DaemonArgs, signals: Signals) -> Result<ExitCode> {
         metrics_addr: args.metrics_addr,
         allow_custom_programs: args.allow_custom_programs,
         ingress_queue: args.ingress_queue,
+        host_ingress_queue: args.host_ingress_queue,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

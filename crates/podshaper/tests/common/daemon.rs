@@ -59,6 +59,9 @@ pub struct TestDaemon {
     extra: Vec<String>,
     /// the daemon's PATH, where the test puts its own tools first
     path: Option<String>,
+    /// the network namespace it runs in (a node's, for the test), if not
+    /// the host's
+    netns: Option<String>,
     child: Option<ChildGuard>,
 }
 
@@ -69,6 +72,16 @@ impl TestDaemon {
 
     /// A daemon that looks up the programs it runs (tc, ip) in `path`.
     pub fn start_with_path(root: &Path, extra: &[&str], path: Option<String>) -> Self {
+        Self::start_as(root, extra, path, None)
+    }
+
+    /// A daemon in the network namespace `netns` (`ip netns` name), which it
+    /// takes for the node's: processes there are hostNetwork pods'.
+    pub fn start_in_netns(root: &Path, extra: &[&str], netns: &str) -> Self {
+        Self::start_as(root, extra, None, Some(netns.to_string()))
+    }
+
+    fn start_as(root: &Path, extra: &[&str], path: Option<String>, netns: Option<String>) -> Self {
         let name = unique("d");
         let mut d = Self {
             socket: std::env::temp_dir().join(&name).join("podshaper.sock"),
@@ -76,6 +89,7 @@ impl TestDaemon {
             root: root.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             path,
+            netns,
             child: None,
         };
         d.spawn();
@@ -101,7 +115,21 @@ impl TestDaemon {
             .append(true)
             .open(self.log_path())
             .unwrap_or_else(|e| panic!("cannot open the daemon log: {e}"));
-        let mut cmd = podshaper();
+        let mut cmd = match &self.netns {
+            // nsenter, not `ip netns exec`, which mounts a /sys of its own
+            // (and with it no cgroup2 under /sys/fs/cgroup)
+            Some(ns) => {
+                let mut cmd = std::process::Command::new("nsenter");
+                cmd.arg(format!(
+                    "--net={}",
+                    podshaper_netlab::netns::netns_path(ns).display()
+                ))
+                .arg("--")
+                .arg(env!("CARGO_BIN_EXE_podshaper"));
+                cmd
+            }
+            None => podshaper(),
+        };
         cmd.arg("daemon")
             .arg("--socket")
             .arg(&self.socket)

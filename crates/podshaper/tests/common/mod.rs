@@ -12,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use podshaper_netlab::meter::flow_bytes_since;
+use podshaper_netlab::netns::netns_path;
 use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::{Meter, NetnsPair};
 
@@ -212,6 +213,10 @@ pub enum Limiter<'a> {
     Run(&'a [&'a str]),
     /// started inside a cgroup that a daemon limits (or not)
     Cgroup(&'a podshaper_shaper::Cgroup),
+    /// a hostNetwork pod's process on a node whose namespace is A (the
+    /// daemon's): it enters A before it joins the cgroup, so the daemon
+    /// never sees it in another namespace
+    Node(&'a podshaper_shaper::Cgroup),
 }
 
 pub fn measure_with(limiter: &Limiter<'_>, flow: &Flow) -> f64 {
@@ -226,11 +231,17 @@ pub struct Received {
 }
 
 pub fn measure_flows(limiter: &Limiter<'_>, flow: &Flow) -> Received {
-    let _turn = traffic_turn();
     let lab = match NetnsPair::create("t") {
         Ok(l) => l,
         Err(e) => panic!("cannot build the lab: {e}"),
     };
+    measure_flows_on(&lab, limiter, flow)
+}
+
+/// [`measure_flows`] on a lab the caller made (and keeps: a daemon may run
+/// in its namespace A).
+pub fn measure_flows_on(lab: &NetnsPair, limiter: &Limiter<'_>, flow: &Flow) -> Received {
+    let _turn = traffic_turn();
     if let Err(e) = lab.set_congestion_control(flow.cc) {
         panic!("cannot set {}: {e}", flow.cc);
     }
@@ -273,6 +284,19 @@ pub fn measure_flows(limiter: &Limiter<'_>, flow: &Flow) -> Received {
             if let Err(e) = cgroup.spawn_inside(&mut cmd) {
                 panic!("cannot start inside {}: {e}", cgroup.path().display());
             }
+            cmd
+        }
+        Limiter::Node(cgroup) => {
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net={}", netns_path(lab.a()).display()))
+                .args([
+                    "--",
+                    "sh",
+                    "-c",
+                    r#"echo $$ > "$0/cgroup.procs" && exec "$@""#,
+                ])
+                .arg(cgroup.path())
+                .arg(env!("CARGO_BIN_EXE_podshaper"));
             cmd
         }
     };
@@ -394,12 +418,24 @@ pub fn has_ingress_queue(ns: Option<&str>) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Waits (5 s at most) for a daemon's ingress queue to appear in the
-/// namespace `ns`.
+/// Whether the node's queue for hostNetwork pods (its ifb) is in the
+/// network namespace `ns`.
+pub fn has_host_queue(ns: &str) -> bool {
+    Command::new("ip")
+        .args(["-n", ns, "link", "show"])
+        .arg(podshaper_shaper::host_queue::HOST_IFB_NAME)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Waits (5 s at most) for a daemon's ingress queue (a pod's own, or the
+/// node's for hostNetwork pods) to appear in the namespace `ns`.
 fn wait_for_ingress_queue(ns: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if has_ingress_queue(Some(ns)) {
+        if has_ingress_queue(Some(ns)) || has_host_queue(ns) {
             return;
         }
         thread::sleep(Duration::from_millis(50));

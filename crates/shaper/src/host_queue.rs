@@ -1,0 +1,299 @@
+//! The node's ingress queue for hostNetwork pods.
+//!
+//! A pod with a network namespace of its own gets a queue inside it
+//! (crate::ingress_queue). A hostNetwork pod shares the node's namespace and
+//! interfaces, so that queue cannot be built for it, and the cgroup policer
+//! alone makes its TCP senders resend 13-70% of what they send and shares
+//! its rate unevenly among its flows (docs/shaping.md). So, when the daemon
+//! is asked to (`--host-ingress-queue`), the node's namespace gets one queue
+//! for all of them:
+//!
+//! ```text
+//! every interface of the node's namespace (lo too):
+//!     tc qdisc ingress; bpf podshaper_host_class, action mirred egress
+//!     redirect dev podshaper-host
+//! podshaper-host: htb root 1:, stab overhead -14; per limited pod, at slot s
+//!     (classes offset by s x HOST_SLOT_STRIDE), the classes of a pod's own
+//!     queue: the limit, small packets, bulk and 16 per-flow FIFOs
+//! ```
+//!
+//! The classifier (bpf/shaper.c) finds the socket each TCP or UDP packet is
+//! for, and the limited cgroup above it; packets for any other socket (the
+//! node's own traffic, forwarded traffic) do not match and go on as before,
+//! having paid for one socket lookup. The filters are there only while at
+//! least one hostNetwork pod has an ingress limit.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::Path;
+
+use aya::programs::ProgramInfo;
+
+use crate::abi::{HOST_SLOT_STRIDE, QUEUE_MAJOR};
+use crate::ingress_queue::{
+    flow_filter, is_pod_interface, output, queue_classes, run, tc, tc_batch, ClassIds, QueueError,
+};
+use crate::limits::DirectionLimit;
+use crate::netns;
+
+/// The ifb device in the node's namespace.
+pub const HOST_IFB_NAME: &str = "podshaper-host";
+/// Preference of the classifying filter on each interface's ingress (a
+/// pod's own queue uses 49, in the pod's namespace).
+const FILTER_PREF: &str = "48";
+
+/// The htb classes of the pod at `slot`.
+fn slot_classes(slot: u32) -> ClassIds {
+    ClassIds::offset(slot * HOST_SLOT_STRIDE)
+}
+
+/// An interface of the node's namespace: its index and name.
+pub type Interface = (u32, String);
+
+/// Puts (or changes, live) the classes of the pod at `slot` in the node's
+/// queue in `ns`, building the queue first if it is not there, and has
+/// every interface of `ns` not in `redirected` classify what it receives
+/// (adding them to it). `classifier` is where the host classifier is
+/// pinned ([`crate::Shaper::pin_host_classifier`]).
+pub fn install(
+    ns: &File,
+    slot: u32,
+    limit: &DirectionLimit,
+    classifier: &Path,
+    redirected: &mut HashSet<Interface>,
+) -> Result<(), QueueError> {
+    let classifier = classifier_path(classifier)?;
+    netns::run_in(ns, || -> Result<(), QueueError> {
+        if !has_ifb()? {
+            build_ifb()?;
+            redirected.clear();
+        }
+        let ids = slot_classes(slot);
+        if tc_batch(&queue_classes(HOST_IFB_NAME, &ids, "change", limit)).is_err() {
+            // not there yet, or not as we build it: made afresh
+            delete_classes(&ids);
+            tc_batch(&queue_classes(HOST_IFB_NAME, &ids, "add", limit))?;
+        }
+        redirect_here(classifier.0, classifier.1, redirected)
+    })
+    .map_err(QueueError::Enter)?
+}
+
+/// Has every interface of `ns` not in `redirected` classify what it
+/// receives (interfaces come and go with the pods on the node): a sweep.
+pub fn redirect_interfaces(
+    ns: &File,
+    classifier: &Path,
+    redirected: &mut HashSet<Interface>,
+) -> Result<(), QueueError> {
+    let classifier = classifier_path(classifier)?;
+    netns::run_in(ns, || {
+        if !has_ifb()? {
+            // nothing to redirect to: the next install builds it
+            redirected.clear();
+            return Ok(());
+        }
+        redirect_here(classifier.0, classifier.1, redirected)
+    })
+    .map_err(QueueError::Enter)?
+}
+
+/// Takes the classes of the pod at `slot` out of the node's queue in `ns`;
+/// with `last`, the whole queue: the filters first (a redirect to a device
+/// that is gone drops packets), then the ifb.
+pub fn remove(ns: &File, slot: u32, last: bool) -> Result<(), QueueError> {
+    netns::run_in(ns, || -> Result<(), QueueError> {
+        if !has_ifb()? {
+            return Ok(());
+        }
+        if last {
+            for (_, dev) in interfaces()? {
+                if classifies(&dev)?.is_some() {
+                    tc(&format!(
+                        "filter del dev {dev} parent ffff: pref {FILTER_PREF}"
+                    ))?;
+                }
+            }
+            return run("ip", &["link", "del", HOST_IFB_NAME]);
+        }
+        let ids = slot_classes(slot);
+        delete_classes(&ids);
+        let left = tc(&format!("class show dev {HOST_IFB_NAME}"))?;
+        if left.contains(&format!(" {QUEUE_MAJOR:x}:{:x} ", ids.root)) {
+            return Err(QueueError::Command {
+                command: format!(
+                    "tc class del dev {HOST_IFB_NAME} classid {QUEUE_MAJOR:x}:{:x}",
+                    ids.root
+                ),
+                stderr: "the pod's classes are still there".into(),
+            });
+        }
+        Ok(())
+    })
+    .map_err(QueueError::Enter)?
+}
+
+/// Whether the node's queue is in `ns`.
+pub fn exists(ns: &File) -> Result<bool, QueueError> {
+    netns::run_in(ns, has_ifb).map_err(QueueError::Enter)?
+}
+
+/// The pin path as tc takes it, and the pinned program's id (None if it
+/// cannot be read: filters of another program are then left as they are).
+fn classifier_path(pin: &Path) -> Result<(&str, Option<u32>), QueueError> {
+    let path = pin
+        .to_str()
+        .filter(|p| !p.is_empty() && !p.contains(char::is_whitespace))
+        .ok_or_else(|| QueueError::ClassifierPath(pin.display().to_string()))?;
+    // read here: a pin is in bpffs, which entering the namespace leaves alone
+    let id = ProgramInfo::from_pin(pin).map(|info| info.id()).ok();
+    Ok((path, id))
+}
+
+fn has_ifb() -> Result<bool, QueueError> {
+    Ok(interfaces()?.iter().any(|(_, n)| n == HOST_IFB_NAME))
+}
+
+fn build_ifb() -> Result<(), QueueError> {
+    run("ip", &["link", "add", HOST_IFB_NAME, "type", "ifb"])?;
+    let built = run("ip", &["link", "set", HOST_IFB_NAME, "up"]).and_then(|()| {
+        // stab: IP bytes, as the cgroup programs count them. No default
+        // class: only classified packets come here, each with its class.
+        tc(&format!(
+            "qdisc add dev {HOST_IFB_NAME} root handle {QUEUE_MAJOR:x}: stab overhead -14 htb"
+        ))
+    });
+    if let Err(e) = built {
+        let _ = run("ip", &["link", "del", HOST_IFB_NAME]);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Deletes a pod's classes, leaves first (htb keeps a class with
+/// children); classes that are not there are no error.
+fn delete_classes(ids: &ClassIds) {
+    let leaves = ids.flow_classes().chain([ids.small, ids.bulk, ids.root]);
+    let commands: Vec<String> = leaves
+        .map(|id| format!("class del dev {HOST_IFB_NAME} classid {QUEUE_MAJOR:x}:{id:x}"))
+        .collect();
+    for command in commands {
+        let _ = tc(&command);
+    }
+}
+
+fn redirect_here(
+    classifier: &str,
+    pinned: Option<u32>,
+    redirected: &mut HashSet<Interface>,
+) -> Result<(), QueueError> {
+    let have = interfaces()?;
+    redirected.retain(|i| have.contains(i));
+    for interface in have {
+        let dev = &interface.1;
+        if dev == HOST_IFB_NAME || redirected.contains(&interface) {
+            continue;
+        }
+        // loopback too: a hostNetwork pod's peers on the node reach it there
+        if dev != "lo" && !is_pod_interface(dev) {
+            continue;
+        }
+        let target = format!("dev {dev} parent ffff: pref {FILTER_PREF}");
+        let spec = format!(
+            "protocol all bpf object-pinned {classifier} action mirred egress redirect dev {HOST_IFB_NAME}"
+        );
+        match classifies(dev)? {
+            // an older daemon's program (tc holds the one a filter was
+            // built with): this one's takes over, in one replace
+            Some(Some((id, handle))) if pinned.is_some_and(|p| p != id) => {
+                tc(&format!("filter replace {target} handle {handle} {spec}"))?;
+            }
+            Some(_) => {}
+            None => {
+                // the ingress qdisc may be there already (another tool's):
+                // our filter goes beside whatever it holds
+                let _ = tc(&format!("qdisc add dev {dev} handle ffff: ingress"));
+                tc(&format!("filter add {target} {spec}"))?;
+            }
+        }
+        redirected.insert(interface);
+    }
+    Ok(())
+}
+
+/// Whether an interface's ingress has our filter, and if so its program id
+/// and handle (None if tc's output does not show them). A tc that fails is an error, never "no filter" (see
+/// ingress_queue's `redirects_to_ifb`).
+#[allow(clippy::type_complexity)]
+fn classifies(dev: &str) -> Result<Option<Option<(u32, String)>>, QueueError> {
+    let qdiscs = tc(&format!("qdisc show dev {dev}"))?;
+    if !qdiscs.split_whitespace().any(|w| w == "ffff:") {
+        return Ok(None);
+    }
+    let show = tc(&format!(
+        "filter show dev {dev} parent ffff: pref {FILTER_PREF}"
+    ))?;
+    if !show.contains(HOST_IFB_NAME) {
+        return Ok(None);
+    }
+    Ok(Some(flow_filter(&show)))
+}
+
+/// The interfaces of the calling thread's namespace, with their indexes
+/// (a name can come back on another interface, as veths of pods do).
+fn interfaces() -> Result<Vec<Interface>, QueueError> {
+    Ok(parse_links(&output("ip", &["-o", "link", "show"])?))
+}
+
+/// `ip -o link show`: "2: eth0: <...", "5: veth0@if4: <...".
+fn parse_links(text: &str) -> Vec<Interface> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ": ");
+            let index = parts.next()?.trim().parse().ok()?;
+            let name = parts.next()?.split('@').next()?.trim().to_string();
+            Some((index, name))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use podshaper_rate::Rate;
+
+    use super::*;
+    use crate::abi::{FLOW_CLASS_BASE, FLOW_QUEUES, HOST_SLOTS};
+
+    #[test]
+    fn reads_interfaces_and_their_indexes() {
+        let text = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue\n\
+                    5: veth0@if4: <BROADCAST,MULTICAST,UP> mtu 1500\n\
+                    7: podshaper-host: <BROADCAST,NOARP,UP,LOWER_UP> mtu 1500\n";
+        assert_eq!(
+            parse_links(text),
+            [
+                (1, "lo".to_string()),
+                (5, "veth0".to_string()),
+                (7, HOST_IFB_NAME.to_string())
+            ]
+        );
+        assert!(parse_links("garbage\n: x\n").is_empty());
+    }
+
+    #[test]
+    fn each_slot_has_classes_of_its_own_within_16_bits() {
+        let first = slot_classes(1);
+        assert_eq!((first.root, first.small, first.bulk), (0x201, 0x210, 0x220));
+        assert_eq!(first.flow_classes().next(), Some(0x300));
+        let last = slot_classes(HOST_SLOTS);
+        assert_eq!(last.flow_classes().last(), Some(0xff0f));
+        assert!(HOST_SLOTS * HOST_SLOT_STRIDE + FLOW_CLASS_BASE + FLOW_QUEUES <= 0xffff);
+        // slot 0 would be a pod's own queue's ids, which the node's never has
+        let limit = DirectionLimit::new("10M".parse::<Rate>().expect("rate"), None);
+        let commands = queue_classes(HOST_IFB_NAME, &slot_classes(2), "add", &limit);
+        assert!(commands[0].contains("parent 1:0 classid 1:401 "));
+        assert!(commands
+            .iter()
+            .any(|c| c.contains("parent 1:420 classid 1:500 ")));
+    }
+}
