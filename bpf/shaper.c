@@ -1474,33 +1474,17 @@ static __always_inline int read_flow(struct __sk_buff *skb, struct ps_flow *f)
 	return 1;
 }
 
-/* The FIFO (any number; the class takes it modulo PS_FLOW_QUEUES) of the
- * packet's flow: the one it had, or the next after the last one `next`
- * gave out. */
-static __always_inline __u32 flow_queue_of(struct ps_flow *flow, __u32 *next)
-{
-	__u32 *queue, mine;
-
-	queue = bpf_map_lookup_elem(&flow_queues, flow);
-	if (queue)
-		return *queue;
-	/* atomic: one queue classifies under its qdisc's lock, but the map is
-	 * shared by every queue on the node, and pods in different networks
-	 * may have the same address */
-	mine = __sync_fetch_and_add(next, 1);
-	bpf_map_update_elem(&flow_queues, flow, &mine, BPF_NOEXIST);
-	queue = bpf_map_lookup_elem(&flow_queues, flow);
-	return queue ? *queue : mine;
-}
-
 SEC("classifier")
 int podshaper_flow_class(struct __sk_buff *skb)
 {
 	struct ps_flow flow = {};
-	__u32 *next, first = 0;
+	__u32 *queue, *next, first = 0, mine;
 
 	if (!read_flow(skb, &flow))
 		return to_flow_queue(bpf_get_hash_recalc(skb));
+	queue = bpf_map_lookup_elem(&flow_queues, &flow);
+	if (queue)
+		return to_flow_queue(*queue);
 	next = bpf_map_lookup_elem(&next_flow_queue, &flow.dst);
 	if (!next) {
 		bpf_map_update_elem(&next_flow_queue, &flow.dst, &first, BPF_NOEXIST);
@@ -1508,7 +1492,13 @@ int podshaper_flow_class(struct __sk_buff *skb)
 		if (!next)
 			return to_flow_queue(bpf_get_hash_recalc(skb));
 	}
-	return to_flow_queue(flow_queue_of(&flow, next));
+	/* atomic: one queue classifies under its qdisc's lock, but the map is
+	 * shared by every queue on the node, and pods in different networks
+	 * may have the same address */
+	mine = __sync_fetch_and_add(next, 1);
+	bpf_map_update_elem(&flow_queues, &flow, &mine, BPF_NOEXIST);
+	queue = bpf_map_lookup_elem(&flow_queues, &flow);
+	return to_flow_queue(queue ? *queue : mine);
 }
 
 /*
@@ -1535,6 +1525,32 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } host_queue_levels SEC(".maps");
+
+/* Bumped by user space after every change to host_queue_slots: a socket's
+ * slot, kept in host_socks, is good while the version it was found at is. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} host_queue_version SEC(".maps");
+
+/* What the classifier found for a socket of a limited hostNetwork pod (or
+ * of one that was): its slot (0: none) and its flow's FIFO, so that its
+ * next packets skip the walk up its cgroups and the flow's lookup. Only
+ * sockets that had a slot get one. */
+struct host_sock {
+	__u64 version;
+	__u32 slot;
+	__u32 queue;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct host_sock);
+} host_socks SEC(".maps");
 
 /* each slot's turn counter for its flows' FIFOs (the pods share the node's
  * addresses, so next_flow_queue's key would mix their flows) */
@@ -1586,16 +1602,19 @@ static __always_inline __u32 host_slot_of(struct tcp_sock *tp)
 	return 0;
 }
 
-/* The slot of the limited hostNetwork pod whose TCP socket the packet is
- * for; 0 if none. UDP is left to the policer: tc programs can reach a UDP
- * socket's cgroup only for IPv6 sockets (bpf_skc_to_udp6_sock), and the
- * policer holds UDP to its rate anyway (it does not back off). */
-static __always_inline __u32 host_slot(struct __sk_buff *skb, const struct ps_flow *flow)
+/* The htb class (minor id) of a packet of a limited hostNetwork pod's TCP
+ * socket; 0 if it is for no such socket. UDP is left to the policer: tc
+ * programs can reach a UDP socket's cgroup only for IPv6 sockets
+ * (bpf_skc_to_udp6_sock), and the policer holds UDP to its rate anyway (it
+ * does not back off). */
+static __always_inline __u32 host_class(struct __sk_buff *skb, const struct ps_flow *flow)
 {
 	struct bpf_sock_tuple tuple = {};
+	struct host_sock *known;
 	struct tcp_sock *tp;
 	struct bpf_sock *sk;
-	__u32 size, slot = 0;
+	__u32 size, slot = 0, queue = 0, zero = 0, *next;
+	__u64 *version;
 
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		tuple.ipv4.saddr = flow->src[0];
@@ -1610,37 +1629,52 @@ static __always_inline __u32 host_slot(struct __sk_buff *skb, const struct ps_fl
 		tuple.ipv6.dport = flow->dport;
 		size = sizeof(tuple.ipv6);
 	}
+	version = bpf_map_lookup_elem(&host_queue_version, &zero);
+	if (!version)
+		return 0;
 	sk = bpf_sk_lookup_tcp(skb, &tuple, size, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return 0;
-	tp = bpf_skc_to_tcp_sock(sk);
-	if (tp)
-		slot = host_slot_of(tp);
+	known = bpf_sk_storage_get(&host_socks, sk, 0, 0);
+	if (known && known->version == *version) {
+		slot = known->slot;
+		queue = known->queue;
+	} else {
+		tp = bpf_skc_to_tcp_sock(sk);
+		if (tp)
+			slot = host_slot_of(tp);
+		if (slot && !known)
+			known = bpf_sk_storage_get(&host_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (slot) {
+			next = bpf_map_lookup_elem(&host_next_flow_queue, &slot);
+			if (next)
+				queue = __sync_fetch_and_add(next, 1);
+		}
+		if (known) {
+			known->slot = slot;
+			known->queue = queue;
+			known->version = *version;
+		}
+	}
 	bpf_sk_release(sk);
-	return slot;
+	if (!slot)
+		return 0;
+	return slot * PS_HOST_SLOT_STRIDE +
+	       (skb->len < 256 ? PS_SMALL_CLASS : PS_FLOW_CLASS_BASE + queue % PS_FLOW_QUEUES);
 }
 
 SEC("classifier")
 int podshaper_host_class(struct __sk_buff *skb)
 {
 	struct ps_flow flow = {};
-	__u32 slot, minor, *next;
+	__u32 minor;
 
 	/* ports 0: a fragment: the policer alone */
 	if (!read_flow(skb, &flow) || flow.proto != IPPROTO_TCP || !flow.dport)
 		return 0;
-	slot = host_slot(skb, &flow);
-	if (!slot)
+	minor = host_class(skb, &flow);
+	if (!minor)
 		return 0;
-	minor = slot * PS_HOST_SLOT_STRIDE;
-	if (skb->len < 256) {
-		minor += PS_SMALL_CLASS;
-	} else {
-		next = bpf_map_lookup_elem(&host_next_flow_queue, &slot);
-		if (!next)
-			return 0;
-		minor += PS_FLOW_CLASS_BASE + flow_queue_of(&flow, next) % PS_FLOW_QUEUES;
-	}
 	skb->priority = (PS_QUEUE_MAJOR << 16) | minor;
 	return skb->priority;
 }

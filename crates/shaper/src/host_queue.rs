@@ -31,7 +31,8 @@ use aya::programs::ProgramInfo;
 
 use crate::abi::{HOST_SLOT_STRIDE, QUEUE_MAJOR};
 use crate::ingress_queue::{
-    flow_filter, is_pod_interface, output, queue_classes, run, tc, tc_batch, ClassIds, QueueError,
+    flow_filter, ingress_filters, is_pod_interface, output, queue_classes, run, tc, tc_batch,
+    ClassIds, QueueError,
 };
 use crate::limits::DirectionLimit;
 use crate::netns;
@@ -69,8 +70,10 @@ pub fn install(
             redirected.clear();
         }
         let ids = slot_classes(slot);
-        if tc_batch(&queue_classes(HOST_IFB_NAME, &ids, "change", limit)).is_err() {
-            // not there yet, or not as we build it: made afresh
+        if !has_class(ids.root)? {
+            tc_batch(&queue_classes(HOST_IFB_NAME, &ids, "add", limit))?;
+        } else if tc_batch(&queue_classes(HOST_IFB_NAME, &ids, "change", limit)).is_err() {
+            // not as we build them (changed by hand, half made): afresh
             delete_classes(&ids);
             tc_batch(&queue_classes(HOST_IFB_NAME, &ids, "add", limit))?;
         }
@@ -108,18 +111,22 @@ pub fn remove(ns: &File, slot: u32, last: bool) -> Result<(), QueueError> {
         }
         if last {
             for (_, dev) in interfaces()? {
-                if classifies(&dev)?.is_some() {
-                    tc(&format!(
-                        "filter del dev {dev} parent ffff: pref {FILTER_PREF}"
-                    ))?;
+                if classifies(&dev)?.is_none() {
+                    continue;
+                }
+                tc(&format!(
+                    "filter del dev {dev} parent ffff: pref {FILTER_PREF}"
+                ))?;
+                // the ingress qdisc too, if ours was its only filter
+                if ingress_filters(&dev).is_some_and(|f| f.trim().is_empty()) {
+                    let _ = tc(&format!("qdisc del dev {dev} handle ffff: ingress"));
                 }
             }
             return run("ip", &["link", "del", HOST_IFB_NAME]);
         }
         let ids = slot_classes(slot);
         delete_classes(&ids);
-        let left = tc(&format!("class show dev {HOST_IFB_NAME}"))?;
-        if left.contains(&format!(" {QUEUE_MAJOR:x}:{:x} ", ids.root)) {
+        if has_class(ids.root)? {
             return Err(QueueError::Command {
                 command: format!(
                     "tc class del dev {HOST_IFB_NAME} classid {QUEUE_MAJOR:x}:{:x}",
@@ -148,6 +155,14 @@ fn classifier_path(pin: &Path) -> Result<(&str, Option<u32>), QueueError> {
     // read here: a pin is in bpffs, which entering the namespace leaves alone
     let id = ProgramInfo::from_pin(pin).map(|info| info.id()).ok();
     Ok((path, id))
+}
+
+/// Whether the node's queue has the class `minor`.
+fn has_class(minor: u32) -> Result<bool, QueueError> {
+    let show = tc(&format!(
+        "class show dev {HOST_IFB_NAME} classid {QUEUE_MAJOR:x}:{minor:x}"
+    ))?;
+    Ok(!show.trim().is_empty())
 }
 
 fn has_ifb() -> Result<bool, QueueError> {

@@ -343,7 +343,7 @@ fn remove_here() -> Result<(), QueueError> {
 }
 
 /// The filters on an interface's ingress; None if it has no ingress qdisc.
-fn ingress_filters(dev: &str) -> Option<String> {
+pub(crate) fn ingress_filters(dev: &str) -> Option<String> {
     tc(&format!("filter show dev {dev} parent ffff:")).ok()
 }
 

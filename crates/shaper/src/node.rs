@@ -151,6 +151,9 @@ pub struct Node {
     host_slots: HashMap<u64, u32>,
     /// The node's interfaces that classify for the node's queue.
     host_redirected: HashSet<host_queue::Interface>,
+    /// Cgroups whose classes in the node's queue could not be put in place
+    /// (or changed): the sweep tries again, after `queue_retry`.
+    host_unsynced: HashSet<u64>,
 }
 
 impl Node {
@@ -199,6 +202,7 @@ impl Node {
             host_queue: false,
             host_slots,
             host_redirected: HashSet::new(),
+            host_unsynced: HashSet::new(),
         };
         let adoption = node.adopt()?;
         Ok((node, adoption))
@@ -225,13 +229,17 @@ impl Node {
                 .copied()
                 .collect();
             for id in stale {
-                self.take_host_slot(id, "");
+                self.take_host_slot(id, "a cgroup no longer limited");
             }
             return;
         }
         let ids: Vec<u64> = self.host_slots.keys().copied().collect();
         for id in ids {
-            self.take_host_slot(id, "");
+            let shown = self
+                .attached
+                .get(&id)
+                .map_or_else(|| format!("cgroup id {id}"), |p| p.display().to_string());
+            self.take_host_slot(id, &shown);
         }
     }
 
@@ -491,8 +499,8 @@ impl Node {
                     netns::identity(ns).is_ok_and(|n| !known.is_some_and(|k| k.contains(&n)))
                 });
             let new_host_pod = self.host_queue
-                && !self.host_slots.contains_key(id)
-                && netns::has_ours(&namespaces);
+                && (self.host_unsynced.contains(id)
+                    || !self.host_slots.contains_key(id) && netns::has_ours(&namespaces));
             let new = new_pod_ns || new_host_pod;
             if new {
                 todo.push((*id, path.clone(), namespaces, ingress));
@@ -538,9 +546,11 @@ impl Node {
         match done {
             Ok(()) => {
                 self.host_slots.insert(id, slot);
+                self.host_unsynced.remove(&id);
                 true
             }
             Err(e) => {
+                self.host_unsynced.insert(id);
                 tracing::warn!(error = %e, cgroup = %path.display(), "hostNetwork pod's ingress queue not updated, tried again by a later sweep; the cgroup policer holds the limit");
                 false
             }
@@ -552,6 +562,7 @@ impl Node {
     /// slot the node's queue. False (logged) if it failed.
     fn take_host_slot(&mut self, id: u64, shown: &str) -> bool {
         let Some(&slot) = self.host_slots.get(&id) else {
+            self.host_unsynced.remove(&id);
             return true;
         };
         let last = self.host_slots.len() == 1;
@@ -563,6 +574,7 @@ impl Node {
         match done {
             Ok(()) => {
                 self.host_slots.remove(&id);
+                self.host_unsynced.remove(&id);
                 if last {
                     self.host_redirected.clear();
                 }

@@ -56,7 +56,8 @@ const FLOW_CLASS_PROGRAM: &str = "podshaper_flow_class";
 const HOST_CLASS_PROGRAM: &str = "podshaper_host_class";
 const HOST_SLOTS_MAP: &str = "host_queue_slots";
 const HOST_LEVELS_MAP: &str = "host_queue_levels";
-const ALL_MAPS: [&str; 8] = [
+const HOST_VERSION_MAP: &str = "host_queue_version";
+const ALL_MAPS: [&str; 9] = [
     LIMITS_MAP,
     LIMITS_VERSION_MAP,
     STATES_MAP,
@@ -65,6 +66,7 @@ const ALL_MAPS: [&str; 8] = [
     UNPACE_TARGET_MAP,
     HOST_SLOTS_MAP,
     HOST_LEVELS_MAP,
+    HOST_VERSION_MAP,
 ];
 /// The maps that hold only what the programs rebuild from traffic, in the
 /// groups that start afresh together when a build changes their layout: the
@@ -537,12 +539,25 @@ impl Shaper {
         self.add_host_queue_level(level)?;
         let mut map: HashMap<&mut MapData, u64, u32> = map_mut(&mut self.ebpf, HOST_SLOTS_MAP)?;
         map.insert(cgroup_id, slot, 0)
-            .map_err(|e| map_error(HOST_SLOTS_MAP, e))
+            .map_err(|e| map_error(HOST_SLOTS_MAP, e))?;
+        self.bump_host_queue_version()
     }
 
     /// Takes a cgroup's slot away: its packets are no longer queued.
     pub fn remove_host_queue_slot(&mut self, cgroup_id: u64) -> Result<(), ShaperError> {
-        remove_key::<u32>(&mut self.ebpf, HOST_SLOTS_MAP, cgroup_id)
+        remove_key::<u32>(&mut self.ebpf, HOST_SLOTS_MAP, cgroup_id)?;
+        self.bump_host_queue_version()
+    }
+
+    /// Has the host classifier find every socket's slot again on its next
+    /// packet (it keeps what it found in the socket's storage).
+    fn bump_host_queue_version(&mut self) -> Result<(), ShaperError> {
+        let mut map: Array<&mut MapData, u64> =
+            Array::try_from(raw_map_mut(&mut self.ebpf, HOST_VERSION_MAP)?)
+                .map_err(|e| map_error(HOST_VERSION_MAP, e))?;
+        let last = map.get(&0, 0).map_err(|e| map_error(HOST_VERSION_MAP, e))?;
+        map.set(0, last.wrapping_add(1), 0)
+            .map_err(|e| map_error(HOST_VERSION_MAP, e))
     }
 
     /// Every cgroup with a slot in the node's queue, and its slot.

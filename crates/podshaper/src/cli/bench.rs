@@ -114,6 +114,8 @@ struct Cell {
     /// runs on TCP events, mostly each ACK's RTT sample, not on packets the
     /// cgroup program sees
     bpf_sockops: Option<(f64, u64)>,
+    /// the node's queue's classifier (`--host-queue`): ns per run, runs
+    bpf_host_class: Option<(f64, u64)>,
     /// the shaper's own counters for this direction (podshaper only): what it
     /// passed, dropped and marked
     shaped: Option<DirectionCounters>,
@@ -337,6 +339,8 @@ pub fn run(args: BenchArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
                     "bpf_empty_ns_per_packet": c.bpf_empty_ns,
                     "bpf_sockops_ns_per_run": c.bpf_sockops.map(|(ns, _)| ns),
                     "bpf_sockops_runs": c.bpf_sockops.map(|(_, runs)| runs),
+                    "bpf_host_class_ns_per_run": c.bpf_host_class.map(|(ns, _)| ns),
+                    "bpf_host_class_runs": c.bpf_host_class.map(|(_, runs)| runs),
                     "shaper_bytes": c.shaped.map(|s| s.bytes),
                     "shaper_packets": c.shaped.map(|s| s.packets),
                     "shaper_dropped": c.shaped.map(|s| s.dropped),
@@ -422,6 +426,9 @@ fn describe(c: &Cell) -> String {
             .map_or(String::new(), |ns| format!(" (empty program {ns:.0})"))
         + &c.bpf_sockops.map_or(String::new(), |(ns, runs)| {
             format!(", sockops {ns:.0} ns/run over {runs} runs")
+        })
+        + &c.bpf_host_class.map_or(String::new(), |(ns, runs)| {
+            format!(", host classifier {ns:.0} ns/run over {runs} runs")
         })
         + &c.shaped.map_or(String::new(), |s| {
             format!(
@@ -536,13 +543,12 @@ fn run_cell(
         (Mechanism::Podshaper, false) => (ns_per_run("podshaper_ingre"), ns_per_run(EMPTY_INGRESS)),
         _ => (None, None),
     };
-    let bpf_sockops = match mechanism {
-        Mechanism::Podshaper => bpf_runs
-            .get("podshaper_socko")
-            .filter(|(_, runs)| *runs > 0)
-            .copied(),
+    let runs_of = |program: &str| match mechanism {
+        Mechanism::Podshaper => bpf_runs.get(program).filter(|(_, runs)| *runs > 0).copied(),
         _ => None,
     };
+    let bpf_sockops = runs_of("podshaper_socko");
+    let bpf_host_class = runs_of("podshaper_host_");
     drop(empty);
     let cpu_busy = cpu_times()
         .zip(before_cpu)
@@ -594,6 +600,7 @@ fn run_cell(
         bpf_ns,
         bpf_empty_ns,
         bpf_sockops,
+        bpf_host_class,
         shaped,
     })
 }
