@@ -19,6 +19,8 @@ pub const SMALL_CLASS: u32 = 0x10;
 pub const HOST_SLOTS: u32 = 127;
 pub const HOST_SLOT_STRIDE: u32 = 0x200;
 pub const HOST_LEVELS: u32 = 4;
+// the last slot's last class is still a 16-bit minor id
+const _: () = assert!(HOST_SLOTS * HOST_SLOT_STRIDE + FLOW_CLASS_BASE + FLOW_QUEUES <= 0xffff);
 
 /// `struct ps_dir_limit`: rate 0 means "no limit this way".
 #[repr(C)]
@@ -165,8 +167,6 @@ mod tests {
         assert_eq!(define("PS_HOST_SLOTS"), HOST_SLOTS);
         assert_eq!(define("PS_HOST_SLOT_STRIDE"), HOST_SLOT_STRIDE);
         assert_eq!(define("PS_HOST_LEVELS"), HOST_LEVELS);
-        // a slot's last class is still a 16-bit minor id
-        assert!(HOST_SLOTS * HOST_SLOT_STRIDE + FLOW_CLASS_BASE + FLOW_QUEUES <= 0xffff);
         assert_eq!(define("PS_INGRESS") as usize, INGRESS);
     }
 

@@ -140,11 +140,6 @@ pub fn remove(ns: &File, slot: u32, last: bool) -> Result<(), QueueError> {
     .map_err(QueueError::Enter)?
 }
 
-/// Whether the node's queue is in `ns`.
-pub fn exists(ns: &File) -> Result<bool, QueueError> {
-    netns::run_in(ns, has_ifb).map_err(QueueError::Enter)?
-}
-
 /// The pin path as tc takes it, and the pinned program's id (None if it
 /// cannot be read: filters of another program are then left as they are).
 fn classifier_path(pin: &Path) -> Result<(&str, Option<u32>), QueueError> {
@@ -277,7 +272,7 @@ mod tests {
     use podshaper_rate::Rate;
 
     use super::*;
-    use crate::abi::{FLOW_CLASS_BASE, FLOW_QUEUES, HOST_SLOTS};
+    use crate::abi::HOST_SLOTS;
 
     #[test]
     fn reads_interfaces_and_their_indexes() {
@@ -302,7 +297,6 @@ mod tests {
         assert_eq!(first.flow_classes().next(), Some(0x300));
         let last = slot_classes(HOST_SLOTS);
         assert_eq!(last.flow_classes().last(), Some(0xff0f));
-        assert!(HOST_SLOTS * HOST_SLOT_STRIDE + FLOW_CLASS_BASE + FLOW_QUEUES <= 0xffff);
         // slot 0 would be a pod's own queue's ids, which the node's never has
         let limit = DirectionLimit::new("10M".parse::<Rate>().expect("rate"), None);
         let commands = queue_classes(HOST_IFB_NAME, &slot_classes(2), "add", &limit);
