@@ -32,7 +32,8 @@
  * that find it empty are dropped. Where a pod has a network namespace of its
  * own, a queue in front of it (ifb + htb, built by the daemon) holds the rate
  * first; the flow classifier at the end of this file gives each flow a FIFO
- * of its own there.
+ * of its own there. hostNetwork pods can get one queue in the node's
+ * namespace, fed by the host classifier after it.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
