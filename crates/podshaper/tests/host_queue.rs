@@ -185,9 +185,7 @@ fn a_host_network_pods_ingress_waits_in_the_nodes_queue_until_its_last_limit_goe
     // and its own classifier took over from the killed daemon's on every
     // interface (tc holds the program a filter was built with: after an
     // upgrade, the older build's)
-    let pinned = aya::programs::ProgramInfo::from_pin(daemon.bpffs.join("programs/host_class"))
-        .unwrap_or_else(|e| panic!("the restarted daemon's classifier is not pinned: {e}"))
-        .id();
+    let pinned = daemon.pinned_program("host_class");
     assert_ne!(
         killed_daemons,
         Some(pinned),

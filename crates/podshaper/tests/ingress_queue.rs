@@ -148,9 +148,7 @@ fn the_daemon_queues_a_pods_ingress_changes_it_live_and_removes_it() {
     daemon.restart();
     daemon.ok(&["attach", "--cgroup", &pod_path, "--ingress", "20M"]);
     wait_for_rate(lab.a(), "20Mbit");
-    let pinned = aya::programs::ProgramInfo::from_pin(daemon.bpffs.join("programs/flow_class"))
-        .unwrap_or_else(|e| panic!("the restarted daemon's classifier is not pinned: {e}"))
-        .id();
+    let pinned = daemon.pinned_program("flow_class");
     assert_ne!(
         killed_daemons,
         Some(pinned),

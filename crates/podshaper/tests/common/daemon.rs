@@ -170,6 +170,14 @@ impl TestDaemon {
         }
     }
 
+    /// The id of the program the daemon pinned at `programs/<name>` (a
+    /// queue's classifier, where tc finds it).
+    pub fn pinned_program(&self, name: &str) -> u32 {
+        aya::programs::ProgramInfo::from_pin(self.bpffs.join("programs").join(name))
+            .unwrap_or_else(|e| panic!("the daemon's {name} is not pinned: {e}"))
+            .id()
+    }
+
     /// The daemon's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref()?.0.as_ref().map(|c| c.id())
