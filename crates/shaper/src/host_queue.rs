@@ -65,9 +65,11 @@ pub fn install(
 ) -> Result<(), QueueError> {
     let classifier = classifier_path(classifier)?;
     netns::run_in(ns, || -> Result<(), QueueError> {
-        if !has_ifb()? {
+        let mut have = interfaces()?;
+        if !has_ifb(&have) {
             build_ifb()?;
             redirected.clear();
+            have = interfaces()?;
         }
         let ids = slot_classes(slot);
         if !has_class(ids.root)? {
@@ -77,7 +79,7 @@ pub fn install(
             delete_classes(&ids);
             tc_batch(&queue_classes(HOST_IFB_NAME, &ids, "add", limit))?;
         }
-        redirect_here(classifier.0, classifier.1, redirected)
+        redirect_here(&have, classifier.0, classifier.1, redirected)
     })
     .map_err(QueueError::Enter)?
 }
@@ -91,12 +93,13 @@ pub fn redirect_interfaces(
 ) -> Result<(), QueueError> {
     let classifier = classifier_path(classifier)?;
     netns::run_in(ns, || {
-        if !has_ifb()? {
+        let have = interfaces()?;
+        if !has_ifb(&have) {
             // nothing to redirect to: the next install builds it
             redirected.clear();
             return Ok(());
         }
-        redirect_here(classifier.0, classifier.1, redirected)
+        redirect_here(&have, classifier.0, classifier.1, redirected)
     })
     .map_err(QueueError::Enter)?
 }
@@ -106,11 +109,12 @@ pub fn redirect_interfaces(
 /// that is gone drops packets), then the ifb.
 pub fn remove(ns: &File, slot: u32, last: bool) -> Result<(), QueueError> {
     netns::run_in(ns, || -> Result<(), QueueError> {
-        if !has_ifb()? {
+        let have = interfaces()?;
+        if !has_ifb(&have) {
             return Ok(());
         }
         if last {
-            for (_, dev) in interfaces()? {
+            for (_, dev) in have {
                 if classifies(&dev)?.is_none() {
                     continue;
                 }
@@ -160,8 +164,8 @@ fn has_class(minor: u32) -> Result<bool, QueueError> {
     Ok(!show.trim().is_empty())
 }
 
-fn has_ifb() -> Result<bool, QueueError> {
-    Ok(interfaces()?.iter().any(|(_, n)| n == HOST_IFB_NAME))
+fn has_ifb(have: &[Interface]) -> bool {
+    have.iter().any(|(_, n)| n == HOST_IFB_NAME)
 }
 
 fn build_ifb() -> Result<(), QueueError> {
@@ -193,13 +197,13 @@ fn delete_classes(ids: &ClassIds) {
 }
 
 fn redirect_here(
+    have: &[Interface],
     classifier: &str,
     pinned: Option<u32>,
     redirected: &mut HashSet<Interface>,
 ) -> Result<(), QueueError> {
-    let have = interfaces()?;
     redirected.retain(|i| have.contains(i));
-    for interface in have {
+    for interface in have.iter().cloned() {
         let dev = &interface.1;
         if dev == HOST_IFB_NAME || redirected.contains(&interface) {
             continue;

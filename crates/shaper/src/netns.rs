@@ -53,7 +53,7 @@ pub fn identity(ns: &File) -> io::Result<(u64, u64)> {
 /// which runs with the host's network, its own is a hostNetwork pod's). If
 /// ours cannot be read, none are returned: nothing is done to the host's.
 pub fn not_ours(namespaces: &[File]) -> Vec<&File> {
-    let Ok(ours) = File::open("/proc/self/ns/net").and_then(|f| identity(&f)) else {
+    let Ok(ours) = ours() else {
         return Vec::new();
     };
     namespaces
@@ -65,12 +65,17 @@ pub fn not_ours(namespaces: &[File]) -> Vec<&File> {
 /// Whether one of `namespaces` is this process's own (for the daemon, a
 /// hostNetwork pod's). False if ours cannot be read.
 pub fn has_ours(namespaces: &[File]) -> bool {
-    let Ok(ours) = File::open("/proc/self/ns/net").and_then(|f| identity(&f)) else {
+    let Ok(ours) = ours() else {
         return false;
     };
     namespaces
         .iter()
         .any(|ns| identity(ns).is_ok_and(|id| id == ours))
+}
+
+/// The identity of this process's own network namespace.
+fn ours() -> io::Result<(u64, u64)> {
+    File::open("/proc/self/ns/net").and_then(|f| identity(&f))
 }
 
 /// Runs `f` on a thread of its own that has entered `ns`: setns changes only

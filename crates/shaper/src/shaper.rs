@@ -281,22 +281,25 @@ impl Shaper {
             .map_err(|e| program_error(SOCKOPS_PROGRAM, e))?;
         // Only the ingress queue needs it (and kernel 5.12 for its atomics):
         // without it, pods keep the cgroup policer.
-        let flow_class: &mut SchedClassifier = program(&mut ebpf, FLOW_CLASS_PROGRAM)?;
-        let has_flow_classifier = match flow_class.load() {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot load the ingress queue's flow classifier: ingress is held by the cgroup policer alone");
-                false
+        let mut load_classifier = |name: &'static str,
+                                   without: &str|
+         -> Result<bool, ShaperError> {
+            match program::<SchedClassifier>(&mut ebpf, name)?.load() {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    tracing::warn!(error = %e, program = name, "cannot load a queue's classifier: {without}");
+                    Ok(false)
+                }
             }
         };
-        let host_class: &mut SchedClassifier = program(&mut ebpf, HOST_CLASS_PROGRAM)?;
-        let has_host_classifier = match host_class.load() {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot load the hostNetwork pods' queue classifier: their ingress is held by the cgroup policer alone");
-                false
-            }
-        };
+        let has_flow_classifier = load_classifier(
+            FLOW_CLASS_PROGRAM,
+            "ingress is held by the cgroup policer alone",
+        )?;
+        let has_host_classifier = load_classifier(
+            HOST_CLASS_PROGRAM,
+            "hostNetwork pods' ingress is held by the cgroup policer alone",
+        )?;
         let (can_unpace, can_shorten_delack) = match Btf::from_sys_fs() {
             Ok(btf) => {
                 let mut load = |name: &'static str, without: &str| -> Result<bool, ShaperError> {
