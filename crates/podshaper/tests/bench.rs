@@ -26,6 +26,8 @@ fn bench_compares_podshaper_with_tbf_and_no_limit() {
             "true",
             "--seconds",
             "4",
+            "--warmup",
+            "2",
             "--plot",
         ])
         .arg(&plot)
@@ -151,7 +153,7 @@ fn bench_stops_on_sigterm_and_removes_what_it_made() {
         .args(["bench", "--rates", "10M,20M,30M", "--flows", "1"])
         .args(["--directions", "egress", "--mechanisms", "podshaper"])
         .args(["--udp", "false", "--change", "false", "--probe", "false"])
-        .args(["--seconds", "3"])
+        .args(["--seconds", "3", "--warmup", "2"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut bench = common::ChildGuard::spawn(&mut command);
@@ -229,7 +231,7 @@ fn bench_measures_the_nodes_queue_for_host_network_pods() {
         .args(["--directions", "ingress", "--mechanisms", "podshaper"])
         .args(["--udp", "false", "--change", "false", "--probe", "false"])
         .args(["--ingress-queue", "false", "--host-queue", "true"])
-        .args(["--seconds", "4", "--json"])
+        .args(["--seconds", "4", "--warmup", "2", "--json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let (out, pid) = {
@@ -267,4 +269,60 @@ fn bench_measures_the_nodes_queue_for_host_network_pods() {
     );
     let pin = std::path::PathBuf::from(format!("/sys/fs/bpf/podshaper-bench-{pid}-host_class"));
     assert!(!pin.exists(), "{} left behind", pin.display());
+}
+
+/// Ingress through the queue the daemon builds in front of a pod: the
+/// queue's flow classifier runs on the same packets before the cgroup
+/// program, and its run time is reported beside the shaper's.
+#[test]
+fn bench_reports_the_ingress_queues_classifier() {
+    let mut command = common::podshaper();
+    command
+        .args(["bench", "--rates", "50M", "--flows", "4"])
+        .args(["--directions", "ingress", "--mechanisms", "podshaper"])
+        .args(["--udp", "false", "--change", "false", "--probe", "false"])
+        .args(["--seconds", "4", "--warmup", "2", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = common::output_in_turn(&mut command);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let cell = &report["cells"][0];
+    let ratio = cell["achieved_ratio"].as_f64().unwrap_or(0.0);
+    assert!((0.90..=1.05).contains(&ratio), "{cell}");
+    let classified = cell["bpf_flow_class_runs"].as_u64().unwrap_or(0);
+    let shaped = cell["shaper_packets"].as_u64().unwrap_or(0);
+    // GRO packets: one run of each program per packet, so about as many
+    // classifier runs as packets through the cgroup program
+    assert!(
+        classified > 100 && classified * 2 > shaped,
+        "the classifier ran {classified} times for {shaped} packets: {cell}"
+    );
+    assert!(
+        cell["bpf_flow_class_ns_per_run"]
+            .as_f64()
+            .is_some_and(|ns| ns > 0.0),
+        "{cell}"
+    );
+    assert!(cell["bpf_host_class_runs"].is_null(), "{cell}");
+}
+
+/// A warm-up as long as the run would leave nothing to measure: refused
+/// before anything is built, naming both flags.
+#[test]
+fn bench_refuses_a_warmup_that_leaves_nothing_to_measure() {
+    let out = common::podshaper()
+        .args(["bench", "--seconds", "3", "--warmup", "3"])
+        .output()
+        .expect("run the bench");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--seconds") && stderr.contains("--warmup"),
+        "{stderr}"
+    );
 }
