@@ -225,27 +225,7 @@ fn bench_stops_on_sigterm_and_removes_what_it_made() {
 /// time is reported. The pin the bench made for it is gone afterwards.
 #[test]
 fn bench_measures_the_nodes_queue_for_host_network_pods() {
-    let mut command = common::podshaper();
-    command
-        .args(["bench", "--rates", "50M", "--flows", "4"])
-        .args(["--directions", "ingress", "--mechanisms", "podshaper"])
-        .args(["--udp", "false", "--change", "false", "--probe", "false"])
-        .args(["--ingress-queue", "false", "--host-queue", "true"])
-        .args(["--seconds", "4", "--warmup", "2", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let (out, pid) = {
-        let _turn = common::traffic_turn();
-        let child = command.spawn().expect("start the bench");
-        let pid = child.id();
-        (child.wait_with_output().expect("bench output"), pid)
-    };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let (report, pid) = one_ingress_cell(&["--ingress-queue", "false", "--host-queue", "true"]);
     assert_eq!(report["host_queue"], true, "{report}");
     let cell = &report["cells"][0];
     let ratio = cell["achieved_ratio"].as_f64().unwrap_or(0.0);
@@ -276,21 +256,7 @@ fn bench_measures_the_nodes_queue_for_host_network_pods() {
 /// program, and its run time is reported beside the shaper's.
 #[test]
 fn bench_reports_the_ingress_queues_classifier() {
-    let mut command = common::podshaper();
-    command
-        .args(["bench", "--rates", "50M", "--flows", "4"])
-        .args(["--directions", "ingress", "--mechanisms", "podshaper"])
-        .args(["--udp", "false", "--change", "false", "--probe", "false"])
-        .args(["--seconds", "4", "--warmup", "2", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let out = common::output_in_turn(&mut command);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let (report, _) = one_ingress_cell(&[]);
     let cell = &report["cells"][0];
     let ratio = cell["achieved_ratio"].as_f64().unwrap_or(0.0);
     assert!((0.90..=1.05).contains(&ratio), "{cell}");
@@ -325,4 +291,32 @@ fn bench_refuses_a_warmup_that_leaves_nothing_to_measure() {
         stderr.contains("--seconds") && stderr.contains("--warmup"),
         "{stderr}"
     );
+}
+
+/// `podshaper bench` on one ingress cell (50 Mbit/s, 4 TCP flows, podshaper
+/// alone, a 2 s window) with `extra` flags: its JSON report, and its pid,
+/// which names the pins it makes.
+fn one_ingress_cell(extra: &[&str]) -> (serde_json::Value, u32) {
+    let mut command = common::podshaper();
+    command
+        .args(["bench", "--rates", "50M", "--flows", "4"])
+        .args(["--directions", "ingress", "--mechanisms", "podshaper"])
+        .args(["--udp", "false", "--change", "false", "--probe", "false"])
+        .args(["--seconds", "4", "--warmup", "2", "--json"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let (out, pid) = {
+        let _turn = common::traffic_turn();
+        let child = command.spawn().expect("start the bench");
+        let pid = child.id();
+        (child.wait_with_output().expect("bench output"), pid)
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_slice(&out.stdout).expect("json");
+    (report, pid)
 }
