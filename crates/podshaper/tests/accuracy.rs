@@ -43,6 +43,12 @@ const INGRESS_ECN_ONE_FLOW: (f64, f64) = (0.85, 1.05);
 /// 0.26 and 0.22 at 1G x8 here (10M x8 0.95-0.98), and a first version of
 /// the fair parts 0.716 once at 100M x8.
 const INGRESS_CUBIC_FAIR: f64 = 0.80;
+/// The same at 10M, where a flow's fair part is a few packets and one flow
+/// now and then takes several before it loses anything (docs/shaping.md,
+/// "Fair parts through the policer alone"; the bench reads 0.72-0.86 at
+/// 10M x16). 10M x8 read 0.872-0.985 in six runs alone here, and 0.718 once
+/// in CI (session 18), with the other tests running beside it.
+const INGRESS_CUBIC_FAIR_10M: f64 = 0.65;
 
 /// Who sends: its congestion control, and whether its connections
 /// negotiate ECN.
@@ -100,7 +106,12 @@ fn tcp(
     if flows > 1 && egress {
         assert_fair(&what, &got.flow_bytes, flows, 0.90);
     } else if flows > 1 && cc == "cubic" {
-        assert_fair(&what, &got.flow_bytes, flows, INGRESS_CUBIC_FAIR);
+        let min = if bits < 50e6 {
+            INGRESS_CUBIC_FAIR_10M
+        } else {
+            INGRESS_CUBIC_FAIR
+        };
+        assert_fair(&what, &got.flow_bytes, flows, min);
     }
 }
 
