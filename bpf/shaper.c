@@ -1105,6 +1105,212 @@ int podshaper_ingress(struct __sk_buff *skb)
 }
 
 /*
+ * The kernel's structs, as far as the sockops program and the iterators read
+ * them: relocated to the running kernel's layout (CO-RE), read with
+ * bpf_probe_read_kernel.
+ */
+struct kernfs_node {
+	__u64 id;
+} __attribute__((preserve_access_index));
+
+struct cgroup_subsys_state {
+	struct cgroup_subsys_state *parent;
+} __attribute__((preserve_access_index));
+
+/* `self` is struct cgroup's first member: a parent css is its cgroup */
+struct cgroup {
+	struct cgroup_subsys_state self;
+	struct kernfs_node *kn;
+	int level;
+} __attribute__((preserve_access_index));
+
+struct sock_cgroup_data {
+	struct cgroup *cgroup;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_cgroup_data sk_cgrp_data;
+	unsigned long sk_max_pacing_rate;
+	int sk_rcvbuf;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock {
+	__u32 snd_cwnd_clamp;
+	__u32 window_clamp;
+	__u8 scaling_ratio;
+	__u8 bpf_sock_ops_cb_flags;
+} __attribute__((preserve_access_index));
+
+/* Whether a socket's cgroup is `target` or below it (a pod's limit covers
+ * its containers). */
+static __always_inline int in_cgroup(struct tcp_sock *tp, __u64 target)
+{
+	struct cgroup *cg = BPF_CORE_READ((struct sock *)tp, sk_cgrp_data.cgroup);
+	int i;
+
+	for (i = 0; i < MAX_CGROUP_LEVEL && cg; i++) {
+		if (BPF_CORE_READ(cg, kn, id) == target)
+			return 1;
+		cg = (struct cgroup *)BPF_CORE_READ(cg, self.parent);
+	}
+	return 0;
+}
+
+/*
+ * The receive window (docs/shaping.md, "A receive window no deeper than the
+ * flow's FIFO"). A socket of a cgroup with an ingress limit never advertises
+ * more window than 7/8 of its flow's FIFO in the ingress queue plus twice the
+ * bandwidth-delay product at the whole limit over the handshake's round trip
+ * (on a longer path than a veth, the window the rate needs). So its sender
+ * never has more in flight than the FIFO takes, and the queue loses nothing:
+ * no resends, and no data held out of order at the receiver behind a hole.
+ *
+ * Set with TCP_WINDOW_CLAMP before every segment the socket sends, ACKs
+ * included (BPF_SOCK_OPS_HDR_OPT_LEN_CB runs in the kernel's option sizing,
+ * before the window is chosen): the kernel's buffer autotuning sets the
+ * clamp again from the buffer as the buffer grows, so one setting at the
+ * handshake did not hold. A socket's buffer is never locked, so autotuning
+ * carries on beneath the clamp and needs nothing back when the limit goes.
+ * (An ACK with three SACK blocks leaves no option space, and the kernel then
+ * skips the callback: that ACK may advertise the autotuned window.)
+ */
+#ifndef TCP_BPF_SOCK_OPS_CB_FLAGS
+#define TCP_BPF_SOCK_OPS_CB_FLAGS 1008
+#endif
+/* the receive window a limited cgroup's connections start with, in segments */
+#define RWND_INIT_SEGMENTS 10
+/* the kernel's TCP_RMEM_TO_WIN_SCALE: a window is space x scaling_ratio >> 8 */
+#define RMEM_TO_WIN_SCALE 8
+
+/* A socket's receive-window clamp: socket storage of its own (the sockops
+ * program and the iterators are the only readers, so sock_state's cache
+ * line stays as the packet programs need it). Pinned, so that a restarted
+ * daemon's detach finds the clamps to give back; a socket still armed that
+ * finds no state (a daemon whose build changed this layout) starts again. */
+struct rcv_window {
+	/* limits_seen() when `rate` was read */
+	__u64 seen;
+	/* the governing cgroup's ingress rate, bytes per second; 0 = none */
+	__u64 rate;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct rcv_window);
+} rcv_windows SEC(".maps");
+
+/* The ingress rate of the limited cgroup a socket is in or below (the
+ * deepest: the daemon refuses nested limits); 0 if none. */
+static __always_inline __u64 ingress_rate_of(struct tcp_sock *tp)
+{
+	struct cgroup *cg = BPF_CORE_READ((struct sock *)tp, sk_cgrp_data.cgroup);
+	struct ps_limit *lim;
+	__u64 id;
+	int i;
+
+	for (i = 0; i < MAX_CGROUP_LEVEL && cg; i++) {
+		id = BPF_CORE_READ(cg, kn, id);
+		lim = bpf_map_lookup_elem(&limits, &id);
+		if (lim)
+			return lim->dir[PS_INGRESS].rate_bytes_per_sec;
+		cg = (struct cgroup *)BPF_CORE_READ(cg, self.parent);
+	}
+	return 0;
+}
+
+/* The depth of a flow's FIFO at `rate` (flow_queue_bytes in Rust). */
+static __always_inline __u64 flow_queue_bytes(__u64 rate)
+{
+	__u64 bytes = rate * PS_FLOW_QUEUE_US / 1000000, floor = rate * PS_FLOW_QUEUE_MIN_US / 1000000;
+
+	if (bytes > PS_FLOW_QUEUE_CAP_BYTES)
+		bytes = PS_FLOW_QUEUE_CAP_BYTES;
+	if (bytes < floor)
+		bytes = floor;
+	return bytes < PS_FLOW_QUEUE_MIN_BYTES ? PS_FLOW_QUEUE_MIN_BYTES : bytes;
+}
+
+/* The window a socket's kernel would clamp at from its buffer as it is: what
+ * a clamp goes back to when the limit goes (autotuning raises it from there). */
+static __always_inline __u32 autotuned_window(struct tcp_sock *tp)
+{
+	__u64 space = BPF_CORE_READ((struct sock *)tp, sk_rcvbuf);
+	__u64 ratio = BPF_CORE_READ(tp, scaling_ratio);
+
+	return (__u32)((space * ratio) >> RMEM_TO_WIN_SCALE);
+}
+
+/* Whether a socket's sockops program runs before each segment it sends. */
+static __always_inline int rcv_window_armed(struct tcp_sock *tp)
+{
+	return BPF_CORE_READ(tp, bpf_sock_ops_cb_flags) & BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+}
+
+/* Arms (`on`) or disarms a socket for the clamp, from an iterator: through
+ * the socket option that sets the sockops flags. */
+static __always_inline void arm_rcv_window(struct tcp_sock *tp, int on)
+{
+	int flags = BPF_CORE_READ(tp, bpf_sock_ops_cb_flags);
+
+	if (!(flags & BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) == !on)
+		return;
+	flags ^= BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+	bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &flags, sizeof(flags));
+}
+
+/* Gives a socket the window its buffer makes if its clamp is below that (set
+ * by this shaper: nothing else clamps under the buffer), and forgets its
+ * state. `sock`: the sockops context or the iterator's socket. */
+static __always_inline void release_rcv_window(void *sock, struct tcp_sock *tp)
+{
+	__u32 window = autotuned_window(tp);
+
+	if (window > BPF_CORE_READ(tp, window_clamp))
+		bpf_setsockopt(sock, SOL_TCP, TCP_WINDOW_CLAMP, &window, sizeof(window));
+	bpf_sk_storage_delete(&rcv_windows, tp);
+}
+
+static __always_inline void clamp_rcv_window(struct bpf_sock_ops *skops)
+{
+	__u64 seen = limits_seen(), srtt_us = skops->srtt_us >> 3, clamp;
+	struct bpf_sock *sk = skops->sk;
+	struct rcv_window *w;
+	struct tcp_sock *tp;
+	__u32 set;
+
+	if (!sk)
+		return;
+	w = bpf_sk_storage_get(&rcv_windows, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!w)
+		return;
+	if (w->seen != seen) {
+		tp = bpf_skc_to_tcp_sock(sk);
+		if (!tp)
+			return;
+		w->rate = ingress_rate_of(tp);
+		w->seen = seen;
+		if (w->rate == 0) {
+			/* the limit went: stop running before every segment */
+			release_rcv_window(skops, tp);
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags &
+								 ~BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+			return;
+		}
+	}
+	/* no round trip measured (a SYN cookie): the path's length is unknown,
+	 * and a FIFO-deep window could hold a long path under the limit */
+	if (w->rate == 0 || srtt_us == 0)
+		return;
+	clamp = flow_queue_bytes(w->rate) * 7 / 8 + 2 * w->rate * srtt_us / 1000000;
+	set = clamp > 0x7fffffff ? 0x7fffffff : (__u32)clamp;
+	/* on every segment: autotuning may have raised it since (the kernel
+	 * returns at once when it is unchanged) */
+	bpf_setsockopt(skops, SOL_TCP, TCP_WINDOW_CLAMP, &set, sizeof(set));
+}
+
+/*
  * Clamps a paced socket's congestion window near its share's bandwidth-delay
  * product. On a path of under 512 us the kernel builds 64 KiB TSO packets
  * whatever the pacing rate (tcp_tso_autosize), which at 10 Mbit/s is 52 ms of
@@ -1174,6 +1380,19 @@ static __always_inline void shorten_delayed_ack(struct bpf_sock_ops *skops)
 	set_short_delack(skops);
 }
 
+/* The header-option flag for a socket established in a cgroup with an
+ * ingress limit (its receive window is clamped before each segment it
+ * sends), else none. */
+static __always_inline int rcv_window_flag(struct bpf_sock_ops *skops)
+{
+	struct tcp_sock *tp;
+
+	if (!skops->sk)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skops->sk);
+	return tp && ingress_rate_of(tp) ? BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG : 0;
+}
+
 /*
  * Applies the pacing rate the egress program chose for a socket. Runs when a
  * connection is established and on every RTT sample (every ACK), so a new
@@ -1196,8 +1415,25 @@ int podshaper_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
-							 BPF_SOCK_OPS_RTT_CB_FLAG);
+							 BPF_SOCK_OPS_RTT_CB_FLAG |
+							 rcv_window_flag(skops));
 		break;
+	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+		clamp_rcv_window(skops);
+		return 1;
+	case BPF_SOCK_OPS_RWND_INIT:
+		/*
+		 * The window a connection's SYN or SYN-ACK offers: the clamp
+		 * cannot take back what was offered, and the kernel's ~64 KB
+		 * let the senders' slow start overflow a 16 KiB FIFO (2-3
+		 * segments lost per flow at 10M). A passive connection's program
+		 * runs before its socket exists, so whether the pod has an
+		 * ingress limit is not known here: every connection of a limited
+		 * cgroup starts with the senders' own initial window (RFC 6928),
+		 * and grows from there as the kernel's does.
+		 */
+		skops->reply = RWND_INIT_SEGMENTS;
+		return 1;
 	case BPF_SOCK_OPS_RTT_CB:
 		break;
 	default:
@@ -1224,7 +1460,8 @@ int podshaper_sockops(struct bpf_sock_ops *skops)
  * nothing would ever lift the pacing cap of its open TCP sockets; user space
  * writes the cgroup's id into `unpace_target` and runs this iterator over
  * every TCP socket, which resets the sockets that cgroup paced (pacing rate
- * and congestion window clamp).
+ * and congestion window clamp) and gives its receiving sockets their window
+ * back (the receive-window clamp).
  */
 struct bpf_iter_meta;
 struct bpf_iter__tcp {
@@ -1239,53 +1476,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } unpace_target SEC(".maps");
-
-/*
- * The kernel's structs, as far as the iterators read them: relocated to the
- * running kernel's layout (CO-RE), read with bpf_probe_read_kernel.
- */
-struct kernfs_node {
-	__u64 id;
-} __attribute__((preserve_access_index));
-
-struct cgroup_subsys_state {
-	struct cgroup_subsys_state *parent;
-} __attribute__((preserve_access_index));
-
-/* `self` is struct cgroup's first member: a parent css is its cgroup */
-struct cgroup {
-	struct cgroup_subsys_state self;
-	struct kernfs_node *kn;
-	int level;
-} __attribute__((preserve_access_index));
-
-struct sock_cgroup_data {
-	struct cgroup *cgroup;
-} __attribute__((preserve_access_index));
-
-struct sock {
-	struct sock_cgroup_data sk_cgrp_data;
-	unsigned long sk_max_pacing_rate;
-} __attribute__((preserve_access_index));
-
-struct tcp_sock {
-	__u32 snd_cwnd_clamp;
-} __attribute__((preserve_access_index));
-
-/* Whether a socket's cgroup is `target` or below it (a pod's limit covers
- * its containers). */
-static __always_inline int in_cgroup(struct tcp_sock *tp, __u64 target)
-{
-	struct cgroup *cg = BPF_CORE_READ((struct sock *)tp, sk_cgrp_data.cgroup);
-	int i;
-
-	for (i = 0; i < MAX_CGROUP_LEVEL && cg; i++) {
-		if (BPF_CORE_READ(cg, kn, id) == target)
-			return 1;
-		cg = (struct cgroup *)BPF_CORE_READ(cg, self.parent);
-	}
-	return 0;
-}
 
 /* The TCP socket an iterator visits and the cgroup id user space wrote into
  * the iterator's one-entry `target_map`; NULL if either is missing. */
@@ -1339,6 +1529,7 @@ SEC("iter/tcp")
 int podshaper_unpace(struct bpf_iter__tcp *ctx)
 {
 	__u32 unpaced = ~0U, unclamped = CWND_UNCLAMPED;
+	struct rcv_window *rw;
 	struct sock_state *ss;
 	struct tcp_sock *tp;
 	__u64 target = 0;
@@ -1346,6 +1537,13 @@ int podshaper_unpace(struct bpf_iter__tcp *ctx)
 	tp = iter_socket(ctx, &unpace_target, &target);
 	if (!tp)
 		return 0;
+	/* a clamped socket, or one armed by an older build whose state map a
+	 * daemon upgrade replaced (as for pacing, unpace_unknown) */
+	rw = bpf_sk_storage_get(&rcv_windows, tp, 0, 0);
+	if ((rw || rcv_window_armed(tp)) && in_cgroup(tp, target)) {
+		release_rcv_window(tp, tp);
+		arm_rcv_window(tp, 0);
+	}
 	ss = bpf_sk_storage_get(&sock_states, tp, 0, 0);
 	if (!ss) {
 		unpace_unknown(tp, target);
@@ -1365,32 +1563,36 @@ int podshaper_unpace(struct bpf_iter__tcp *ctx)
 }
 
 /*
- * The delayed ACK of sockets opened before their cgroup's ingress limit came
- * (shorten_delayed_ack above sees only sockets connected or listened on
- * since): when a cgroup gets an ingress limit, user space writes its id into
- * `delack_target` and runs this iterator over every TCP socket, which
- * shortens the delayed ACK of those whose cgroup is that one or below it (a
- * pod's limit covers its containers). Without it a pod limited live, as an
+ * The receiving side of sockets opened before their cgroup's ingress limit
+ * came (the sockops program sees only sockets connected, listened on or
+ * established since): when a cgroup gets an ingress limit, user space writes
+ * its id into `receivers_target` and runs this iterator over every TCP
+ * socket, which, for those whose cgroup is that one or below it (a pod's
+ * limit covers its containers), shortens the delayed ACK and arms the
+ * receive-window clamp. Without the first, a pod limited live, as an
  * operator adding the annotation to a running pod does, kept the kernel's
  * delayed ACK on its open connections, and a cubic download through the
- * policer alone got 0.5-0.9 of the limit (docs/shaping.md).
+ * policer alone got 0.5-0.9 of the limit (docs/shaping.md); without the
+ * second, its open connections kept windows the queue's FIFOs cannot hold.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u64);
-} delack_target SEC(".maps");
+} receivers_target SEC(".maps");
 
 SEC("iter/tcp")
-int podshaper_delack(struct bpf_iter__tcp *ctx)
+int podshaper_receivers(struct bpf_iter__tcp *ctx)
 {
 	struct tcp_sock *tp;
 	__u64 target = 0;
 
-	tp = iter_socket(ctx, &delack_target, &target);
-	if (tp && in_cgroup(tp, target))
+	tp = iter_socket(ctx, &receivers_target, &target);
+	if (tp && in_cgroup(tp, target)) {
 		set_short_delack(tp);
+		arm_rcv_window(tp, 1);
+	}
 	return 0;
 }
 

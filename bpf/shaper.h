@@ -6,7 +6,7 @@
  * and offsets agree). Change both together.
  *
  * The state maps' values (struct ps_state, struct ps_credit, and struct
- * sock_state in shaper.c) outlive the daemon in bpffs pins, and a restarted
+ * sock_state and struct rcv_window in shaper.c) outlive the daemon in bpffs pins, and a restarted
  * daemon reuses them unless their size or layout changed
  * (Shaper::load_pinned compares the BTF the kernel kept with each pinned
  * map, field names, offsets and types, with this build's). A change of a
@@ -151,6 +151,16 @@ struct ps_credit {
 #define PS_FLOW_QUEUES 16
 /* ... and small packets (IP length under 256 bytes) go to this class */
 #define PS_SMALL_CLASS 0x10
+/*
+ * Each flow's FIFO holds PS_FLOW_QUEUE_US at the limit's rate, at most
+ * PS_FLOW_QUEUE_CAP_BYTES, at least PS_FLOW_QUEUE_MIN_US at the rate and
+ * PS_FLOW_QUEUE_MIN_BYTES (flow_queue_bytes in ingress_queue.rs says why).
+ * The sockops program keeps each receiving socket's window within it.
+ */
+#define PS_FLOW_QUEUE_US 10000
+#define PS_FLOW_QUEUE_CAP_BYTES 131072
+#define PS_FLOW_QUEUE_MIN_US 2000
+#define PS_FLOW_QUEUE_MIN_BYTES 16384
 
 /*
  * The node's queue for hostNetwork pods (crates/shaper/src/host_queue.rs):

@@ -10,6 +10,8 @@ pub struct Meter {
     bytes: Arc<AtomicU64>,
     /// each flow's own count, in the order the flows were made
     flows: Arc<Mutex<Vec<Arc<AtomicU64>>>>,
+    /// each flow's receive window clamp when it ended (0: not read)
+    window_clamps: Arc<Mutex<Vec<Arc<AtomicU64>>>>,
 }
 
 /// One flow's share of a [`Meter`]: counts into the total and its own.
@@ -17,12 +19,19 @@ pub struct Meter {
 pub struct FlowMeter {
     total: Meter,
     own: Arc<AtomicU64>,
+    window_clamp: Arc<AtomicU64>,
 }
 
 impl FlowMeter {
     pub fn add(&self, n: u64) {
         self.total.add(n);
         self.own.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The receiving socket's window clamp (`TCP_WINDOW_CLAMP`), read as
+    /// the flow ended: what podshaper's ingress limit left on it.
+    pub fn set_window_clamp(&self, bytes: u64) {
+        self.window_clamp.store(bytes, Ordering::Relaxed);
     }
 }
 
@@ -41,13 +50,25 @@ impl Meter {
     /// A meter for one more flow, counted in this total too.
     pub fn flow(&self) -> FlowMeter {
         let own = Arc::new(AtomicU64::new(0));
-        if let Ok(mut flows) = self.flows.lock() {
+        let window_clamp = Arc::new(AtomicU64::new(0));
+        if let (Ok(mut flows), Ok(mut clamps)) = (self.flows.lock(), self.window_clamps.lock()) {
             flows.push(own.clone());
+            clamps.push(window_clamp.clone());
         }
         FlowMeter {
             total: self.clone(),
             own,
+            window_clamp,
         }
+    }
+
+    /// Each flow's receive window clamp as it ended (0: not read), in the
+    /// order the flows were made.
+    pub fn window_clamps(&self) -> Vec<u64> {
+        self.window_clamps
+            .lock()
+            .map(|f| f.iter().map(|b| b.load(Ordering::Relaxed)).collect())
+            .unwrap_or_default()
     }
 
     /// Each flow's bytes so far, in the order the flows were made.
@@ -104,5 +125,7 @@ mod tests {
         assert_eq!(meter.read().bytes, 23);
         assert_eq!(meter.flow_bytes(), [15, 7, 1]);
         assert_eq!(flow_bytes_since(&before, &meter.flow_bytes()), [5, 7, 1]);
+        b.set_window_clamp(14_336);
+        assert_eq!(meter.window_clamps(), [0, 14_336, 0]);
     }
 }

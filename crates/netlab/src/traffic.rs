@@ -231,7 +231,30 @@ fn read_until(mut stream: TcpStream, meter: &FlowMeter, until: &Until) -> io::Re
             Err(e) => return Err(e),
         }
     }
+    if let Some(clamp) = window_clamp(&stream) {
+        meter.set_window_clamp(clamp);
+    }
     Ok(())
+}
+
+/// A TCP socket's receive window clamp (`TCP_WINDOW_CLAMP`), which nix has
+/// no option for.
+fn window_clamp(stream: &TcpStream) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the descriptor is the open stream's; value and len are ours
+    // and len holds value's size
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_WINDOW_CLAMP,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then(|| u64::try_from(value).unwrap_or(0))
 }
 
 /// Sends UDP datagrams of [`UDP_PAYLOAD`] bytes at `bits_per_sec` (counting

@@ -13,6 +13,13 @@ pub const FLOW_CLASS_BASE: u32 = 0x100;
 pub const FLOW_QUEUES: u32 = 16;
 /// The small packets' class (`PS_SMALL_CLASS`).
 pub const SMALL_CLASS: u32 = 0x10;
+/// Each flow's FIFO in the ingress queue: this long at the rate, at most
+/// this much, at least this long at the rate and this much
+/// (`PS_FLOW_QUEUE_*`; the sockops program keeps receive windows within it).
+pub const FLOW_QUEUE_US: u32 = 10_000;
+pub const FLOW_QUEUE_CAP_BYTES: u32 = 128 * 1024;
+pub const FLOW_QUEUE_MIN_US: u32 = 2_000;
+pub const FLOW_QUEUE_MIN_BYTES: u32 = 16 * 1024;
 /// The node's queue for hostNetwork pods: slots 1 to `HOST_SLOTS`, each a
 /// subtree of the classes above offset by slot x `HOST_SLOT_STRIDE`; the
 /// classifier looks at up to `HOST_LEVELS` cgroup levels (`PS_HOST_*`).
@@ -164,6 +171,10 @@ mod tests {
         assert_eq!(define("PS_FLOW_CLASS_BASE"), FLOW_CLASS_BASE);
         assert_eq!(define("PS_FLOW_QUEUES"), FLOW_QUEUES);
         assert_eq!(define("PS_SMALL_CLASS"), SMALL_CLASS);
+        assert_eq!(define("PS_FLOW_QUEUE_US"), FLOW_QUEUE_US);
+        assert_eq!(define("PS_FLOW_QUEUE_CAP_BYTES"), FLOW_QUEUE_CAP_BYTES);
+        assert_eq!(define("PS_FLOW_QUEUE_MIN_US"), FLOW_QUEUE_MIN_US);
+        assert_eq!(define("PS_FLOW_QUEUE_MIN_BYTES"), FLOW_QUEUE_MIN_BYTES);
         assert_eq!(define("PS_HOST_SLOTS"), HOST_SLOTS);
         assert_eq!(define("PS_HOST_SLOT_STRIDE"), HOST_SLOT_STRIDE);
         assert_eq!(define("PS_HOST_LEVELS"), HOST_LEVELS);

@@ -24,7 +24,10 @@ use std::process::{Command, Stdio};
 
 use aya::programs::ProgramInfo;
 
-use crate::abi::{FLOW_CLASS_BASE, FLOW_QUEUES, QUEUE_MAJOR, SMALL_CLASS};
+use crate::abi::{
+    FLOW_CLASS_BASE, FLOW_QUEUES, FLOW_QUEUE_CAP_BYTES, FLOW_QUEUE_MIN_BYTES, FLOW_QUEUE_MIN_US,
+    FLOW_QUEUE_US, QUEUE_MAJOR, SMALL_CLASS,
+};
 use crate::limits::DirectionLimit;
 use crate::netns;
 
@@ -32,20 +35,16 @@ use crate::netns;
 pub const IFB_NAME: &str = "podshaper-ifb";
 /// Preference of the redirecting filter on each interface's ingress.
 const FILTER_PREF: &str = "49";
-/// Each flow's FIFO holds this long at the whole rate (a lone flow's added
-/// delay under load; with n flows each waits up to n times this) ...
-const FLOW_QUEUE_NS: u64 = 10_000_000;
-/// ... but at most this much ...
-const FLOW_QUEUE_CAP_BYTES: u64 = 128 * 1024;
-/// ... and at least this long at the rate ...
-const FLOW_QUEUE_MIN_NS: u64 = 2_000_000;
-/// ... and at least this much (11 full-size packets). Measured with 16 cubic
-/// flows at 10 Mbit/s: 8 KiB lost 11% of the rate, 16 KiB 1-3% (tc alone).
-/// Until session 17 a FIFO held 0.5 ms at the rate: one BBR flow then got
-/// 0.02-0.03 of 100 Mbit/s and 0.2-0.3 of 1 Gbit/s (its probes overflowed
-/// the FIFO, and its policer detection then held it at what got through);
-/// with 10 ms at 100M and 2 ms at 1G it gets 0.995-0.998 (docs/shaping.md).
-const MIN_FLOW_QUEUE_BYTES: u64 = 16 * 1024;
+// Each flow's FIFO (abi::FLOW_QUEUE_*, shared with the BPF program, which
+// keeps receive windows within it) holds 10 ms at the whole rate (a lone
+// flow's added delay under load; with n flows each waits up to n times
+// this), at most 128 KiB, at least 2 ms at the rate and at least 16 KiB
+// (11 full-size packets). Measured with 16 cubic flows at 10 Mbit/s: 8 KiB
+// lost 11% of the rate, 16 KiB 1-3% (tc alone). Until session 17 a FIFO held
+// 0.5 ms at the rate: one BBR flow then got 0.02-0.03 of 100 Mbit/s and
+// 0.2-0.3 of 1 Gbit/s (its probes overflowed the FIFO, and its policer
+// detection then held it at what got through); with 10 ms at 100M and 2 ms
+// at 1G it gets 0.995-0.998 (docs/shaping.md).
 /// The htb classes' burst is a quarter of the limit's and at least this
 /// much. The policer behind the queue has the whole burst, so what the queue
 /// releases never finds it empty (with equal bursts it dropped up to 0.4%);
@@ -55,6 +54,14 @@ const MIN_FLOW_QUEUE_BYTES: u64 = 16 * 1024;
 /// 98% of an ECN flow's packets were marked, and at 10M the flows got 0.95 of
 /// the limit (docs/shaping.md).
 const MIN_HTB_BURST: u64 = 16 * 1024;
+/// What each flow class may send per turn: as large as a packet can be
+/// (GRO builds them up to 64 KiB). htb takes one packet from a class per
+/// turn whatever the class's deficit, and only moves the turn on once the
+/// deficit is spent, so with turns smaller than the packets flows shared by
+/// packets, not bytes: at 10M, ECN flows that a mark had left sending
+/// 2-segment packets got half of what flows sending 5-segment ones got
+/// (Jain 0.94 over 16 flows, docs/shaping.md).
+const FLOW_QUANTUM: u64 = 65_536;
 
 /// The htb class ids (minor, hex as tc reads them) of one pod's queue: the
 /// limit, small packets, bulk (the parent of the per-flow classes, `flows`
@@ -123,11 +130,11 @@ pub enum QueueError {
 
 /// How many bytes each flow's FIFO holds for a limit.
 pub fn flow_queue_bytes(limit: &DirectionLimit) -> u64 {
-    let at_rate = |ns: u64| limit.rate.bytes_per_sec().saturating_mul(ns) / 1_000_000_000;
-    at_rate(FLOW_QUEUE_NS)
-        .min(FLOW_QUEUE_CAP_BYTES)
-        .max(at_rate(FLOW_QUEUE_MIN_NS))
-        .max(MIN_FLOW_QUEUE_BYTES)
+    let at_rate = |us: u32| limit.rate.bytes_per_sec().saturating_mul(us.into()) / 1_000_000;
+    at_rate(FLOW_QUEUE_US)
+        .min(FLOW_QUEUE_CAP_BYTES.into())
+        .max(at_rate(FLOW_QUEUE_MIN_US))
+        .max(FLOW_QUEUE_MIN_BYTES.into())
 }
 
 /// Puts (or updates, live) the queue in front of the network namespace `ns`.
@@ -296,8 +303,13 @@ pub(crate) fn queue_classes(
         // 16 of them would let 16 bursts through past the limit at once
         // (the policer behind dropped 3.5% at 10 Mbit/s, 16 flows)
         let green = if parent == ids.bulk { quantum } else { burst };
+        let turn = if parent == ids.bulk {
+            FLOW_QUANTUM
+        } else {
+            quantum
+        };
         format!(
-            "class {verb} dev {dev} parent {QUEUE_MAJOR:x}:{parent:x} classid {QUEUE_MAJOR:x}:{id:x} htb rate {assured}bps ceil {rate}bps burst {green} cburst {burst} prio {prio} quantum {quantum}"
+            "class {verb} dev {dev} parent {QUEUE_MAJOR:x}:{parent:x} classid {QUEUE_MAJOR:x}:{id:x} htb rate {assured}bps ceil {rate}bps burst {green} cburst {burst} prio {prio} quantum {turn}"
         )
     };
     let fifo = |id: u32, bytes: u64| {

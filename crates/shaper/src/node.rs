@@ -346,8 +346,8 @@ impl Node {
         // cgroup with no processes (a pod limited as its cgroup appears)
         // has no sockets to look for: no walk over the node's sockets then.
         if limits.ingress.is_some() && !had_ingress && !namespaces.is_empty() {
-            if let Err(e) = self.shaper.shorten_delayed_acks(cgroup.id(), &namespaces) {
-                tracing::warn!(error = %e, cgroup_id = cgroup.id(), "cannot shorten the delayed ACK of open sockets");
+            if let Err(e) = self.shaper.ready_receivers(cgroup.id(), &namespaces) {
+                tracing::warn!(error = %e, cgroup_id = cgroup.id(), "cannot shorten the delayed ACK and clamp the window of open sockets");
             }
         }
         self.status_of(cgroup.id(), Some(cgroup.path().to_path_buf()))

@@ -48,21 +48,25 @@ const CREDITS_MAP: &str = "cpu_credits";
 #[expect(deprecated, reason = "as for StateMap")]
 type CreditMap<T> = aya::maps::PerCpuCgroupStorage<T, abi::Credit>;
 const SOCK_STATES_MAP: &str = "sock_states";
+/// Each receiving socket's window clamp: pinned so that a restarted daemon's
+/// detach still finds (and gives back) the clamps the last one set.
+const RCV_WINDOWS_MAP: &str = "rcv_windows";
 const UNPACE_TARGET_MAP: &str = "unpace_target";
 const UNPACE_PROGRAM: &str = "podshaper_unpace";
-const DELACK_TARGET_MAP: &str = "delack_target";
-const DELACK_PROGRAM: &str = "podshaper_delack";
+const RECEIVERS_TARGET_MAP: &str = "receivers_target";
+const RECEIVERS_PROGRAM: &str = "podshaper_receivers";
 const FLOW_CLASS_PROGRAM: &str = "podshaper_flow_class";
 const HOST_CLASS_PROGRAM: &str = "podshaper_host_class";
 const HOST_SLOTS_MAP: &str = "host_queue_slots";
 const HOST_LEVELS_MAP: &str = "host_queue_levels";
 const HOST_VERSION_MAP: &str = "host_queue_version";
-const ALL_MAPS: [&str; 9] = [
+const ALL_MAPS: [&str; 10] = [
     LIMITS_MAP,
     LIMITS_VERSION_MAP,
     STATES_MAP,
     CREDITS_MAP,
     SOCK_STATES_MAP,
+    RCV_WINDOWS_MAP,
     UNPACE_TARGET_MAP,
     HOST_SLOTS_MAP,
     HOST_LEVELS_MAP,
@@ -71,8 +75,13 @@ const ALL_MAPS: [&str; 9] = [
 /// The maps that hold only what the programs rebuild from traffic, in the
 /// groups that start afresh together when a build changes their layout: the
 /// buckets with the CPUs' slices of them (a slice's bytes are counted in its
-/// bucket's `lent`, and the counters live in both), and the sockets' state.
-const STATE_MAP_GROUPS: [&[&str]; 2] = [&[STATES_MAP, CREDITS_MAP], &[SOCK_STATES_MAP]];
+/// bucket's `lent`, and the counters live in both), the sockets' state, and
+/// their receive windows' (a socket still armed finds none and starts again).
+const STATE_MAP_GROUPS: [&[&str]; 3] = [
+    &[STATES_MAP, CREDITS_MAP],
+    &[SOCK_STATES_MAP],
+    &[RCV_WINDOWS_MAP],
+];
 /// Pin names of an attachment's links, inside its directory.
 const EGRESS_LINK: &str = "egress";
 const INGRESS_LINK: &str = "ingress";
@@ -177,7 +186,7 @@ pub struct Shaper {
     can_unpace: bool,
     /// whether the delayed-ACK iterator loaded (kernel BTF, iter/tcp, and
     /// the kernel's socket and cgroup structs as it reads them)
-    can_shorten_delack: bool,
+    can_ready_receivers: bool,
     /// whether the ingress queue's flow classifier loaded
     has_flow_classifier: bool,
     /// whether the hostNetwork pods' queue's classifier loaded
@@ -194,13 +203,14 @@ impl Shaper {
     /// maps already pinned there are reused, with every limit and counter in
     /// them, so a restarted daemon carries on where the last one stopped.
     ///
-    /// The three maps that hold only what the programs rebuild from traffic
+    /// The four maps that hold only what the programs rebuild from traffic
     /// (`cgroup_states`: bucket levels and shares; `cpu_credits`: the CPUs'
-    /// slices of the buckets; `sock_states`: per-socket state) are started
+    /// slices of the buckets; `sock_states`: per-socket state;
+    /// `rcv_windows`: receiving sockets' window clamps) are started
     /// afresh where this build's layout differs: a pinned one whose key or
     /// value size is not this build's is unpinned first, with its group
     /// (STATE_MAP_GROUPS); and if the shaper does not load with the pinned
-    /// maps, all three are unpinned and the load tried once more. So a
+    /// maps, all four are unpinned and the load tried once more. So a
     /// daemon whose shaper changed their layout starts them afresh (buckets
     /// full) rather than not at all, or reading them wrong. Limits are never
     /// dropped; the counters, kept in `cgroup_states`, start again from zero then
@@ -300,7 +310,7 @@ impl Shaper {
             HOST_CLASS_PROGRAM,
             "hostNetwork pods' ingress is held by the cgroup policer alone",
         )?;
-        let (can_unpace, can_shorten_delack) = match Btf::from_sys_fs() {
+        let (can_unpace, can_ready_receivers) = match Btf::from_sys_fs() {
             Ok(btf) => {
                 let mut load = |name: &'static str, without: &str| -> Result<bool, ShaperError> {
                     match program::<Iter>(&mut ebpf, name)?.load("tcp", &btf) {
@@ -317,8 +327,8 @@ impl Shaper {
                         "open sockets keep their pacing after a detach",
                     )?,
                     load(
-                        DELACK_PROGRAM,
-                        "sockets opened before an ingress limit keep the kernel's delayed ACK",
+                        RECEIVERS_PROGRAM,
+                        "sockets opened before an ingress limit keep the kernel's delayed ACK and their window",
                     )?,
                 )
             }
@@ -330,7 +340,7 @@ impl Shaper {
         let mut shaper = Self {
             ebpf,
             can_unpace,
-            can_shorten_delack,
+            can_ready_receivers,
             has_flow_classifier,
             has_host_classifier,
         };
@@ -653,20 +663,17 @@ impl Shaper {
         self.run_iterator(UNPACE_PROGRAM, UNPACE_TARGET_MAP, cgroup_id, netns)
     }
 
-    /// Shortens the delayed ACK of the TCP sockets a cgroup's processes
-    /// (or those of cgroups below it) opened before it got an ingress limit,
-    /// as the sockops program does for sockets opened since. Call it when a
+    /// Readies the TCP sockets a cgroup's processes (or those of cgroups
+    /// below it) opened before it got an ingress limit for receiving under
+    /// it, as the sockops program does for sockets opened since: shortens
+    /// their delayed ACK and arms their receive-window clamp. Call it when a
     /// cgroup gets an ingress limit. The sockets are looked for as in
     /// [`Shaper::unpace`].
-    pub fn shorten_delayed_acks(
-        &mut self,
-        cgroup_id: u64,
-        netns: &[File],
-    ) -> Result<(), ShaperError> {
-        if !self.can_shorten_delack {
+    pub fn ready_receivers(&mut self, cgroup_id: u64, netns: &[File]) -> Result<(), ShaperError> {
+        if !self.can_ready_receivers {
             return Ok(());
         }
-        self.run_iterator(DELACK_PROGRAM, DELACK_TARGET_MAP, cgroup_id, netns)
+        self.run_iterator(RECEIVERS_PROGRAM, RECEIVERS_TARGET_MAP, cgroup_id, netns)
     }
 
     /// Runs the TCP iterator `name` for `cgroup_id` (written into its

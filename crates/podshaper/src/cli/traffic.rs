@@ -164,6 +164,8 @@ fn receive<S: Send + 'static>(
         .join()
         .map_err(|_| anyhow::anyhow!("sink panicked"))??;
     report["flow_bytes"] = serde_json::json!(meter.flow_bytes());
+    // TCP: each connection's receive window clamp as it ended
+    report["window_clamps"] = serde_json::json!(meter.window_clamps());
     println!("{report}");
     Ok(())
 }

@@ -228,6 +228,8 @@ pub struct Received {
     pub bits_per_second: f64,
     /// bytes of each TCP flow after the skipped start
     pub flow_bytes: Vec<u64>,
+    /// ingress TCP: each receiving socket's window clamp as it ended
+    pub window_clamps: Vec<u64>,
 }
 
 pub fn measure_flows(limiter: &Limiter<'_>, flow: &Flow) -> Received {
@@ -352,6 +354,7 @@ pub fn measure_flows_on(lab: &NetnsPair, limiter: &Limiter<'_>, flow: &Flow) -> 
         Received {
             bits_per_second: last.bits_per_sec_since(&first),
             flow_bytes,
+            window_clamps: Vec::new(),
         }
     } else {
         // The limited process receives and reports; we send from B.
@@ -397,6 +400,10 @@ pub fn measure_flows_on(lab: &NetnsPair, limiter: &Limiter<'_>, flow: &Flow) -> 
         Received {
             bits_per_second: report["bits_per_second"].as_f64().unwrap_or(0.0),
             flow_bytes: report["flow_bytes_measured"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+                .unwrap_or_default(),
+            window_clamps: report["window_clamps"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
                 .unwrap_or_default(),
