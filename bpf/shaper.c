@@ -1607,8 +1607,8 @@ int podshaper_receivers(struct bpf_iter__tcp *ctx)
  * would put two of 16 flows in one FIFO about half the time; instead a new
  * flow takes the next FIFO in turn for its destination (the pod's address:
  * flows of different pods never share an ifb), so up to PS_FLOW_QUEUES flows
- * each get one of their own. An LRU map remembers each flow's FIFO: flows
- * that end are forgotten.
+ * each get one of their own. An LRU map remembers each flow's FIFO; a flow
+ * idle for two seconds takes a new turn (FLOW_IDLE_UNITS below).
  */
 struct ps_flow {
 	__u32 src[4];
@@ -1618,12 +1618,34 @@ struct ps_flow {
 	__u32 proto;
 };
 
+/* A flow's FIFO, and when the flow was last seen (flow_clock). */
+struct flow_queue {
+	__u32 queue;
+	__u32 seen;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct ps_flow);
-	__type(value, __u32);
+	__type(value, struct flow_queue);
 } flow_queues SEC(".maps");
+
+/*
+ * A flow idle this long takes the next FIFO in turn when it sends again, as
+ * a new one. The map forgets flows only when it is full, and a connection
+ * that reuses an ended one's addresses and ports (a client's ports come
+ * round) would otherwise get that one's FIFO, whichever flow now has it:
+ * two flows in one FIFO share its part, and with receive windows sized to
+ * one FIFO (the receive-window clamp) they overflow it. Units of 2^20 ns.
+ */
+#define FLOW_IDLE_UNITS 2048	/* about 2.1 s */
+#define FLOW_REFRESH_UNITS 128	/* the time seen is written at most this often */
+
+static __always_inline __u32 flow_clock(void)
+{
+	return (__u32)(bpf_ktime_get_ns() >> 20);
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -1681,13 +1703,21 @@ SEC("classifier")
 int podshaper_flow_class(struct __sk_buff *skb)
 {
 	struct ps_flow flow = {};
-	__u32 *queue, *next, first = 0, mine;
+	struct flow_queue *known, fresh;
+	__u32 *next, first = 0, mine, now, idle;
 
 	if (!read_flow(skb, &flow))
 		return to_flow_queue(bpf_get_hash_recalc(skb));
-	queue = bpf_map_lookup_elem(&flow_queues, &flow);
-	if (queue)
-		return to_flow_queue(*queue);
+	now = flow_clock();
+	known = bpf_map_lookup_elem(&flow_queues, &flow);
+	if (known) {
+		idle = now - known->seen;
+		if (idle < FLOW_IDLE_UNITS) {
+			if (idle > FLOW_REFRESH_UNITS)
+				known->seen = now;
+			return to_flow_queue(known->queue);
+		}
+	}
 	next = bpf_map_lookup_elem(&next_flow_queue, &flow.dst);
 	if (!next) {
 		bpf_map_update_elem(&next_flow_queue, &flow.dst, &first, BPF_NOEXIST);
@@ -1699,9 +1729,13 @@ int podshaper_flow_class(struct __sk_buff *skb)
 	 * shared by every queue on the node, and pods in different networks
 	 * may have the same address */
 	mine = __sync_fetch_and_add(next, 1);
-	bpf_map_update_elem(&flow_queues, &flow, &mine, BPF_NOEXIST);
-	queue = bpf_map_lookup_elem(&flow_queues, &flow);
-	return to_flow_queue(queue ? *queue : mine);
+	fresh.queue = mine;
+	fresh.seen = now;
+	/* a flow back from idle replaces its entry; a new one keeps whichever
+	 * entry another CPU made first */
+	bpf_map_update_elem(&flow_queues, &flow, &fresh, known ? BPF_ANY : BPF_NOEXIST);
+	known = bpf_map_lookup_elem(&flow_queues, &flow);
+	return to_flow_queue(known ? known->queue : mine);
 }
 
 /*

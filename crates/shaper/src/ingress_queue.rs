@@ -35,16 +35,6 @@ use crate::netns;
 pub const IFB_NAME: &str = "podshaper-ifb";
 /// Preference of the redirecting filter on each interface's ingress.
 const FILTER_PREF: &str = "49";
-// Each flow's FIFO (abi::FLOW_QUEUE_*, shared with the BPF program, which
-// keeps receive windows within it) holds 10 ms at the whole rate (a lone
-// flow's added delay under load; with n flows each waits up to n times
-// this), at most 128 KiB, at least 2 ms at the rate and at least 16 KiB
-// (11 full-size packets). Measured with 16 cubic flows at 10 Mbit/s: 8 KiB
-// lost 11% of the rate, 16 KiB 1-3% (tc alone). Until session 17 a FIFO held
-// 0.5 ms at the rate: one BBR flow then got 0.02-0.03 of 100 Mbit/s and
-// 0.2-0.3 of 1 Gbit/s (its probes overflowed the FIFO, and its policer
-// detection then held it at what got through); with 10 ms at 100M and 2 ms
-// at 1G it gets 0.995-0.998 (docs/shaping.md).
 /// The htb classes' burst is a quarter of the limit's and at least this
 /// much. The policer behind the queue has the whole burst, so what the queue
 /// releases never finds it empty (with equal bursts it dropped up to 0.4%);
@@ -129,6 +119,17 @@ pub enum QueueError {
 }
 
 /// How many bytes each flow's FIFO holds for a limit.
+///
+/// Each flow's FIFO (abi::FLOW_QUEUE_*, shared with the BPF program, which
+/// keeps receive windows within it) holds 10 ms at the whole rate (a lone
+/// flow's added delay under load; with n flows each waits up to n times
+/// this), at most 128 KiB, at least 2 ms at the rate and at least 16 KiB
+/// (11 full-size packets). Measured with 16 cubic flows at 10 Mbit/s: 8 KiB
+/// lost 11% of the rate, 16 KiB 1-3% (tc alone). Until session 17 a FIFO held
+/// 0.5 ms at the rate: one BBR flow then got 0.02-0.03 of 100 Mbit/s and
+/// 0.2-0.3 of 1 Gbit/s (its probes overflowed the FIFO, and its policer
+/// detection then held it at what got through); with 10 ms at 100M and 2 ms
+/// at 1G it gets 0.995-0.998 (docs/shaping.md).
 pub fn flow_queue_bytes(limit: &DirectionLimit) -> u64 {
     let at_rate = |us: u32| limit.rate.bytes_per_sec().saturating_mul(us.into()) / 1_000_000;
     at_rate(FLOW_QUEUE_US)
