@@ -589,6 +589,26 @@ fn a_receive_window_follows_the_ingress_limit_and_is_given_back() {
     );
 }
 
+/// Through the policer alone (`--ingress-queue false`: no queue in front of
+/// the pod) a receiving socket's window is left to the kernel: there is no
+/// FIFO for it to fit, and a FIFO-deep window held one cubic flow at
+/// 0.95-0.97 of 100M through the policer, against 0.99-1.01 unclamped.
+#[test]
+fn a_receive_window_is_not_clamped_without_a_queue_in_front() {
+    let root = TestRoot::new("rwnd-policer");
+    let app = root.make("app");
+    let path = app.path().display().to_string();
+    let daemon = TestDaemon::start(&root.path, &["--ingress-queue", "false"]);
+    daemon.ok(&["attach", "--cgroup", &path, "--ingress", "10M"]);
+    let window = window_clamp_after(&daemon, &app, None);
+    // as in a_receive_window_follows_the_ingress_limit_and_is_given_back
+    let unclamped_at_least = 64 * 1024;
+    assert!(
+        window >= unclamped_at_least,
+        "with no queue in front, an ingress limit of 10M left a window clamp of {window} bytes"
+    );
+}
+
 /// Each flow class's bytes sent so far in `ns`'s queue (`tc -s class
 /// show`), by class id ("1:100").
 fn flow_class_bytes(ns: &str) -> std::collections::HashMap<String, u64> {

@@ -212,6 +212,26 @@ impl Node {
     /// own on (the default) or off (the cgroup policer alone).
     pub fn set_ingress_queue(&mut self, enabled: bool) {
         self.ingress_queue = enabled;
+        if !enabled {
+            // an earlier daemon's queues in pods' namespaces: this one does
+            // not keep them up, so their sockets' windows go unclamped
+            self.sync_queued_flags();
+        }
+    }
+
+    /// Tells the programs again, for every cgroup they take to have a queue
+    /// in front of it, whether it has one (as far as this daemon knows).
+    fn sync_queued_flags(&mut self) {
+        match self.shaper.ingress_queued_ids() {
+            Ok(ids) => {
+                for id in ids {
+                    self.sync_queued_flag(id);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read which cgroups have a queue in front of them")
+            }
+        }
     }
 
     /// Turns the node's ingress queue for hostNetwork pods on or off (the
@@ -240,6 +260,7 @@ impl Node {
                 .get(&id)
                 .map_or_else(|| format!("cgroup id {id}"), |p| p.display().to_string());
             self.take_host_slot(id, &shown);
+            self.sync_queued_flag(id);
         }
     }
 
@@ -289,6 +310,12 @@ impl Node {
         for id in self.shaper.limited_ids()? {
             if !pinned.contains(&id) {
                 self.shaper.remove_limits(id)?;
+            }
+        }
+        // a cgroup detached by hand, or by an older build that kept no flags
+        for id in self.shaper.ingress_queued_ids()? {
+            if !self.attached.contains_key(&id) {
+                self.shaper.set_ingress_queued(id, false)?;
             }
         }
         // now that every attachment runs this build's programs (the bump at
@@ -341,31 +368,62 @@ impl Node {
         self.attached
             .insert(cgroup.id(), cgroup.path().to_path_buf());
         let namespaces = network_namespaces_in(cgroup.path());
-        self.sync_ingress_queue(cgroup.id(), cgroup.path(), &namespaces, limits.ingress);
-        // Sockets opened from now on get it from the sockops program. A
-        // cgroup with no processes (a pod limited as its cgroup appears)
-        // has no sockets to look for: no walk over the node's sockets then.
-        if limits.ingress.is_some() && !had_ingress && !namespaces.is_empty() {
-            if let Err(e) = self.shaper.ready_receivers(cgroup.id(), &namespaces) {
-                tracing::warn!(error = %e, cgroup_id = cgroup.id(), "cannot shorten the delayed ACK and clamp the window of open sockets");
-            }
+        let newly_queued =
+            self.sync_ingress_queue(cgroup.id(), cgroup.path(), &namespaces, limits.ingress);
+        if limits.ingress.is_some() && (!had_ingress || newly_queued) {
+            self.ready_receivers(cgroup.id(), &namespaces);
         }
         self.status_of(cgroup.id(), Some(cgroup.path().to_path_buf()))
+    }
+
+    /// Readies the open receiving sockets of a cgroup that got an ingress
+    /// limit or a queue in front of it: the delayed ACK shortened, and the
+    /// receive window clamped where a queue is. Sockets opened from now on
+    /// get it from the sockops program. A cgroup with no processes (a pod
+    /// limited as its cgroup appears) has no sockets to look for: no walk
+    /// over the node's sockets then.
+    fn ready_receivers(&mut self, id: u64, namespaces: &[fs::File]) {
+        if namespaces.is_empty() {
+            return;
+        }
+        if let Err(e) = self.shaper.ready_receivers(id, namespaces) {
+            tracing::warn!(error = %e, cgroup_id = id, "cannot shorten the delayed ACK and clamp the window of open sockets");
+        }
+    }
+
+    /// Tells the programs whether a queue is in front of a cgroup's ingress
+    /// now (in its pod's namespaces or the node's), where that changed: only
+    /// there are its receiving sockets' windows clamped. True if one newly
+    /// is (its open sockets need arming). A failure is logged: the windows
+    /// stay as they were.
+    fn sync_queued_flag(&mut self, id: u64) -> bool {
+        let queued = self.queued.contains_key(&id) || self.host_slots.contains_key(&id);
+        let done = self.shaper.is_ingress_queued(id).and_then(|flagged| {
+            if flagged != queued {
+                self.shaper.set_ingress_queued(id, queued)?;
+            }
+            Ok(!flagged && queued)
+        });
+        done.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, cgroup_id = id, queued, "cannot tell the programs whether a queue is in front of the cgroup: its receive windows stay as they were");
+            false
+        })
     }
 
     /// Puts the ingress queue in front of each of `namespaces` (those of the
     /// cgroup's processes) other than the host's, with the cgroup's ingress
     /// limit, or takes it away if there is none. Failures leave the cgroup
     /// with its policer (never unlimited): they are logged, not returned.
+    /// True if the cgroup newly has a queue in front of it.
     fn sync_ingress_queue(
         &mut self,
         id: u64,
         path: &Path,
         namespaces: &[fs::File],
         ingress: Option<DirectionLimit>,
-    ) {
+    ) -> bool {
         if !self.ingress_queue && !self.host_queue {
-            return;
+            return false;
         }
         let known = self.queued.get(&id);
         let mut tried = Vec::new();
@@ -440,6 +498,7 @@ impl Node {
         } else {
             self.queued.remove(&id);
         }
+        self.sync_queued_flag(id)
     }
 
     /// Installs the ingress queue where it is missing: pods whose processes
@@ -510,7 +569,9 @@ impl Node {
             }
         }
         for (id, path, namespaces, ingress) in &todo {
-            self.sync_ingress_queue(*id, path, namespaces, Some(*ingress));
+            if self.sync_ingress_queue(*id, path, namespaces, Some(*ingress)) {
+                self.ready_receivers(*id, namespaces);
+            }
         }
         Ok(todo.len() + removals.len())
     }

@@ -51,6 +51,9 @@ const SOCK_STATES_MAP: &str = "sock_states";
 /// Each receiving socket's window clamp: pinned so that a restarted daemon's
 /// detach still finds (and gives back) the clamps the last one set.
 const RCV_WINDOWS_MAP: &str = "rcv_windows";
+/// The cgroups with an ingress queue in front of them: only their receiving
+/// sockets' windows are clamped (to their flows' FIFOs).
+const QUEUED_INGRESS_MAP: &str = "queued_ingress";
 const UNPACE_TARGET_MAP: &str = "unpace_target";
 const UNPACE_PROGRAM: &str = "podshaper_unpace";
 const RECEIVERS_TARGET_MAP: &str = "receivers_target";
@@ -60,13 +63,14 @@ const HOST_CLASS_PROGRAM: &str = "podshaper_host_class";
 const HOST_SLOTS_MAP: &str = "host_queue_slots";
 const HOST_LEVELS_MAP: &str = "host_queue_levels";
 const HOST_VERSION_MAP: &str = "host_queue_version";
-const ALL_MAPS: [&str; 10] = [
+const ALL_MAPS: [&str; 11] = [
     LIMITS_MAP,
     LIMITS_VERSION_MAP,
     STATES_MAP,
     CREDITS_MAP,
     SOCK_STATES_MAP,
     RCV_WINDOWS_MAP,
+    QUEUED_INGRESS_MAP,
     UNPACE_TARGET_MAP,
     HOST_SLOTS_MAP,
     HOST_LEVELS_MAP,
@@ -755,9 +759,11 @@ impl Shaper {
         self.bump_limits_version()
     }
 
-    /// Forgets a cgroup: its limits, and its shaping state with its counters.
+    /// Forgets a cgroup: its limits, whether a queue is in front of it, and
+    /// its shaping state with its counters.
     pub fn remove_limits(&mut self, cgroup_id: u64) -> Result<(), ShaperError> {
         remove_key::<abi::Limit>(&mut self.ebpf, LIMITS_MAP, cgroup_id)?;
+        remove_key::<u32>(&mut self.ebpf, QUEUED_INGRESS_MAP, cgroup_id)?;
         self.bump_limits_version()?;
         self.reset_states(cgroup_id)
     }
@@ -787,6 +793,41 @@ impl Shaper {
             }
         }
         Ok(())
+    }
+
+    /// Tells the programs whether an ingress queue is in front of a cgroup
+    /// (`queued`): only then are its receiving sockets' windows clamped to
+    /// their flows' FIFOs. Its sockets take it on their next segment (the
+    /// limits' version moves); sockets already open are armed by
+    /// [`Self::ready_receivers`].
+    pub fn set_ingress_queued(&mut self, cgroup_id: u64, queued: bool) -> Result<(), ShaperError> {
+        if queued {
+            let mut map: HashMap<&mut MapData, u64, u32> =
+                map_mut(&mut self.ebpf, QUEUED_INGRESS_MAP)?;
+            map.insert(cgroup_id, 1, 0)
+                .map_err(|e| map_error(QUEUED_INGRESS_MAP, e))?;
+        } else {
+            remove_key::<u32>(&mut self.ebpf, QUEUED_INGRESS_MAP, cgroup_id)?;
+        }
+        self.bump_limits_version()
+    }
+
+    /// Whether the programs take a cgroup to have an ingress queue in front of it.
+    pub fn is_ingress_queued(&self, cgroup_id: u64) -> Result<bool, ShaperError> {
+        let map: HashMap<&MapData, u64, u32> = map_ref(&self.ebpf, QUEUED_INGRESS_MAP)?;
+        match map.get(&cgroup_id, 0) {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_error(QUEUED_INGRESS_MAP, e)),
+        }
+    }
+
+    /// The cgroups the programs take to have an ingress queue in front of them.
+    pub fn ingress_queued_ids(&self) -> Result<Vec<u64>, ShaperError> {
+        let map: HashMap<&MapData, u64, u32> = map_ref(&self.ebpf, QUEUED_INGRESS_MAP)?;
+        map.keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| map_error(QUEUED_INGRESS_MAP, e))
     }
 
     /// A cgroup's limits as the `limits` map holds them (None if it has none).

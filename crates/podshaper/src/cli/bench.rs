@@ -522,6 +522,7 @@ fn run_cell(
                 // (a fresh one: no other daemon's queue to adopt)
                 let ns = std::fs::File::open(podshaper_netlab::netns::netns_path(lab.a()))?;
                 podshaper_shaper::ingress_queue::install(&ns, &ingress, classifier, false)?;
+                shaper.set_ingress_queued(cgroup.cgroup().id(), true)?;
             }
             if let (Some(ingress), Some(classifier)) = (limits.ingress, &run.host_queue) {
                 // what the daemon does for a hostNetwork pod: the receiver's
@@ -537,6 +538,7 @@ fn run_cell(
                 let level = podshaper_shaper::cgroup::cgroup_level(cgroup.cgroup().path())
                     .context("cannot tell the limited cgroup's level in the hierarchy")?;
                 shaper.set_host_queue_slot(cgroup.cgroup().id(), level, BENCH_HOST_SLOT)?;
+                shaper.set_ingress_queued(cgroup.cgroup().id(), true)?;
             }
         }
         Mechanism::Tbf => {
