@@ -1333,8 +1333,12 @@ static __always_inline void clamp_rcv_window(struct bpf_sock_ops *skops)
 		return;
 	clamp = flow_queue_bytes(w->rate) * 7 / 8 + 2 * w->rate * srtt_us / 1000000;
 	set = clamp > 0x7fffffff ? 0x7fffffff : (__u32)clamp;
-	/* on every segment: autotuning may have raised it since (the kernel
-	 * returns at once when it is unchanged) */
+	/* looked at on every segment, as autotuning may have raised it since;
+	 * read first (a load from the socket the kernel is sending on), as it
+	 * is mostly unchanged and the option's call chain costs more */
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp && tp->window_clamp == set)
+		return;
 	bpf_setsockopt(skops, SOL_TCP, TCP_WINDOW_CLAMP, &set, sizeof(set));
 }
 
