@@ -609,6 +609,37 @@ fn a_receive_window_is_not_clamped_without_a_queue_in_front() {
     );
 }
 
+/// A daemon restarted with `--ingress-queue false` over one that built a
+/// pod's queue does not keep that queue up, so it takes back the word that
+/// a queue is in front of the pod (the map is pinned): the pod's new
+/// connections keep the windows the kernel gives them.
+#[test]
+fn a_daemon_restarted_without_queues_leaves_windows_unclamped() {
+    let root = TestRoot::new("rwnd-restart");
+    let app = root.make("app");
+    let path = app.path().display().to_string();
+    let mut daemon = TestDaemon::start(&root.path, &[]);
+    let rate: Rate = "10M"
+        .parse()
+        .unwrap_or_else(|e| panic!("10M is a rate: {e}"));
+    let fifo = flow_queue_bytes(&DirectionLimit::new(rate, None));
+    let clamped_at_most = fifo * 7 / 8 + 2 * rate.bytes_per_sec() / 100;
+
+    daemon.ok(&["attach", "--cgroup", &path, "--ingress", "10M"]);
+    let queued = window_clamp_after(&daemon, &app, None);
+    assert!(
+        (1..=clamped_at_most).contains(&queued),
+        "behind the queue the window clamp was {queued} bytes, not at most {clamped_at_most}"
+    );
+
+    daemon.restart_with(&["--ingress-queue", "false"]);
+    let policed = window_clamp_after(&daemon, &app, None);
+    assert!(
+        policed >= 64 * 1024,
+        "after a restart with the queue off the window clamp was {policed} bytes"
+    );
+}
+
 /// Each flow class's bytes sent so far in `ns`'s queue (`tc -s class
 /// show`), by class id ("1:100").
 fn flow_class_bytes(ns: &str) -> std::collections::HashMap<String, u64> {

@@ -201,6 +201,12 @@ impl TestDaemon {
         self.spawn();
     }
 
+    /// kill -9, then a daemon with other flags over the same bpffs pins.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.restart();
+    }
+
     /// Runs a CLI command against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
         podshaper()
