@@ -1169,8 +1169,8 @@ static __always_inline int in_cgroup(struct tcp_sock *tp, __u64 target)
 /*
  * The receive window (docs/shaping.md, "A receive window no deeper than the
  * flow's FIFO"). A socket of a cgroup with an ingress limit and a queue in
- * front of it never advertises
- * more window than 7/8 of its flow's FIFO in the queue plus twice the
+ * front of it never advertises more window than 7/8 of its flow's FIFO in
+ * the queue plus twice the
  * bandwidth-delay product at the whole limit over the handshake's round trip
  * (on a longer path than a veth, the window the rate needs). So its sender
  * never has more in flight than the FIFO takes, and the queue loses nothing:
@@ -1217,9 +1217,10 @@ struct {
  * The cgroups with an ingress queue in front of them (the daemon's, in a
  * pod's network namespace or the node's for hostNetwork pods), written by
  * user space once the queue is in place. Only there is a receive window
- * clamped: through the policer alone there is no FIFO for a window to fit,
- * and a window that small held one cubic flow at 0.95-0.97 of 100M where
- * it got 0.99-1.01 without (docs/shaping.md).
+ * clamped: through the policer alone there is no FIFO for a window to fit
+ * (the policer delays nothing, so no window holds a sender to the rate),
+ * and the clamp would only cost a run before every segment
+ * (docs/shaping.md, "Only where a queue is in front").
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -1414,8 +1415,8 @@ static __always_inline void shorten_delayed_ack(struct bpf_sock_ops *skops)
 
 /*
  * The header-option flag for a socket established in a cgroup with an
- * ingress limit and a queue in front of it (its receive window is clamped before each segment it
- * sends), else none. The socket's clamp state is made here from the limit
+ * ingress limit and a queue in front of it (its receive window is clamped
+ * before each segment it sends), else none. The socket's clamp state is made here from the limit
  * found, so its first segment does not walk its cgroups again.
  */
 static __always_inline int rcv_window_flag(struct bpf_sock_ops *skops)
