@@ -1617,8 +1617,9 @@ int podshaper_unpace(struct bpf_iter__tcp *ctx)
  * established since): when a cgroup gets an ingress limit, user space writes
  * its id into `receivers_target` and runs this iterator over every TCP
  * socket, which, for those whose cgroup is that one or below it (a pod's
- * limit covers its containers), shortens the delayed ACK and arms the
- * receive-window clamp. Without the first, a pod limited live, as an
+ * limit covers its containers), shortens the delayed ACK and, if a queue
+ * is in front of the cgroup, arms the receive-window clamp (it runs again
+ * when a queue comes later). Without the first, a pod limited live, as an
  * operator adding the annotation to a running pod does, kept the kernel's
  * delayed ACK on its open connections, and a cubic download through the
  * policer alone got 0.5-0.9 of the limit (docs/shaping.md); without the
@@ -1638,10 +1639,12 @@ int podshaper_receivers(struct bpf_iter__tcp *ctx)
 	__u64 target = 0;
 
 	tp = iter_socket(ctx, &receivers_target, &target);
-	if (tp && in_cgroup(tp, target)) {
-		set_short_delack(tp);
+	if (!tp || !in_cgroup(tp, target))
+		return 0;
+	set_short_delack(tp);
+	/* through the policer alone its first segment would only disarm it */
+	if (bpf_map_lookup_elem(&queued_ingress, &target))
 		arm_rcv_window(tp, 1);
-	}
 	return 0;
 }
 
