@@ -1311,12 +1311,10 @@ static __always_inline void clamp_rcv_window(struct bpf_sock_ops *skops)
 	if (!sk)
 		return;
 	w = bpf_sk_storage_get(&rcv_windows, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!w)
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!w || !tp)
 		return;
 	if (w->seen != seen) {
-		tp = bpf_skc_to_tcp_sock(sk);
-		if (!tp)
-			return;
 		w->rate = queued_ingress_rate_of(tp);
 		w->seen = seen;
 		if (w->rate == 0) {
@@ -1337,8 +1335,7 @@ static __always_inline void clamp_rcv_window(struct bpf_sock_ops *skops)
 	/* looked at on every segment, as autotuning may have raised it since;
 	 * read first (a load from the socket the kernel is sending on), as it
 	 * is mostly unchanged and the option's call chain costs more */
-	tp = bpf_skc_to_tcp_sock(sk);
-	if (tp && tp->window_clamp == set)
+	if (tp->window_clamp == set)
 		return;
 	bpf_setsockopt(skops, SOL_TCP, TCP_WINDOW_CLAMP, &set, sizeof(set));
 }
