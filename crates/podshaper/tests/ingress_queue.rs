@@ -531,6 +531,21 @@ fn window_clamp_after(daemon: &TestDaemon, app: &Cgroup, change: Option<&[&str]>
     }
 }
 
+/// The most window a receiving socket may offer under an ingress limit of
+/// 10M behind the queue: 7/8 of its flow's FIFO plus twice the
+/// bandwidth-delay product over a round trip of at most 10 ms.
+fn clamp_at_most_10m() -> u64 {
+    let rate: Rate = "10M"
+        .parse()
+        .unwrap_or_else(|e| panic!("10M is a rate: {e}"));
+    let fifo = flow_queue_bytes(&DirectionLimit::new(rate, None));
+    fifo * 7 / 8 + 2 * rate.bytes_per_sec() / 100
+}
+
+/// The least window clamp of a socket left to the kernel: its own clamp for
+/// the buffer a socket starts with (128 KiB here) is above this.
+const UNCLAMPED_AT_LEAST: u64 = 64 * 1024;
+
 /// A receiving socket's window clamp, set from the sockops program while
 /// its cgroup has an ingress limit: within 7/8 of its flow's FIFO plus twice
 /// the bandwidth-delay product over the handshake's round trip (bounded
@@ -545,20 +560,14 @@ fn a_receive_window_follows_the_ingress_limit_and_is_given_back() {
     let app = root.make("app");
     let path = app.path().display().to_string();
     let daemon = TestDaemon::start(&root.path, &[]);
-    let rate: Rate = "10M"
-        .parse()
-        .unwrap_or_else(|e| panic!("10M is a rate: {e}"));
-    let fifo = flow_queue_bytes(&DirectionLimit::new(rate, None));
-    let clamped_at_most = fifo * 7 / 8 + 2 * rate.bytes_per_sec() / 100;
-    // the kernel's own clamp for the buffer a socket starts with (128 KiB
-    // here) is above this
-    let unclamped_at_least = 64 * 1024;
+    let clamped_at_most = clamp_at_most_10m();
+    let unclamped_at_least = UNCLAMPED_AT_LEAST;
 
     daemon.ok(&["attach", "--cgroup", &path, "--ingress", "10M"]);
     let limited = window_clamp_after(&daemon, &app, None);
     assert!(
         (1..=clamped_at_most).contains(&limited),
-        "under an ingress limit of 10M the window clamp was {limited} bytes, not at most {clamped_at_most} (the FIFO {fifo})"
+        "under an ingress limit of 10M the window clamp was {limited} bytes, not at most {clamped_at_most}"
     );
 
     let lifted = window_clamp_after(
@@ -601,10 +610,8 @@ fn a_receive_window_is_not_clamped_without_a_queue_in_front() {
     let daemon = TestDaemon::start(&root.path, &["--ingress-queue", "false"]);
     daemon.ok(&["attach", "--cgroup", &path, "--ingress", "10M"]);
     let window = window_clamp_after(&daemon, &app, None);
-    // as in a_receive_window_follows_the_ingress_limit_and_is_given_back
-    let unclamped_at_least = 64 * 1024;
     assert!(
-        window >= unclamped_at_least,
+        window >= UNCLAMPED_AT_LEAST,
         "with no queue in front, an ingress limit of 10M left a window clamp of {window} bytes"
     );
 }
@@ -619,11 +626,7 @@ fn a_daemon_restarted_without_queues_leaves_windows_unclamped() {
     let app = root.make("app");
     let path = app.path().display().to_string();
     let mut daemon = TestDaemon::start(&root.path, &[]);
-    let rate: Rate = "10M"
-        .parse()
-        .unwrap_or_else(|e| panic!("10M is a rate: {e}"));
-    let fifo = flow_queue_bytes(&DirectionLimit::new(rate, None));
-    let clamped_at_most = fifo * 7 / 8 + 2 * rate.bytes_per_sec() / 100;
+    let clamped_at_most = clamp_at_most_10m();
 
     daemon.ok(&["attach", "--cgroup", &path, "--ingress", "10M"]);
     let queued = window_clamp_after(&daemon, &app, None);
@@ -635,7 +638,7 @@ fn a_daemon_restarted_without_queues_leaves_windows_unclamped() {
     daemon.restart_with(&["--ingress-queue", "false"]);
     let policed = window_clamp_after(&daemon, &app, None);
     assert!(
-        policed >= 64 * 1024,
+        policed >= UNCLAMPED_AT_LEAST,
         "after a restart with the queue off the window clamp was {policed} bytes"
     );
 }
