@@ -22,7 +22,7 @@ fi
 
 # The controller's tests run a real kube-apiserver, built once from Debian's
 # source and cached outside the repository (about 5 minutes the first time).
-bash "$(dirname "$0")/kube-apiserver.sh" >/dev/null
+bash "$(dirname "$0")/kube-build.sh" >/dev/null
 # kubectl applies deploy/ in those tests; Debian's (1.20) matches the server.
 if ! command -v kubectl >/dev/null; then
   apt-get install -y -q --no-install-recommends kubernetes-client

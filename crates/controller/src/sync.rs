@@ -60,6 +60,9 @@ struct Controller {
     nodes_api: Api<Node>,
     dirty: Mutex<Dirty>,
     wake: Notify,
+    /// Pods whose limits a daemon holds until their cgroup appears: their
+    /// BandwidthLimited event waits until the limits are in force.
+    unannounced: Mutex<HashSet<String>>,
 }
 
 /// Runs until `shutdown` completes. Limits stay in force when it returns.
@@ -77,6 +80,7 @@ pub async fn run(
         config,
         dirty: Mutex::new(Dirty::default()),
         wake: Notify::new(),
+        unannounced: Mutex::new(HashSet::new()),
     });
     let leadership = controller
         .config
@@ -253,6 +257,9 @@ impl Controller {
     fn forget_gone_pods(&self) {
         let live: HashSet<String> = self.pods.state().iter().filter_map(|p| p.uid()).collect();
         self.events.retain(&live);
+        if let Ok(mut u) = self.unannounced.lock() {
+            u.retain(|uid| live.contains(uid));
+        }
     }
 
     /// Brings one node in line. `Ok(true)`: some pod's cgroup is not there
@@ -280,10 +287,14 @@ impl Controller {
         let enforced: HashMap<String, Enforced> = list
             .cgroups
             .iter()
-            // an empty path: a gone cgroup whose pins the daemon is removing
-            .filter(|c| !c.cgroup.is_empty())
+            // an empty path: a gone cgroup whose pins the daemon is removing,
+            // unless the daemon holds the limits for a cgroup still to come
+            .filter(|c| !c.cgroup.is_empty() || c.waiting)
             .filter_map(|c| Some((c.pod_uid.clone()?, Enforced::from_status(c))))
             .collect();
+        // a pod still waiting for its cgroup: look again soon (a daemon
+        // restarted meanwhile has forgotten it, and is told again)
+        let mut pending = list.cgroups.iter().any(|c| c.waiting);
 
         for (pod, reference) in &pods {
             let invalid: Vec<_> = pod.bandwidth.invalid().collect();
@@ -296,7 +307,7 @@ impl Controller {
         let wants: Vec<PodWant> = pods.iter().map(|(p, _)| p.clone()).collect();
         let references: HashMap<&str, &ObjectReference> =
             pods.iter().map(|(p, r)| (p.uid.as_str(), r)).collect();
-        let mut pending = false;
+        self.announce_attached(&list.cgroups, &references);
         for step in plan(&wants, &enforced) {
             match step {
                 Step::Apply {
@@ -312,8 +323,18 @@ impl Controller {
                         custom_program: Vec::new(),
                         pod_namespace: namespace.clone(),
                         pod_name: name.clone(),
+                        wait_for_cgroup: true,
                     };
                     match timeout(DAEMON_CALL_TIMEOUT, client.attach(request)).await {
+                        Ok(Ok(r)) if r.get_ref().waiting => {
+                            // The kubelet has not made the pod's cgroup yet:
+                            // the daemon attaches the moment it does.
+                            tracing::debug!(%node, pod = %format!("{namespace}/{name}"), "limits held by the daemon until the pod's cgroup appears");
+                            if let Ok(mut u) = self.unannounced.lock() {
+                                u.insert(uid.clone());
+                            }
+                            pending = true;
+                        }
                         Ok(Ok(_)) => {
                             tracing::info!(%node, pod = %format!("{namespace}/{name}"), ?limits.egress, ?limits.ingress, "limits in force");
                             if let Some(r) = references.get(uid.as_str()) {
@@ -353,6 +374,30 @@ impl Controller {
             }
         }
         Ok(pending)
+    }
+
+    /// BandwidthLimited for the pods whose held limits came into force.
+    fn announce_attached(
+        &self,
+        statuses: &[pb::CgroupStatus],
+        references: &HashMap<&str, &ObjectReference>,
+    ) {
+        let Ok(mut unannounced) = self.unannounced.lock() else {
+            return;
+        };
+        for s in statuses
+            .iter()
+            .filter(|s| !s.waiting && !s.cgroup.is_empty())
+        {
+            let Some(uid) = s.pod_uid.as_deref() else {
+                continue;
+            };
+            if unannounced.remove(uid) {
+                if let Some(r) = references.get(uid) {
+                    self.events.limited(r, &Enforced::from_status(s));
+                }
+            }
+        }
     }
 }
 

@@ -6,5 +6,6 @@ pub mod custom;
 pub mod metrics;
 pub mod server;
 pub mod service;
+pub mod waiting;
 
 pub use server::{run, DaemonConfig};

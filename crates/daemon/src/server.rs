@@ -2,13 +2,12 @@
 //! stale pins, and stop on request. Stopping keeps every limit in force:
 //! removing one is an explicit detach.
 
-use std::collections::HashMap;
 use std::fs;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -93,6 +92,11 @@ pub async fn run(
     let (mut node, adoption) =
         Node::open(&config.bpffs_dir, root).context("cannot open the shaper state")?;
     release_freed_heap();
+    if podshaper_shaper::netns::in_init_namespace() == Some(false) {
+        // Pods in its namespace would be taken for hostNetwork pods, and
+        // hostNetwork pods (in the node's) get no queue.
+        tracing::warn!("the daemon runs outside the network namespace of PID 1 (the node's, with hostPID): it takes its own for the node's; run it with hostNetwork: true");
+    }
     node.set_ingress_queue(config.ingress_queue);
     node.set_host_ingress_queue(config.host_ingress_queue);
     tracing::info!(
@@ -104,13 +108,12 @@ pub async fn run(
         upgraded = adoption.upgraded,
         "shaper loaded"
     );
-    let state = Arc::new(State {
-        node: Mutex::new(node),
-        pod_names: Mutex::new(HashMap::new()),
-        custom: config
+    let state = Arc::new(State::new(
+        node,
+        config
             .allow_custom_programs
-            .then(|| Mutex::new(CustomPrograms::new(config.bpffs_dir.clone()))),
-    });
+            .then(|| CustomPrograms::new(config.bpffs_dir.clone())),
+    ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = || {
@@ -178,6 +181,7 @@ pub async fn run(
             Err(e) => tracing::error!(error = %e, "cannot repair removed pins"),
         }
     }));
+    tasks.spawn(crate::waiting::run(state.clone(), stop_rx.clone()));
     if config.ingress_queue || config.host_ingress_queue {
         tasks.spawn(every(
             QUEUE_SWEEP,

@@ -11,6 +11,7 @@ use podshaper_shaper::{
 use tonic::{Request, Response, Status};
 
 use crate::custom::CustomPrograms;
+use crate::waiting::{WaitingPod, MAX_WAITING};
 
 /// Names of the pod a cgroup belongs to, for metrics labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,17 +21,39 @@ pub struct PodName {
 }
 
 /// What the service and the metrics share.
+/// Locks are taken in this order: node, waiting, pod_names.
 pub struct State {
     pub node: Mutex<Node>,
+    /// Limits held by pod UID for pods whose cgroup does not exist yet.
+    pub waiting: Mutex<HashMap<String, WaitingPod>>,
     pub pod_names: Mutex<HashMap<u64, PodName>>,
     pub custom: Option<Mutex<CustomPrograms>>,
 }
 
+fn poisoned() -> Status {
+    Status::internal("daemon state poisoned by an earlier failure")
+}
+
 impl State {
+    pub fn new(node: Node, custom: Option<CustomPrograms>) -> Self {
+        Self {
+            node: Mutex::new(node),
+            waiting: Mutex::new(HashMap::new()),
+            pod_names: Mutex::new(HashMap::new()),
+            custom: custom.map(Mutex::new),
+        }
+    }
+
     pub fn node(&self) -> Result<MutexGuard<'_, Node>, Status> {
-        self.node
-            .lock()
-            .map_err(|_| Status::internal("daemon state poisoned by an earlier failure"))
+        self.node.lock().map_err(|_| poisoned())
+    }
+
+    pub fn waiting(&self) -> Result<MutexGuard<'_, HashMap<String, WaitingPod>>, Status> {
+        self.waiting.lock().map_err(|_| poisoned())
+    }
+
+    fn name_of(&self, cgroup_id: u64) -> Option<PodName> {
+        self.pod_names.lock().ok()?.get(&cgroup_id).cloned()
     }
 }
 
@@ -45,6 +68,70 @@ impl ShaperService {
 
     fn resolve(node: &Node, target: Option<&pb::Target>) -> Result<Cgroup, Status> {
         resolve_target(node.root(), target)
+    }
+
+    /// Holds a pod's limits until its cgroup appears (crate::waiting).
+    fn hold(
+        &self,
+        uid: &str,
+        limits: Limits,
+        name: Option<PodName>,
+    ) -> Result<pb::CgroupStatus, Status> {
+        let mut waiting = self.state.waiting()?;
+        if waiting.len() >= MAX_WAITING && !waiting.contains_key(uid) {
+            return Err(Status::resource_exhausted(format!(
+                "{MAX_WAITING} pods already wait for their cgroup; ask again when fewer do"
+            )));
+        }
+        let since = waiting
+            .get(uid)
+            .map_or_else(std::time::Instant::now, |w| w.since);
+        let pod = WaitingPod {
+            limits,
+            name,
+            since,
+        };
+        let status = waiting_pb(uid, &pod);
+        if waiting.insert(uid.to_string(), pod).is_none() {
+            tracing::info!(
+                pod_uid = uid,
+                ?limits,
+                "limits held until the pod's cgroup appears"
+            );
+        }
+        Ok(status)
+    }
+}
+
+/// A waiting pod's status: its limits, no cgroup yet.
+fn waiting_pb(uid: &str, pod: &WaitingPod) -> pb::CgroupStatus {
+    let (namespace, name) = pod
+        .name
+        .as_ref()
+        .map(|n| (n.namespace.clone(), n.name.clone()))
+        .unwrap_or_default();
+    pb::CgroupStatus {
+        pod_uid: Some(uid.to_string()),
+        egress: limit_pb(pod.limits.egress),
+        ingress: limit_pb(pod.limits.ingress),
+        waiting: true,
+        pod_namespace: namespace,
+        pod_name: name,
+        ..Default::default()
+    }
+}
+
+fn limit_pb(d: Option<DirectionLimit>) -> Option<pb::DirectionLimit> {
+    d.map(|d| pb::DirectionLimit {
+        bits_per_second: d.rate.bits_per_sec(),
+        burst_bytes: d.burst.bytes(),
+    })
+}
+
+fn pod_uid(target: Option<&pb::Target>) -> Option<&str> {
+    match target?.target.as_ref()? {
+        pb::target::Target::PodUid(uid) => Some(uid),
+        pb::target::Target::Cgroup(_) => None,
     }
 }
 
@@ -102,23 +189,23 @@ pub fn resolve_target(
     root: &podshaper_shaper::CgroupRoot,
     target: Option<&pb::Target>,
 ) -> Result<Cgroup, Status> {
-    let target = target
-        .and_then(|t| t.target.as_ref())
-        .ok_or_else(|| Status::invalid_argument("no target: give a cgroup path or a pod UID"))?;
-    let resolved = match target {
-        pb::target::Target::Cgroup(path) => root.resolve(path),
-        pb::target::Target::PodUid(uid) => root.resolve_pod(uid),
-    };
-    resolved.map_err(confine_status)
+    resolve_confined(root, target).map_err(confine_status)
 }
 
-pub fn to_pb(s: &CgroupStatus) -> pb::CgroupStatus {
-    let limit = |d: Option<DirectionLimit>| {
-        d.map(|d| pb::DirectionLimit {
-            bits_per_second: d.rate.bits_per_sec(),
-            burst_bytes: d.burst.bytes(),
-        })
-    };
+fn resolve_confined(
+    root: &podshaper_shaper::CgroupRoot,
+    target: Option<&pb::Target>,
+) -> Result<Cgroup, ConfineError> {
+    match target.and_then(|t| t.target.as_ref()) {
+        None => Err(ConfineError::NoTarget),
+        Some(pb::target::Target::Cgroup(path)) => root.resolve(path),
+        Some(pb::target::Target::PodUid(uid)) => root.resolve_pod(uid),
+    }
+}
+
+/// A limited cgroup's status, with its pod's names when the daemon was told.
+pub fn to_pb(s: &CgroupStatus, name: Option<PodName>) -> pb::CgroupStatus {
+    let limit = limit_pb;
     let counters = |c: &podshaper_shaper::DirectionCounters| pb::DirectionCounters {
         bytes: c.bytes,
         packets: c.packets,
@@ -137,6 +224,17 @@ pub fn to_pb(s: &CgroupStatus) -> pb::CgroupStatus {
         ingress: limit(s.limits.ingress),
         egress_counters: Some(counters(&s.counters.egress)),
         ingress_counters: Some(counters(&s.counters.ingress)),
+        waiting: false,
+        pod_namespace: name
+            .as_ref()
+            .map(|n| n.namespace.clone())
+            .unwrap_or_default(),
+        pod_name: name.map(|n| n.name).unwrap_or_default(),
+        ingress_mode: s
+            .ingress_mode
+            .map(|m| m.as_str().to_string())
+            .unwrap_or_default(),
+        problems: s.problems.clone(),
     }
 }
 
@@ -173,24 +271,35 @@ impl pb::shaper_server::Shaper for ShaperService {
                 "nothing to limit: give an egress and/or an ingress rate (to remove limits, detach)",
             ));
         }
+        let name = (!req.pod_name.is_empty()).then(|| PodName {
+            namespace: req.pod_namespace.clone(),
+            name: req.pod_name.clone(),
+        });
         let status = {
             let mut node = self.state.node()?;
-            let cgroup = Self::resolve(&node, req.target.as_ref())?;
-            node.apply(&cgroup, &limits).map_err(node_status)?
-        };
-        if !req.pod_name.is_empty() {
-            if let Ok(mut names) = self.state.pod_names.lock() {
-                names.insert(
-                    status.cgroup_id,
-                    PodName {
-                        namespace: req.pod_namespace.clone(),
-                        name: req.pod_name.clone(),
-                    },
-                );
+            let cgroup = match resolve_confined(node.root(), req.target.as_ref()) {
+                Ok(c) => c,
+                Err(e @ ConfineError::NoPodCgroup { .. }) => {
+                    return match pod_uid(req.target.as_ref()) {
+                        Some(uid) if req.wait_for_cgroup => {
+                            self.hold(uid, limits, name).map(Response::new)
+                        }
+                        _ => Err(confine_status(e)),
+                    };
+                }
+                Err(e) => return Err(confine_status(e)),
+            };
+            let status = node.apply(&cgroup, &limits).map_err(node_status)?;
+            if let Some(uid) = pod_uid(req.target.as_ref()) {
+                self.state.waiting()?.remove(uid);
             }
+            status
+        };
+        if let (Some(name), Ok(mut names)) = (&name, self.state.pod_names.lock()) {
+            names.insert(status.cgroup_id, name.clone());
         }
         tracing::info!(cgroup = ?status.path, ?limits, "limits applied");
-        Ok(Response::new(to_pb(&status)))
+        Ok(Response::new(to_pb(&status, name)))
     }
 
     async fn detach(
@@ -200,7 +309,18 @@ impl pb::shaper_server::Shaper for ShaperService {
         let req = request.into_inner();
         let id = {
             let mut node = self.state.node()?;
-            let cgroup = Self::resolve(&node, req.target.as_ref())?;
+            let held = match pod_uid(req.target.as_ref()) {
+                Some(uid) => self.state.waiting()?.remove(uid).is_some(),
+                None => false,
+            };
+            let cgroup = match resolve_confined(node.root(), req.target.as_ref()) {
+                Ok(c) => c,
+                Err(ConfineError::NoPodCgroup { .. }) if held => {
+                    tracing::info!(pod_uid = ?pod_uid(req.target.as_ref()), "limits held for a pod that never got its cgroup removed");
+                    return Ok(Response::new(pb::DetachResponse {}));
+                }
+                Err(e) => return Err(confine_status(e)),
+            };
             let had_custom = match &self.state.custom {
                 Some(c) => c.lock().map(|mut c| c.detach(cgroup.id())).unwrap_or(false),
                 None => false,
@@ -225,9 +345,19 @@ impl pb::shaper_server::Shaper for ShaperService {
     ) -> Result<Response<pb::CgroupStatus>, Status> {
         let req = request.into_inner();
         let node = self.state.node()?;
-        let cgroup = Self::resolve(&node, req.target.as_ref())?;
+        let cgroup = match resolve_confined(node.root(), req.target.as_ref()) {
+            Ok(c) => c,
+            Err(e @ ConfineError::NoPodCgroup { .. }) => {
+                let uid = pod_uid(req.target.as_ref()).unwrap_or_default();
+                return match self.state.waiting()?.get(uid) {
+                    Some(pod) => Ok(Response::new(waiting_pb(uid, pod))),
+                    None => Err(confine_status(e)),
+                };
+            }
+            Err(e) => return Err(confine_status(e)),
+        };
         match node.status(&cgroup).map_err(node_status)? {
-            Some(s) => Ok(Response::new(to_pb(&s))),
+            Some(s) => Ok(Response::new(to_pb(&s, self.state.name_of(s.cgroup_id)))),
             None => Err(Status::not_found(format!(
                 "cgroup {} has no limits attached",
                 cgroup.path().display()
@@ -240,12 +370,20 @@ impl pb::shaper_server::Shaper for ShaperService {
         _request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         let node = self.state.node()?;
-        let cgroups = node
+        let mut cgroups: Vec<pb::CgroupStatus> = node
             .list()
             .map_err(node_status)?
             .iter()
-            .map(to_pb)
+            .map(|s| to_pb(s, self.state.name_of(s.cgroup_id)))
             .collect();
+        let mut waiting: Vec<pb::CgroupStatus> = self
+            .state
+            .waiting()?
+            .iter()
+            .map(|(uid, pod)| waiting_pb(uid, pod))
+            .collect();
+        waiting.sort_by(|a, b| a.pod_uid.cmp(&b.pod_uid));
+        cgroups.extend(waiting);
         Ok(Response::new(pb::ListResponse { cgroups }))
     }
 }

@@ -33,6 +33,10 @@ enum Command {
     Status(cli::client::StatusArgs),
     /// List every limited cgroup on the node.
     List(cli::client::ListArgs),
+    /// Check this node's prerequisites: kernel, BPF, cgroup2, bpffs, qdiscs, other shapers.
+    Doctor(cli::doctor::DoctorArgs),
+    /// Remove everything podshaper put on this node (programs, links, pins, queues).
+    Cleanup(cli::cleanup::CleanupArgs),
     /// Run a command under a bandwidth limit (no daemon needed).
     Run(cli::run::RunArgs),
     /// Show shaping live between two network namespaces (no cluster, no network).
@@ -82,6 +86,8 @@ fn main() -> ExitCode {
         Command::Detach(a) => plain(signals).and_then(|()| cli::client::detach(a)),
         Command::Status(a) => plain(signals).and_then(|()| cli::client::status(a)),
         Command::List(a) => plain(signals).and_then(|()| cli::client::list(a)),
+        Command::Doctor(a) => plain(signals).and_then(|()| cli::doctor::run(a)),
+        Command::Cleanup(a) => plain(signals).and_then(|()| cli::cleanup::run(a)),
         Command::Run(a) => cli::run::run(a, signals),
         Command::Demo(a) => cli::demo::run(a, signals),
         Command::Bench {

@@ -376,17 +376,24 @@ fn deploy_manifests_pass_a_server_side_dry_run() {
     // namespace.yaml and rbac.yaml are applied for real by the harness (the
     // controller runs with exactly that RBAC); the rest is checked by the
     // API server's validation and admission without being stored.
-    for file in [
-        "namespace.yaml",
-        "rbac.yaml",
-        "daemonset.yaml",
-        "cluster-mode-rbac.yaml",
+    let kustomization = deploy.display().to_string();
+    let out = api.kubectl_ok(&["apply", "--dry-run=server", "-k", &kustomization]);
+    eprintln!("{out}");
+    for object in [
+        "namespace/podshaper-system",
+        "serviceaccount/podshaper",
+        "clusterrole.rbac.authorization.k8s.io/podshaper-controller",
+        "daemonset.apps/podshaper",
     ] {
-        let path = deploy.join(file).display().to_string();
-        let out = api.kubectl_ok(&["apply", "--dry-run=server", "-f", &path]);
-        eprintln!("{out}");
-        assert!(out.contains("(server dry run)"), "{file}: {out}");
+        assert!(out.contains(object), "{object} not in deploy/: {out}");
     }
+    assert!(out.contains("(server dry run)"), "{out}");
+    let path = deploy.join("cluster-mode-rbac.yaml").display().to_string();
+    let out = api.kubectl_ok(&["apply", "--dry-run=server", "-f", &path]);
+    assert!(
+        out.contains("(server dry run)"),
+        "cluster-mode-rbac.yaml: {out}"
+    );
     // The controller's account can do what node mode needs, and no more.
     let can = |verb: &str, resource: &str| {
         let sa = format!(

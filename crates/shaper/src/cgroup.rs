@@ -39,6 +39,8 @@ pub enum CgroupError {
 
 /// The mount point of the cgroup v2 hierarchy, read from `/proc/self/mountinfo`
 /// (`/sys/fs/cgroup` on most nodes, `/sys/fs/cgroup/unified` on hybrid ones).
+/// A mount of the whole hierarchy comes first: in a container, the
+/// container's own cgroup is often mounted too, showing only its subtree.
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     let info = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
     parse_cgroup2_mount(&info).ok_or(CgroupError::NoCgroup2)
@@ -66,20 +68,40 @@ pub fn cgroup_level(path: &Path) -> Option<u32> {
     }
 }
 
-/// Every cgroup2 mount point. In a container the hierarchy is often mounted
+/// One cgroup2 mount: where it is, and which directory of the hierarchy
+/// it shows (`/` for the whole hierarchy, or the whole of a cgroup
+/// namespace; a container's bind mount of its own cgroup shows a subtree).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup2Mount {
+    pub point: PathBuf,
+    pub root: PathBuf,
+}
+
+impl Cgroup2Mount {
+    /// Whether the mount shows the whole hierarchy (as far as this process
+    /// can see it).
+    pub fn is_whole(&self) -> bool {
+        self.root == Path::new("/")
+    }
+}
+
+/// Every cgroup2 mount. In a container the hierarchy is often mounted
 /// twice: the container's own view at /sys/fs/cgroup and the host's
 /// (a hostPath) elsewhere.
-pub fn cgroup2_mounts() -> Result<Vec<PathBuf>, CgroupError> {
+pub fn cgroup2_mounts() -> Result<Vec<Cgroup2Mount>, CgroupError> {
     let info = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
     Ok(parse_cgroup2_mounts(&info))
 }
 
-/// The first cgroup2 mount point in mountinfo text.
+/// The first mount of the whole cgroup2 hierarchy in mountinfo text, else
+/// the first cgroup2 mount.
 fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    parse_cgroup2_mounts(mountinfo).into_iter().next()
+    let mounts = parse_cgroup2_mounts(mountinfo);
+    let whole = mounts.iter().find(|m| m.is_whole()).or(mounts.first());
+    whole.map(|m| m.point.clone())
 }
 
-fn parse_cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
+fn parse_cgroup2_mounts(mountinfo: &str) -> Vec<Cgroup2Mount> {
     mountinfo
         .lines()
         .filter_map(|line| {
@@ -88,8 +110,13 @@ fn parse_cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
             if right.split_whitespace().next()? != "cgroup2" {
                 return None;
             }
-            let mount_point = left.split_whitespace().nth(4)?;
-            Some(PathBuf::from(unescape_mountinfo(mount_point)))
+            let mut fields = left.split_whitespace();
+            let root = fields.nth(3)?;
+            let point = fields.next()?;
+            Some(Cgroup2Mount {
+                point: PathBuf::from(unescape_mountinfo(point)),
+                root: PathBuf::from(unescape_mountinfo(root)),
+            })
         })
         .collect()
 }
@@ -336,5 +363,25 @@ mod tests {
             None
         );
         assert_eq!(parse_cgroup2_mount("garbage\n\n"), None);
+    }
+
+    #[test]
+    fn a_mount_of_the_whole_hierarchy_comes_before_a_containers_own_view() {
+        // a container's own cgroup bind-mounted first, the host's hierarchy
+        // (a hostPath on a hybrid node) below /host
+        let container = "40 30 0:24 /kubepods/besteffort/pod1/c1 /sys/fs/cgroup/unified ro - cgroup2 cgroup2 rw\n\
+                         51 50 0:24 / /host/sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_cgroup2_mount(container),
+            Some(PathBuf::from("/host/sys/fs/cgroup/unified"))
+        );
+        let mounts = parse_cgroup2_mounts(container);
+        assert_eq!(mounts.len(), 2);
+        assert!(!mounts[0].is_whole());
+        assert_eq!(
+            mounts[0].root,
+            PathBuf::from("/kubepods/besteffort/pod1/c1")
+        );
+        assert!(mounts[1].is_whole());
     }
 }

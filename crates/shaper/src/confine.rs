@@ -13,9 +13,18 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::cgroup::{cgroup2_mount, cgroup2_mounts, Cgroup, CgroupError};
 
+fn canonical_mount(mount: PathBuf) -> Result<PathBuf, ConfineError> {
+    fs::canonicalize(mount).map_err(|source| ConfineError::Io {
+        path: "cgroup2 mount".into(),
+        source,
+    })
+}
+
 /// Why a requested cgroup was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfineError {
+    #[error("no target: give a cgroup path or a pod UID")]
+    NoTarget,
     #[error("cgroup path {0:?} is empty")]
     Empty(String),
     #[error("cgroup path {0:?} contains a NUL byte")]
@@ -29,6 +38,12 @@ pub enum ConfineError {
         path: String,
         resolved: String,
         root: String,
+    },
+    #[error("{path:?} ({resolved}) is not inside a cgroup2 mount and holds none of the whole hierarchy below it (cgroup2 is mounted at: {mounts})")]
+    NoCgroup2Mount {
+        path: String,
+        resolved: String,
+        mounts: String,
     },
     #[error("{path:?} is not a cgroup v2 directory")]
     NotCgroup { path: String },
@@ -58,15 +73,16 @@ pub struct CgroupRoot {
 const QOS_CLASSES: [Option<&str>; 3] = [None, Some("burstable"), Some("besteffort")];
 
 impl CgroupRoot {
-    /// The root `root` (default: the whole cgroup2 mount), which must exist
-    /// inside the cgroup2 mount.
+    /// The root `root` (default: the whole cgroup2 mount). It must exist,
+    /// and either lie inside a cgroup2 mount or hold the mount of the whole
+    /// hierarchy below it: a daemon in a container is given the node's
+    /// `/sys/fs/cgroup` (a hostPath), where cgroup2 is mounted itself on
+    /// unified nodes and at `unified/` below it on hybrid ones.
     pub fn new(root: Option<&Path>) -> Result<Self, ConfineError> {
-        let canonical_mount = |m: PathBuf| {
-            fs::canonicalize(m).map_err(|source| ConfineError::Io {
-                path: "cgroup2 mount".into(),
-                source,
-            })
-        };
+        let mounts: Vec<(PathBuf, bool)> = cgroup2_mounts()?
+            .into_iter()
+            .filter_map(|m| Some((fs::canonicalize(&m.point).ok()?, m.is_whole())))
+            .collect();
         let Some(r) = root else {
             let mount = canonical_mount(cgroup2_mount()?)?;
             return Ok(Self {
@@ -78,19 +94,46 @@ impl CgroupRoot {
         let root = fs::canonicalize(r).map_err(|_| ConfineError::Missing {
             path: shown.clone(),
         })?;
-        // The cgroup2 mount the root lies in (the deepest, if mounts nest).
-        let mounts = cgroup2_mounts()?
-            .into_iter()
-            .filter_map(|m| fs::canonicalize(m).ok());
-        let mount = mounts
-            .filter(|m| root.starts_with(m))
-            .max_by_key(|m| m.components().count());
-        match mount {
-            Some(mount) => Ok(Self { mount, root }),
-            None => Err(ConfineError::Outside {
-                path: shown,
+        Self::choose(&shown, root, &mounts)
+    }
+
+    /// The root for the canonical path `root`, given the canonical cgroup2
+    /// mount points (and whether each shows the whole hierarchy).
+    fn choose(
+        shown: &str,
+        root: PathBuf,
+        mounts: &[(PathBuf, bool)],
+    ) -> Result<Self, ConfineError> {
+        // The mount the root lies in: the deepest, if mounts nest, and one
+        // of the whole hierarchy before a container's view of its own cgroup.
+        let containing = mounts
+            .iter()
+            .filter(|(m, _)| root.starts_with(m))
+            .max_by_key(|(m, whole)| (*whole, m.components().count()));
+        if let Some((mount, _)) = containing {
+            return Ok(Self {
+                mount: mount.clone(),
+                root,
+            });
+        }
+        // Above the mount: the shallowest mount of the whole hierarchy below it.
+        let below = mounts
+            .iter()
+            .filter(|(m, whole)| *whole && m.starts_with(&root))
+            .min_by_key(|(m, _)| m.components().count());
+        match below {
+            Some((mount, _)) => Ok(Self {
+                mount: mount.clone(),
+                root: mount.clone(),
+            }),
+            None => Err(ConfineError::NoCgroup2Mount {
+                path: shown.into(),
                 resolved: root.display().to_string(),
-                root: canonical_mount(cgroup2_mount()?)?.display().to_string(),
+                mounts: mounts
+                    .iter()
+                    .map(|(m, _)| m.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }),
         }
     }
@@ -151,8 +194,7 @@ impl CgroupRoot {
     /// any QoS class.
     pub fn resolve_pod(&self, uid: &str) -> Result<Cgroup, ConfineError> {
         validate_uid(uid)?;
-        for candidate in pod_cgroup_candidates(uid) {
-            let path = self.root.join(&candidate);
+        for path in self.pod_cgroup_paths(uid) {
             if path.is_dir() {
                 return self.resolve(&path.display().to_string());
             }
@@ -161,6 +203,37 @@ impl CgroupRoot {
             uid: uid.into(),
             root: self.root.display().to_string(),
         })
+    }
+
+    /// Where the kubelet may put a pod's cgroup: its layouts below the
+    /// cgroup2 mount (a kubelet's default --cgroup-root, `/`) and below
+    /// this root (a kubelet given this root as its own). Only those below
+    /// this root are ever resolved.
+    pub fn pod_cgroup_paths(&self, uid: &str) -> Vec<PathBuf> {
+        let bases: &[&Path] = if self.root == self.mount {
+            &[&self.mount]
+        } else {
+            &[&self.mount, &self.root]
+        };
+        bases
+            .iter()
+            .flat_map(|base| pod_cgroup_candidates(uid).into_iter().map(|c| base.join(c)))
+            .filter(|p| p.starts_with(&self.root))
+            .collect()
+    }
+
+    /// The directories in which the kubelet makes pods' cgroups (the
+    /// parents of [`Self::pod_cgroup_paths`]), whether they exist yet or not.
+    pub fn pod_cgroup_parents(&self) -> Vec<PathBuf> {
+        // any UID will do: the parents do not depend on it
+        let mut out: Vec<PathBuf> = self
+            .pod_cgroup_paths("00000000-0000-0000-0000-000000000000")
+            .iter()
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// The path of a live cgroup from its id, or None if it is gone.
@@ -350,6 +423,67 @@ mod tests {
             Err(ConfineError::NotCgroup { .. })
         ));
         assert!(matches!(root.resolve(""), Err(ConfineError::Empty(_))));
+    }
+
+    #[test]
+    fn the_root_is_found_inside_a_mount_or_as_the_whole_hierarchys_mount_below_it() {
+        let p = PathBuf::from;
+        let hybrid = [(p("/host/sys/fs/cgroup/unified"), true)];
+        let r = CgroupRoot::choose("x", p("/host/sys/fs/cgroup"), &hybrid).expect("hybrid");
+        assert_eq!(r.mount(), Path::new("/host/sys/fs/cgroup/unified"));
+        assert_eq!(r.root(), Path::new("/host/sys/fs/cgroup/unified"));
+        let unified = [(p("/host/sys/fs/cgroup"), true)];
+        let r = CgroupRoot::choose("x", p("/host/sys/fs/cgroup"), &unified).expect("unified");
+        assert_eq!(r.root(), Path::new("/host/sys/fs/cgroup"));
+        // a root inside the mount stays as given
+        let r = CgroupRoot::choose("x", p("/host/sys/fs/cgroup/kubepods"), &unified).expect("in");
+        assert_eq!(r.mount(), Path::new("/host/sys/fs/cgroup"));
+        assert_eq!(r.root(), Path::new("/host/sys/fs/cgroup/kubepods"));
+        // a container's view of its own cgroup is not the hierarchy
+        let own = [
+            (p("/sys/fs/cgroup"), false),
+            (p("/host/sys/fs/cgroup/unified"), true),
+        ];
+        let r = CgroupRoot::choose("x", p("/host"), &own).expect("below");
+        assert_eq!(r.root(), Path::new("/host/sys/fs/cgroup/unified"));
+        assert!(matches!(
+            CgroupRoot::choose("x", p("/srv"), &own),
+            Err(ConfineError::NoCgroup2Mount { .. })
+        ));
+        let subtree_only = [(p("/host/sys/fs/cgroup/unified"), false)];
+        assert!(CgroupRoot::choose("x", p("/host/sys/fs/cgroup"), &subtree_only).is_err());
+    }
+
+    #[test]
+    fn pods_are_looked_for_below_the_mount_and_below_a_narrower_root() {
+        let mount = PathBuf::from("/sys/fs/cgroup");
+        let whole = CgroupRoot::from_paths(mount.clone(), mount.clone());
+        let paths = whole.pod_cgroup_paths(UID);
+        assert_eq!(paths.len(), 6);
+        assert!(paths.contains(&mount.join(format!("kubepods/besteffort/pod{UID}"))));
+        // --cgroup-root=/sys/fs/cgroup/kubepods.slice: the systemd layout's
+        // pods are below it, the cgroupfs layout's are not
+        let slice = CgroupRoot::from_paths(mount.clone(), mount.join("kubepods.slice"));
+        let paths = slice.pod_cgroup_paths(UID);
+        assert!(paths
+            .iter()
+            .all(|p| p.starts_with(mount.join("kubepods.slice"))));
+        assert!(paths.contains(&mount.join(format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+            UID.replace('-', "_")
+        ))));
+        assert_eq!(
+            whole.pod_cgroup_parents(),
+            [
+                "kubepods",
+                "kubepods/besteffort",
+                "kubepods/burstable",
+                "kubepods.slice",
+                "kubepods.slice/kubepods-besteffort.slice",
+                "kubepods.slice/kubepods-burstable.slice",
+            ]
+            .map(|d| mount.join(d))
+        );
     }
 
     #[test]

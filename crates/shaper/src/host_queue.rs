@@ -104,6 +104,17 @@ pub fn redirect_interfaces(
     .map_err(QueueError::Enter)?
 }
 
+/// Removes the node's queue from `ns` whatever its slots; true if it was
+/// there.
+pub fn remove_all(ns: &File) -> Result<bool, QueueError> {
+    let there = netns::run_in(ns, || interfaces().map(|have| has_ifb(&have)))
+        .map_err(QueueError::Enter)??;
+    if there {
+        remove(ns, 0, true)?;
+    }
+    Ok(there)
+}
+
 /// Takes the classes of the pod at `slot` out of the node's queue in `ns`;
 /// with `last`, the whole queue: the filters first (a redirect to a device
 /// that is gone drops packets), then the ifb.

@@ -173,6 +173,17 @@ pub fn remove(ns: &File) -> Result<(), QueueError> {
     netns::run_in(ns, remove_here).map_err(QueueError::Enter)?
 }
 
+/// Removes the queue from `ns` if its ifb is there; true if it was.
+pub fn remove_if_present(ns: &File) -> Result<bool, QueueError> {
+    netns::run_in(ns, || {
+        if !interfaces()?.iter().any(|n| n == IFB_NAME) {
+            return Ok(false);
+        }
+        remove_here().map(|()| true)
+    })
+    .map_err(QueueError::Enter)?
+}
+
 fn install_here(
     limit: &DirectionLimit,
     classifier: &str,

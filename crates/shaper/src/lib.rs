@@ -14,11 +14,15 @@ mod layout;
 pub mod limits;
 pub mod netns;
 pub mod node;
+mod problems;
 pub mod shaper;
 
 pub use cgroup::{cgroup2_mount, Cgroup, CgroupError, TransientCgroup};
 pub use confine::{CgroupRoot, ConfineError};
 pub use counters::{CgroupCounters, DirectionCounters};
 pub use limits::{DirectionLimit, Limits};
-pub use node::{Adoption, CgroupStatus, Node, NodeError, Repair};
-pub use shaper::{Attachment, Shaper, ShaperError};
+pub use node::{
+    is_bpffs, remove_all_queues, Adoption, CgroupStatus, IngressMode, Node, NodeError, Repair,
+    Uninstall,
+};
+pub use shaper::{Attachment, Features, Shaper, ShaperError};

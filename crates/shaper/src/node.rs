@@ -20,12 +20,8 @@ use crate::host_queue;
 use crate::ingress_queue;
 use crate::limits::{DirectionLimit, Limits};
 use crate::netns::{self, network_namespaces_in};
+use crate::problems::{Problem, Problems};
 use crate::shaper::{detach_pinned, is_fully_pinned, ProgramTags, Shaper, ShaperError};
-
-/// This process's network namespace: the node's, for a daemon.
-fn own_namespace() -> io::Result<fs::File> {
-    fs::File::open("/proc/self/ns/net")
-}
 
 /// statfs magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -48,6 +44,8 @@ pub enum NodeError {
     NotAttached { path: String },
     #[error(transparent)]
     Shaper(#[from] ShaperError),
+    #[error(transparent)]
+    Queue(#[from] ingress_queue::QueueError),
 }
 
 /// One limited cgroup, as reported to operators.
@@ -59,6 +57,28 @@ pub struct CgroupStatus {
     pub pod_uid: Option<String>,
     pub limits: Limits,
     pub counters: CgroupCounters,
+    /// What receives the cgroup's ingress: None without an ingress limit.
+    pub ingress_mode: Option<IngressMode>,
+    /// What the daemon could not do for this cgroup (each also logged).
+    pub problems: Vec<String>,
+}
+
+/// What holds a cgroup's ingress to its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressMode {
+    /// a queue (ifb + htb) in front of it, and the policer behind
+    Queue,
+    /// the cgroup policer alone
+    Policer,
+}
+
+impl IngressMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queue => "queue",
+            Self::Policer => "policer",
+        }
+    }
 }
 
 /// What opening a node found and did.
@@ -104,6 +124,17 @@ impl QueueRetry {
             next: now + wait,
         }
     }
+}
+
+/// What [`Node::uninstall`] removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Uninstall {
+    /// limited cgroups detached
+    pub cgroups: usize,
+    /// ingress queues removed (in pods' namespaces, and the node's)
+    pub queues: usize,
+    /// whether the pin directory was removed
+    pub pins: bool,
 }
 
 /// What [`Node::repair`] put back.
@@ -154,6 +185,8 @@ pub struct Node {
     /// Cgroups whose classes in the node's queue could not be put in place
     /// (or changed): the sweep tries again, after `queue_retry`.
     host_unsynced: HashSet<u64>,
+    /// What could not be done for each cgroup, for `status`.
+    problems: Problems,
 }
 
 impl Node {
@@ -203,6 +236,7 @@ impl Node {
             host_slots,
             host_redirected: HashSet::new(),
             host_unsynced: HashSet::new(),
+            problems: Problems::default(),
         };
         let adoption = node.adopt()?;
         Ok((node, adoption))
@@ -367,7 +401,7 @@ impl Node {
         }
         self.attached
             .insert(cgroup.id(), cgroup.path().to_path_buf());
-        let namespaces = network_namespaces_in(cgroup.path());
+        let namespaces = self.namespaces_of(cgroup.id(), cgroup.path());
         let newly_queued =
             self.sync_ingress_queue(cgroup.id(), cgroup.path(), &namespaces, limits.ingress);
         if limits.ingress.is_some() && (!had_ingress || newly_queued) {
@@ -428,6 +462,7 @@ impl Node {
         let known = self.queued.get(&id);
         let mut tried = Vec::new();
         let mut failed = false;
+        let mut queue_error = None;
         let pod_namespaces = if self.ingress_queue {
             netns::not_ours(namespaces)
         } else {
@@ -453,6 +488,9 @@ impl Node {
                         cgroup = %path.display(),
                         "ingress queue not updated, tried again by a later sweep; the cgroup policer holds the limit"
                     );
+                    queue_error = Some(format!(
+                        "ingress queue not built (the policer holds the limit): {e}"
+                    ));
                 }
                 Err(e) => {
                     failed = true;
@@ -461,6 +499,9 @@ impl Node {
                         cgroup = %path.display(),
                         "ingress queue not removed, tried again by a later sweep; it holds the pod at its last rate meanwhile"
                     );
+                    queue_error = Some(format!(
+                        "ingress queue not removed (it holds the last rate): {e}"
+                    ));
                 }
             }
         }
@@ -477,6 +518,10 @@ impl Node {
                 _ => {}
             }
         }
+        if failed && queue_error.is_none() {
+            queue_error = Some("the node's queue for hostNetwork pods not updated (the policer holds the limit; the daemon's log says why)".into());
+        }
+        self.problems.set(id, Problem::Queue, queue_error);
         let installs = self.queue_retry.remove(&id);
         let removals = self.queue_removals.remove(&id).map(|(_, r)| r);
         if failed {
@@ -511,7 +556,7 @@ impl Node {
         }
         if self.host_queue && !self.host_slots.is_empty() {
             // interfaces come and go with the node's pods
-            let done = own_namespace()
+            let done = netns::node_namespace()
                 .map_err(ingress_queue::QueueError::Enter)
                 .and_then(|ns| {
                     host_queue::redirect_interfaces(
@@ -540,18 +585,20 @@ impl Node {
                 continue;
             }
             // a cgroup gone has no processes left, so no namespaces here
-            let namespaces = network_namespaces_in(path);
+            let namespaces = self.namespaces_of(*id, path);
             self.sync_ingress_queue(*id, path, &namespaces, None);
         }
         let mut todo = Vec::new();
-        for (id, path) in &self.attached {
+        let attached: Vec<(u64, PathBuf)> =
+            self.attached.iter().map(|(i, p)| (*i, p.clone())).collect();
+        for (id, path) in &attached {
             if self.queue_retry.get(id).is_some_and(|r| r.next > now) {
                 continue;
             }
             let Some(ingress) = self.shaper.limits(*id)?.and_then(|l| l.ingress) else {
                 continue;
             };
-            let namespaces = network_namespaces_in(path);
+            let namespaces = self.namespaces_of(*id, path);
             let known = self.queued.get(id);
             let new_pod_ns = self.ingress_queue
                 && netns::not_ours(&namespaces).into_iter().any(|ns| {
@@ -593,7 +640,7 @@ impl Node {
             let level = crate::cgroup::cgroup_level(path).ok_or(
                 "its level in the cgroup hierarchy cannot be told from the cgroup root's mount",
             )?;
-            let ns = own_namespace()?;
+            let ns = netns::node_namespace()?;
             host_queue::install(
                 &ns,
                 slot,
@@ -629,7 +676,7 @@ impl Node {
         let last = self.host_slots.len() == 1;
         let done = (|| -> Result<(), Box<dyn std::error::Error>> {
             self.shaper.remove_host_queue_slot(id)?;
-            host_queue::remove(&own_namespace()?, slot, last)?;
+            host_queue::remove(&netns::node_namespace()?, slot, last)?;
             Ok(())
         })();
         match done {
@@ -663,13 +710,44 @@ impl Node {
         // Open connections would otherwise stay paced at the old share.
         let mut netns = Vec::new();
         if let Some(path) = self.attached.remove(&cgroup_id) {
-            netns = network_namespaces_in(&path);
+            netns = self.namespaces_of(cgroup_id, &path);
             self.sync_ingress_queue(cgroup_id, &path, &netns, None);
         }
         if let Err(e) = self.shaper.unpace(cgroup_id, &netns) {
             tracing::warn!(error = %e, cgroup_id, "cannot lift the pacing of open sockets");
         }
+        self.problems.forget(cgroup_id);
         Ok(())
+    }
+
+    /// Removes everything the shaper put on the node, for an uninstall:
+    /// every limited cgroup's links and limits (lifting the pacing of its
+    /// open sockets), every ingress queue in any network namespace on the
+    /// node (a pod's whose limit outlived its pins too) and the node's queue
+    /// for hostNetwork pods, then, once this shaper's programs are unloaded,
+    /// every pin under the bpffs directory. A daemon must not be running:
+    /// it would put its pins back.
+    pub fn uninstall(mut self) -> Result<Uninstall, NodeError> {
+        let mut report = Uninstall::default();
+        let attached: Vec<(u64, PathBuf)> =
+            self.attached.iter().map(|(i, p)| (*i, p.clone())).collect();
+        for (id, path) in attached {
+            self.remove_id(id, &path.display().to_string())?;
+            report.cgroups += 1;
+        }
+        self.set_host_ingress_queue(false);
+        report.queues = remove_all_queues()?;
+        let dir = self.maps_dir.parent().map(Path::to_path_buf);
+        // unloads the programs and closes the maps; only pins hold them now
+        drop(self);
+        if let Some(dir) = dir {
+            fs::remove_dir_all(&dir).map_err(|source| NodeError::PinDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            report.pins = true;
+        }
+        Ok(report)
     }
 
     /// A limited cgroup's status, or None if it is not limited.
@@ -704,6 +782,7 @@ impl Node {
             detach_pinned(&self.link_dir(*id))?;
             self.shaper.remove_limits(*id)?;
             let path = self.attached.remove(id).unwrap_or_default();
+            self.problems.forget(*id);
             // its namespace went with its processes, and the queue with it
             self.queued.remove(id);
             self.queue_retry.remove(id);
@@ -764,13 +843,46 @@ impl Node {
     }
 
     fn status_of(&self, id: u64, path: Option<PathBuf>) -> Result<CgroupStatus, NodeError> {
+        let limits = self.shaper.limits(id)?.unwrap_or_default();
+        let queued = self.queued.contains_key(&id) || self.host_slots.contains_key(&id);
         Ok(CgroupStatus {
             pod_uid: path.as_deref().and_then(pod_uid_of),
             path,
             cgroup_id: id,
-            limits: self.shaper.limits(id)?.unwrap_or_default(),
+            ingress_mode: limits.ingress.map(|_| match queued {
+                true => IngressMode::Queue,
+                false => IngressMode::Policer,
+            }),
+            limits,
             counters: self.shaper.counters(id)?,
+            problems: self.problems.of(id),
         })
+    }
+
+    /// The network namespaces of a cgroup's processes. Those that cannot be
+    /// opened are a problem of the cgroup's (logged when it starts and when
+    /// it ends, shown in its status): the daemon cannot put the ingress
+    /// queue there, nor reach the sockets there.
+    fn namespaces_of(&mut self, id: u64, path: &Path) -> Vec<fs::File> {
+        let scan = network_namespaces_in(path);
+        let problem = (!scan.unreadable.is_empty()).then(|| {
+            let shown: Vec<String> = scan.unreadable.iter().map(|u| u.to_string()).collect();
+            shown.join("; ")
+        });
+        let was = self.problems.get(id, Problem::Namespaces);
+        if was != problem.as_deref() {
+            match &problem {
+                Some(p) => {
+                    tracing::warn!(cgroup = %path.display(), problem = %p, "cannot enter a network namespace of the cgroup's processes: no ingress queue there, and its open sockets are not reached")
+                }
+                None if was.is_some() => {
+                    tracing::info!(cgroup = %path.display(), "the network namespaces of the cgroup's processes can be entered again")
+                }
+                None => {}
+            }
+        }
+        self.problems.set(id, Problem::Namespaces, problem);
+        scan.found
     }
 
     /// A limit on a cgroup and another on its ancestor or descendant would
@@ -805,6 +917,23 @@ impl Node {
     }
 }
 
+/// Removes every ingress queue on the node: a pod's in each network
+/// namespace that has one, and the node's queue for hostNetwork pods.
+/// Returns how many there were.
+pub fn remove_all_queues() -> Result<usize, ingress_queue::QueueError> {
+    let node = netns::node_namespace().ok();
+    let node_id = node.as_ref().and_then(|n| netns::identity(n).ok());
+    let mut removed = 0;
+    for ns in netns::all_namespaces() {
+        let there = match netns::identity(&ns).ok() == node_id {
+            true => host_queue::remove_all(&ns)?,
+            false => ingress_queue::remove_if_present(&ns)?,
+        };
+        removed += usize::from(there);
+    }
+    Ok(removed)
+}
+
 /// Makes a directory for pins (and its parents), naming it on failure.
 fn create_pin_dir(dir: &Path) -> Result<(), NodeError> {
     fs::create_dir_all(dir).map_err(|source| NodeError::PinDir {
@@ -813,7 +942,8 @@ fn create_pin_dir(dir: &Path) -> Result<(), NodeError> {
     })
 }
 
-fn is_bpffs(path: &Path) -> io::Result<bool> {
+/// Whether `path` is on a bpf file system.
+pub fn is_bpffs(path: &Path) -> io::Result<bool> {
     let c =
         std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
     // SAFETY: statfs fills the struct we pass; the result is checked.

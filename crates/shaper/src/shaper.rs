@@ -197,7 +197,30 @@ pub struct Shaper {
     has_host_classifier: bool,
 }
 
+/// The optional parts of the shaper that loaded on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// the ingress queue's flow classifier (pods' queues)
+    pub flow_classifier: bool,
+    /// the hostNetwork pods' queue's classifier
+    pub host_classifier: bool,
+    /// the TCP iterator that lifts open sockets' pacing at a detach
+    pub unpace: bool,
+    /// the TCP iterator that readies open receiving sockets at an ingress limit
+    pub ready_receivers: bool,
+}
+
 impl Shaper {
+    /// Which optional parts loaded.
+    pub fn features(&self) -> Features {
+        Features {
+            flow_classifier: self.has_flow_classifier,
+            host_classifier: self.has_host_classifier,
+            unpace: self.can_unpace,
+            ready_receivers: self.can_ready_receivers,
+        }
+    }
+
     /// Loads the embedded shaper into the kernel, with maps of its own.
     pub fn load() -> Result<Self, ShaperError> {
         Self::load_with(&mut EbpfLoader::new())

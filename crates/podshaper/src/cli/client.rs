@@ -71,6 +71,10 @@ pub struct AttachArgs {
     /// the daemon must run with --allow-custom-programs.
     #[arg(long, value_name = "FILE.o")]
     program: Option<PathBuf>,
+    /// With --pod-uid: if the pod's cgroup does not exist yet, the daemon
+    /// holds the limits and attaches them the moment the kubelet makes it.
+    #[arg(long, requires = "pod_uid")]
+    wait_for_cgroup: bool,
     #[command(flatten)]
     connection: Connection,
 }
@@ -168,6 +172,7 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
         egress: dir(limits.egress),
         ingress: dir(limits.ingress),
         custom_program,
+        wait_for_cgroup: args.wait_for_cgroup,
         ..Default::default()
     };
     let status = block_on(async {
@@ -178,7 +183,15 @@ pub fn attach(args: AttachArgs) -> Result<ExitCode> {
             .map(tonic::Response::into_inner)
             .map_err(|s| rpc_error("attach", s))
     })?;
-    println!("limited {}", describe(&status));
+    match status.waiting {
+        true => println!(
+            "held until the cgroup of pod {} appears: egress {}, ingress {}",
+            status.pod_uid.as_deref().unwrap_or_default(),
+            rate_text(status.egress.as_ref()),
+            rate_text(status.ingress.as_ref())
+        ),
+        false => println!("limited {}", describe(&status)),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -265,10 +278,16 @@ pub fn status_json(s: &pb::CgroupStatus) -> serde_json::Value {
     let i = s.ingress_counters.unwrap_or_default();
     let egress_burst = s.egress.map(|d| d.burst_bytes);
     let ingress_burst = s.ingress.map(|d| d.burst_bytes);
+    let some = |v: &str| (!v.is_empty()).then(|| v.to_string());
     json!({
         "cgroup": s.cgroup,
         "cgroup_id": s.cgroup_id,
         "pod_uid": s.pod_uid,
+        "pod_namespace": some(&s.pod_namespace),
+        "pod_name": some(&s.pod_name),
+        "waiting": s.waiting,
+        "ingress_mode": some(&s.ingress_mode),
+        "problems": s.problems,
         "egress_bps": s.egress.map(|d| d.bits_per_second),
         "ingress_bps": s.ingress.map(|d| d.bits_per_second),
         "burst_bytes": egress_burst.or(ingress_burst),
@@ -297,11 +316,23 @@ fn print_table(statuses: &[pb::CgroupStatus]) {
                 .egress
                 .or(s.ingress)
                 .and_then(|d| ByteSize::from_bytes(d.burst_bytes).ok());
+            let pod = match (s.pod_name.as_str(), s.pod_uid.as_deref()) {
+                ("", None) => "-".into(),
+                ("", Some(uid)) => uid.to_string(),
+                (name, _) => format!("{}/{name}", s.pod_namespace),
+            };
+            let ingress = match s.ingress_mode.as_str() {
+                "" => rate_text(s.ingress.as_ref()),
+                mode => format!("{} ({mode})", rate_text(s.ingress.as_ref())),
+            };
             [
-                s.cgroup.clone(),
-                s.pod_uid.clone().unwrap_or_else(|| "-".into()),
+                match s.waiting {
+                    true => "(waiting for the pod's cgroup)".into(),
+                    false => s.cgroup.clone(),
+                },
+                pod,
                 rate_text(s.egress.as_ref()),
-                rate_text(s.ingress.as_ref()),
+                ingress,
                 burst.map_or("-".into(), |b| b.to_string()),
                 format!("{}B / {}B", human_decimal(e.bytes), human_decimal(i.bytes)),
                 format!("{} / {}", e.dropped + i.dropped, e.marked + i.marked),
@@ -310,7 +341,7 @@ fn print_table(statuses: &[pb::CgroupStatus]) {
         .collect();
     let header = [
         "CGROUP",
-        "POD UID",
+        "POD",
         "EGRESS",
         "INGRESS",
         "BURST",
@@ -334,7 +365,10 @@ fn print_table(statuses: &[pb::CgroupStatus]) {
             .to_string()
     };
     println!("{}", line(header.to_vec()));
-    for r in &rows {
+    for (r, s) in rows.iter().zip(statuses) {
         println!("{}", line(r.iter().map(String::as_str).collect()));
+        for problem in &s.problems {
+            println!("  ! {problem}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! A real Kubernetes API server for one test: etcd and kube-apiserver on
 //! loopback (unique ports, a private data directory), both stopped and their
 //! files removed when the test ends. The kube-apiserver binary is built from
-//! Debian's source by `scripts/kube-apiserver.sh` and cached outside the
+//! Debian's source by `scripts/kube-build.sh` and cached outside the
 //! repository.
 //!
 //! Two identities: an admin (the test, playing the kubelet and the operator)
@@ -43,7 +43,7 @@ fn apiserver_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_APISERVER));
     assert!(
         path.exists(),
-        "{} is missing: build it with `bash scripts/kube-apiserver.sh` (scripts/test.sh does)",
+        "{} is missing: build it with `bash scripts/kube-build.sh` (scripts/test.sh does)",
         path.display()
     );
     path
@@ -202,6 +202,9 @@ impl ApiServer {
             &d("tokens.csv"),
             "--authorization-mode",
             "RBAC",
+            // as clusters run it (kubeadm's default): the DaemonSet's
+            // init container that mounts bpffs is privileged
+            "--allow-privileged=true",
         ])
         .args(["--service-account-issuer", "https://kubernetes.default.svc"])
         .args(["--service-account-key-file", &d("sa.pub")])

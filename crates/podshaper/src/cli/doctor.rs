@@ -1,0 +1,345 @@
+//! `podshaper doctor`: checks a node's prerequisites and says what is
+//! missing and what that costs. Run it where the daemon runs (on the node,
+//! or in the daemon's container: `kubectl exec ... -c daemon -- podshaper
+//! doctor`). Exits non-zero if the daemon cannot limit here.
+
+use std::fmt;
+use std::fs;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::Result;
+use clap::Args;
+use podshaper_shaper::{is_bpffs, netns, CgroupRoot, Shaper};
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The daemon's cgroup root, as it is given (default: the cgroup2 mount).
+    #[arg(long, value_name = "PATH")]
+    cgroup_root: Option<PathBuf>,
+    /// The daemon's bpffs directory.
+    #[arg(long, value_name = "PATH", default_value = "/sys/fs/bpf/podshaper")]
+    bpffs_dir: PathBuf,
+    /// The daemon's socket.
+    #[arg(long, value_name = "PATH", default_value = podshaper_api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Where the node's CNI configuration is (to find the CNI bandwidth plugin).
+    #[arg(long, value_name = "DIR", default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+struct Check {
+    level: Level,
+    name: &'static str,
+    detail: String,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.level {
+            Level::Ok => "ok",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        };
+        write!(f, "{level:<4}  {:<18} {}", self.name, self.detail)
+    }
+}
+
+fn check(level: Level, name: &'static str, detail: impl Into<String>) -> Check {
+    Check {
+        level,
+        name,
+        detail: detail.into(),
+    }
+}
+
+pub fn run(args: DoctorArgs) -> Result<ExitCode> {
+    let mut checks = vec![kernel()];
+    checks.push(btf());
+    checks.push(cgroup2(args.cgroup_root.as_deref()));
+    checks.push(bpffs(&args.bpffs_dir));
+    checks.extend(shaper());
+    checks.extend(queues());
+    checks.push(network_namespace());
+    checks.push(daemon(&args.socket));
+    checks.extend(other_shapers(&args.cni_conf_dir));
+    for c in &checks {
+        println!("{c}");
+    }
+    Ok(match checks.iter().any(|c| c.level == Level::Fail) {
+        true => ExitCode::FAILURE,
+        false => ExitCode::SUCCESS,
+    })
+}
+
+fn kernel() -> Check {
+    match fs::read_to_string("/proc/sys/kernel/osrelease") {
+        Ok(r) => check(Level::Ok, "kernel", r.trim()),
+        Err(e) => check(Level::Warn, "kernel", format!("release unknown: {e}")),
+    }
+}
+
+fn btf() -> Check {
+    match Path::new("/sys/kernel/btf/vmlinux").exists() {
+        true => check(Level::Ok, "kernel BTF", "/sys/kernel/btf/vmlinux"),
+        false => check(
+            Level::Warn,
+            "kernel BTF",
+            "missing (CONFIG_DEBUG_INFO_BTF): open sockets keep their pacing after a detach, and those opened before an ingress limit the kernel's delayed ACK",
+        ),
+    }
+}
+
+fn cgroup2(root: Option<&Path>) -> Check {
+    match CgroupRoot::new(root) {
+        Ok(r) => {
+            let hybrid = fs::read_to_string("/proc/self/mountinfo")
+                .is_ok_and(|m| m.lines().any(|l| l.contains(" - cgroup cgroup ")));
+            let layout = if hybrid { "hybrid" } else { "unified" };
+            check(
+                Level::Ok,
+                "cgroup2",
+                format!(
+                    "mounted at {} ({layout}); pods are looked for below {}",
+                    r.mount().display(),
+                    r.root().display()
+                ),
+            )
+        }
+        Err(e) => check(Level::Fail, "cgroup2", e.to_string()),
+    }
+}
+
+fn bpffs(dir: &Path) -> Check {
+    // the directory, or where it would be made
+    let probe = dir.ancestors().find(|p| p.exists()).unwrap_or(dir);
+    match is_bpffs(probe) {
+        Ok(true) => check(Level::Ok, "bpffs", format!("{} is on bpffs", probe.display())),
+        Ok(false) => check(
+            Level::Fail,
+            "bpffs",
+            format!(
+                "{} is not on a bpf file system: limits could not outlive the daemon (mount -t bpf bpf /sys/fs/bpf)",
+                dir.display()
+            ),
+        ),
+        Err(e) => check(Level::Fail, "bpffs", format!("cannot check {}: {e}", probe.display())),
+    }
+}
+
+/// Loads the shaper (nothing attached, nothing pinned) as the daemon would.
+fn shaper() -> Vec<Check> {
+    let shaper = match Shaper::load() {
+        Ok(s) => s,
+        Err(e) => {
+            return vec![check(
+                Level::Fail,
+                "BPF shaper",
+                format!("does not load: {}", podshaper_api::error_chain(&e)),
+            )]
+        }
+    };
+    let f = shaper.features();
+    let mut out = vec![check(
+        Level::Ok,
+        "BPF shaper",
+        "loads: egress and ingress limits hold",
+    )];
+    let optional = [
+        (
+            f.flow_classifier,
+            "queue classifier",
+            "pods' ingress is held by the cgroup policer alone (no queue in front of them)",
+        ),
+        (
+            f.host_classifier,
+            "host classifier",
+            "hostNetwork pods' ingress is held by the cgroup policer alone",
+        ),
+        (
+            f.unpace,
+            "unpace iterator",
+            "open sockets keep their pacing after a detach",
+        ),
+        (
+            f.ready_receivers,
+            "receivers iterator",
+            "sockets opened before an ingress limit keep the kernel's delayed ACK and their window",
+        ),
+    ];
+    for (loaded, name, without) in optional {
+        out.push(match loaded {
+            true => check(Level::Ok, name, "loads"),
+            false => check(Level::Warn, name, format!("does not load: {without}")),
+        });
+    }
+    out
+}
+
+/// What trying one qdisc or device gave: its name, and tc's or ip's error.
+type Tried = (&'static str, Result<(), String>);
+
+/// The qdiscs and devices the ingress queue is built from, tried in a
+/// network namespace made for the check (it goes with the thread).
+fn queues() -> Vec<Check> {
+    let tried = std::thread::spawn(|| -> Result<Vec<Tried>, String> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("cannot make a network namespace to try them in: {e}"))?;
+        let run = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new(args[0])
+                .args(&args[1..])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("cannot run {}: {e} (install iproute2)", args[0]))?;
+            match out.status.success() {
+                true => Ok(()),
+                false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+            }
+        };
+        Ok(vec![
+            (
+                "ifb",
+                run(&["ip", "link", "add", "doctor-ifb", "type", "ifb"]),
+            ),
+            (
+                "htb",
+                run(&[
+                    "tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb",
+                ]),
+            ),
+            (
+                "ingress qdisc",
+                run(&[
+                    "tc", "qdisc", "add", "dev", "lo", "handle", "ffff:", "ingress",
+                ]),
+            ),
+            (
+                "fq",
+                run(&["tc", "qdisc", "replace", "dev", "lo", "root", "fq"]),
+            ),
+        ])
+    })
+    .join();
+    let tried = match tried {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return vec![check(Level::Warn, "ingress queue", e)],
+        Err(_) => return vec![check(Level::Warn, "ingress queue", "the check panicked")],
+    };
+    tried
+        .into_iter()
+        .map(|(name, result)| match (name, result) {
+            (_, Ok(())) => check(Level::Ok, name, "available"),
+            ("fq", Err(e)) => check(
+                Level::Ok,
+                name,
+                format!("not available ({e}): not needed (podshaper paces in TCP, not with fq)"),
+            ),
+            (_, Err(e)) => check(
+                Level::Warn,
+                name,
+                format!(
+                    "not available ({e}): no ingress queue, the cgroup policer alone holds ingress"
+                ),
+            ),
+        })
+        .collect()
+}
+
+fn network_namespace() -> Check {
+    match netns::in_init_namespace() {
+        Some(true) => check(Level::Ok, "network namespace", "the node's (that of PID 1)"),
+        Some(false) => check(
+            Level::Fail,
+            "network namespace",
+            "not the node's (that of PID 1): the daemon must run with hostNetwork: true and hostPID: true",
+        ),
+        None => check(
+            Level::Warn,
+            "network namespace",
+            "cannot compare with PID 1's: /proc/1/ns/net cannot be opened (that needs CAP_SYS_PTRACE, the node's PID namespace, and no capability of PID 1's that this process lacks)",
+        ),
+    }
+}
+
+fn daemon(socket: &Path) -> Check {
+    match UnixStream::connect(socket) {
+        Ok(_) => check(
+            Level::Ok,
+            "daemon",
+            format!("answers on {}", socket.display()),
+        ),
+        Err(e) => check(
+            Level::Warn,
+            "daemon",
+            format!("nothing answers on {}: {e}", socket.display()),
+        ),
+    }
+}
+
+/// Another shaper on the same annotations limits the same pods twice.
+fn other_shapers(cni_conf_dir: &Path) -> Vec<Check> {
+    let mut out = Vec::new();
+    let bandwidth_plugin: Vec<String> = fs::read_dir(cni_conf_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            fs::read_to_string(e.path()).is_ok_and(|c| {
+                c.split_whitespace()
+                    .collect::<String>()
+                    .contains("\"type\":\"bandwidth\"")
+            })
+        })
+        .map(|e| e.path().display().to_string())
+        .collect();
+    if !bandwidth_plugin.is_empty() {
+        out.push(check(
+            Level::Warn,
+            "CNI bandwidth",
+            format!(
+                "the CNI bandwidth plugin is in {}: it also reads the bandwidth annotations, and new pods get its tbf as well as podshaper's limit; remove it from the chain",
+                bandwidth_plugin.join(", ")
+            ),
+        ));
+    }
+    if Path::new("/sys/fs/bpf/tc/globals/cilium_throttle").exists() {
+        out.push(check(
+            Level::Warn,
+            "Cilium bandwidth",
+            "Cilium's bandwidth manager is on (cilium_throttle is pinned): it also enforces kubernetes.io/egress-bandwidth; turn it off (bandwidthManager.enabled=false) or leave the annotation to one of them",
+        ));
+    }
+    let tbf = Command::new("tc")
+        .args(["qdisc", "show"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with("qdisc tbf"))
+                .count()
+        })
+        .unwrap_or(0);
+    if tbf > 0 {
+        out.push(check(
+            Level::Warn,
+            "tbf qdiscs",
+            format!("{tbf} interface(s) of the node have a tbf qdisc (the CNI bandwidth plugin builds one per limited pod): those pods are limited twice"),
+        ));
+    }
+    if out.is_empty() {
+        out.push(check(
+            Level::Ok,
+            "other shapers",
+            "none found (CNI bandwidth plugin, Cilium's bandwidth manager, tbf qdiscs)",
+        ));
+    }
+    out
+}
