@@ -1,7 +1,18 @@
 #!/usr/bin/env bash
-# Fresh machine to test results: set up, then run every test (unit tests and
-# the root-only tests on the real kernel). Run as root.
+# Fresh machine to test results: set up, run every test (unit tests, the
+# root-only tests on the real kernel, the controller's against a real
+# kube-apiserver), then start the one-node cluster (scripts/kube-node.sh)
+# and run the tests on that real node, and take the node down. Run as root.
+# Arguments go to the first cargo test (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec cargo test --workspace --no-fail-fast "$@"
+
+failed=0
+cargo test --workspace --no-fail-fast "$@" || failed=1
+
+# The node's tests share one kubelet and one DaemonSet: they take turns.
+bash scripts/kube-node.sh up
+trap 'bash scripts/kube-node.sh down' EXIT
+cargo test -p podshaper --features node-tests --test node --no-fail-fast || failed=1
+exit "$failed"

@@ -728,15 +728,19 @@ impl Node {
     /// every pin under the bpffs directory. A daemon must not be running:
     /// it would put its pins back.
     pub fn uninstall(mut self) -> Result<Uninstall, NodeError> {
-        let mut report = Uninstall::default();
+        // the queues first (the policers behind them hold the limits
+        // meanwhile): every one on the node, whether a pin names it or not
+        let mut report = Uninstall {
+            queues: remove_all_queues()?,
+            ..Uninstall::default()
+        };
+        self.set_host_ingress_queue(false);
         let attached: Vec<(u64, PathBuf)> =
             self.attached.iter().map(|(i, p)| (*i, p.clone())).collect();
         for (id, path) in attached {
             self.remove_id(id, &path.display().to_string())?;
             report.cgroups += 1;
         }
-        self.set_host_ingress_queue(false);
-        report.queues = remove_all_queues()?;
         let dir = self.maps_dir.parent().map(Path::to_path_buf);
         // unloads the programs and closes the maps; only pins hold them now
         drop(self);
