@@ -420,8 +420,9 @@ fn a_daemonset_rollout_keeps_the_limit_of_a_sending_pod() {
     ns.create(&PodSpec::new("rx", &iperf_server(PORT)));
     ns.wait_running("rx");
     let rx = ns.ip("rx");
-    ns.create(&PodSpec::new("tx", &iperf_client(&rx, PORT, 40)).annotate(EGRESS, "20M"));
+    ns.create(&PodSpec::new("tx", &iperf_client(&rx, PORT, 30)).annotate(EGRESS, "20M"));
     ns.wait_running("tx");
+    let sending = Instant::now();
     let before = daemon_pod();
     std::thread::sleep(Duration::from_secs(5));
     let set_image = |image: &str| {
@@ -449,6 +450,10 @@ fn a_daemonset_rollout_keeps_the_limit_of_a_sending_pod() {
     let took = rolled.elapsed();
     let after = daemon_pod();
     assert_ne!(before, after, "the DaemonSet's pod was not replaced");
+    assert!(
+        sending.elapsed() < Duration::from_secs(29),
+        "the rollout ({took:?}) outlasted the 30 s sender"
+    );
     let seconds = iperf_intervals(&ns.wait_succeeded("rx", Duration::from_secs(120)));
     // back to the image deploy/ names, for the tests after this one
     set_image("podshaper:0.1.0");
