@@ -214,6 +214,39 @@ struct {
 } sock_states SEC(".maps");
 
 /*
+ * What user space tells the senders iterator (podshaper_senders), by key:
+ * the cgroup about to get an egress limit, the pacing rate to give each of
+ * its open sockets (0: only count them), how many there are (the counting
+ * run's result), and the share the egress program starts that cgroup's
+ * bucket at: the limit divided among them, so that the steering starts
+ * where it would end rather than at the whole limit for each.
+ */
+#define SENDERS_CGROUP 0
+#define SENDERS_RATE 1
+#define SENDERS_FOUND 2
+#define SENDERS_SHARE 3
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, __u64);
+} senders_target SEC(".maps");
+
+/* The share a new egress bucket of cgroup `cgid` starts at, if the senders
+ * iterator just paced its open sockets; else 0 (the whole rate). */
+static __always_inline __u64 open_senders_share(__u64 cgid)
+{
+	__u32 key = SENDERS_CGROUP;
+	__u64 *target = bpf_map_lookup_elem(&senders_target, &key), *share;
+
+	if (!target || *target != cgid)
+		return 0;
+	key = SENDERS_SHARE;
+	share = bpf_map_lookup_elem(&senders_target, &key);
+	return share ? *share : 0;
+}
+
+/*
  * The limited cgroup that governs a packet (`skb`), or the current task
  * (`skb` NULL: sockops in process context): its cgroup if limited, else the
  * deepest limited ancestor (a pod's limit covers its containers).
@@ -293,7 +326,7 @@ static __always_inline int pass_unlimited(struct ps_state *st, __u64 len)
 /* Takes a new or changed limit (rate and burst non-zero) into a bucket.
  * Called with the lock held. */
 static __always_inline void configure(struct ps_bucket *b, __u64 rate, __u64 burst,
-				      __u64 window_bytes, __u64 now)
+				      __u64 window_bytes, __u64 now, __u64 first_share)
 {
 	/* slices taken at another rate never come back (settle_credit) */
 	if (b->rate != rate)
@@ -304,7 +337,7 @@ static __always_inline void configure(struct ps_bucket *b, __u64 rate, __u64 bur
 		b->last_ns = now;
 		b->window_start_ns = now;
 		b->window_bytes = 0;
-		b->share = rate;
+		b->share = first_share && first_share < rate ? first_share : rate;
 	}
 	b->rate = rate;
 	b->burst = burst;
@@ -362,13 +395,16 @@ static __always_inline void refresh_limit(struct __sk_buff *skb, struct ps_state
 	__u64 cgid = 0, now = bpf_ktime_get_ns();
 	struct ps_limit *found = find_limit(skb, &cgid);
 	struct ps_dir_limit lim = {};
+	__u64 first_share = 0;
 
 	if (found)
 		lim = dir == PS_EGRESS ? found->dir[PS_EGRESS] : found->dir[PS_INGRESS];
+	if (found && dir == PS_EGRESS)
+		first_share = open_senders_share(cgid);
 	bpf_spin_lock(&st->lock);
 	if (lim.rate_bytes_per_sec && lim.burst_bytes) {
 		configure(&st->bucket, lim.rate_bytes_per_sec, lim.burst_bytes,
-			  dir == PS_EGRESS ? SHARE_WINDOW_BYTES : FAIR_WINDOW_BYTES, now);
+			  dir == PS_EGRESS ? SHARE_WINDOW_BYTES : FAIR_WINDOW_BYTES, now, first_share);
 	} else {
 		/* none this way: a limit that comes back starts a full bucket */
 		st->bucket.rate = 0;
@@ -696,7 +732,8 @@ int podshaper_egress(struct __sk_buff *skb)
 	struct ps_state *st;
 	struct ps_bucket *b;
 	__u64 sent;
-	int verdict = VERDICT_PASS, marked = 0;
+	struct bpf_tcp_sock *ts;
+	int verdict = VERDICT_PASS, marked = 0, idle, oversized;
 
 	/* a slice is only taken under a limit this way, so the socket is
 	 * paced: its storage is made here if it has none yet */
@@ -723,6 +760,23 @@ int podshaper_egress(struct __sk_buff *skb)
 	if (!takes_slices(st))
 		c = 0;
 	now = bpf_ktime_get_ns();
+	/* no helper calls under the lock */
+	ts = tcp ? bpf_tcp_sock(tcp) : 0;
+	/* an unpaced socket with nothing in flight (below). A paced one at a
+	 * low share has nothing in flight between most of its packets, and
+	 * is held to its share anyway */
+	idle = ts && (!p || !p->applied) && ts->packets_out == 0;
+	/*
+	 * A socket whose congestion window is well above the clamp its share
+	 * needs: one that grew it before the limit came. The clamp bounds the
+	 * window's growth only (slow start and congestion avoidance), and a
+	 * paced socket, never short of window, never shrinks it: one flow
+	 * limited to 10M while open kept sending 64 KiB packets, 52 ms of the
+	 * limit each. A congestion notification makes TCP cut it by 30%, once
+	 * per round trip, until it is near the clamp.
+	 */
+	oversized = ts && p && p->cwnd_clamp &&
+		    ts->snd_cwnd > p->cwnd_clamp + (p->cwnd_clamp >> 1);
 
 	bpf_spin_lock(&st->lock);
 	b = &st->bucket;
@@ -753,8 +807,26 @@ int podshaper_egress(struct __sk_buff *skb)
 		b->tokens -= (__s64)len;
 		verdict = VERDICT_PASS_CN;
 		marked = 1;
+	} else if (idle && b->tokens + (__s64)b->max_deficit >= (__s64)len) {
+		/*
+		 * A socket with nothing in flight that is not paced to its
+		 * share (opened before the limit came, where nothing armed
+		 * it): dropped, its segment stays queued with no ACK to come,
+		 * and it waits for the zero-window probe timer (200 ms) each
+		 * time it empties the bucket. One cubic flow limited while
+		 * open got a third of 30M so. Passed with a notification, it
+		 * reduces its window and its ACKs clock it again; the deficit
+		 * is paid back before anything else passes.
+		 */
+		b->tokens -= (__s64)len;
+		verdict = VERDICT_PASS_CN;
+		marked = 1;
 	} else {
 		verdict = VERDICT_DROP_CN;
+	}
+	if (oversized && verdict == VERDICT_PASS) {
+		verdict = VERDICT_PASS_CN;
+		marked = 1;
 	}
 	/*
 	 * Steer on what the cgroup offers. A TCP packet dropped here is not
@@ -1128,18 +1200,29 @@ struct sock_cgroup_data {
 	struct cgroup *cgroup;
 } __attribute__((preserve_access_index));
 
+struct sock_common {
+	unsigned char skc_state;
+} __attribute__((preserve_access_index));
+
 struct sock {
+	struct sock_common __sk_common;
 	struct sock_cgroup_data sk_cgrp_data;
 	unsigned long sk_max_pacing_rate;
 	int sk_rcvbuf;
 } __attribute__((preserve_access_index));
 
 struct tcp_sock {
+	__u32 srtt_us;
+	__u32 mss_cache;
+	__u32 snd_ssthresh;
 	__u32 snd_cwnd_clamp;
 	__u32 window_clamp;
 	__u8 scaling_ratio;
 	__u8 bpf_sock_ops_cb_flags;
 } __attribute__((preserve_access_index));
+
+/* TCP_ESTABLISHED in the kernel's socket states */
+#define TCP_STATE_ESTABLISHED 1
 
 /* A socket's cgroup, and a cgroup's parent (NULL above the root): the steps
  * of the walks up a socket's cgroups (a pod's limit covers its containers,
@@ -1349,9 +1432,10 @@ static __always_inline void clamp_rcv_window(struct bpf_sock_ops *skops)
  * bucket must absorb) small. Twice the BDP plus slack leaves the window
  * above what pacing lets through, so the clamp never limits the rate.
  */
-static __always_inline void clamp_cwnd(struct bpf_sock_ops *skops, struct sock_state *p)
+static __always_inline void clamp_cwnd(void *sock, struct sock_state *p, __u64 srtt_us, __u64 mss,
+				       __u32 ssthresh)
 {
-	__u64 srtt_us = skops->srtt_us >> 3, mss = skops->mss_cache, want, floor;
+	__u64 want, floor;
 	__u32 clamp, tolerance = p->cwnd_clamp >> 3;
 
 	if (p->applied == 0 || mss == 0) {
@@ -1367,12 +1451,31 @@ static __always_inline void clamp_cwnd(struct bpf_sock_ops *skops, struct sock_s
 	}
 	if (p->cwnd_clamp == 0 && clamp == CWND_UNCLAMPED)
 		return;
-	/* within an eighth of the clamp in force: not worth a setsockopt on this ACK */
+	/*
+	 * Within an eighth of the clamp in force: not worth a setsockopt on
+	 * this ACK. Unless the slow-start threshold is above the clamp: a
+	 * window that grew before the limit came is cut (a congestion
+	 * notification, podshaper_egress) to a threshold the kernel takes
+	 * from the window itself, and the window becomes that threshold when
+	 * the cut ends. The clamp's setsockopt sets the threshold to the
+	 * clamp too, so the window ends the cut at the clamp.
+	 */
 	if (p->cwnd_clamp && clamp <= p->cwnd_clamp + tolerance &&
-	    clamp + tolerance >= p->cwnd_clamp)
+	    clamp + tolerance >= p->cwnd_clamp && ssthresh <= p->cwnd_clamp)
 		return;
-	if (bpf_setsockopt(skops, SOL_TCP, TCP_BPF_SNDCWND_CLAMP, &clamp, sizeof(clamp)) == 0)
+	if (bpf_setsockopt(sock, SOL_TCP, TCP_BPF_SNDCWND_CLAMP, &clamp, sizeof(clamp)) == 0)
 		p->cwnd_clamp = clamp;
+}
+
+/* Paces a socket at `want` bytes per second (0: unpaced). `sock`: the
+ * sockops context or the iterator's socket. */
+static __always_inline void pace(void *sock, struct sock_state *p, __u64 want)
+{
+	/* SO_MAX_PACING_RATE takes a u32 in bytes per second; ~0U is "unpaced" */
+	__u32 rate = want == 0 || want >= 0xffffffffULL ? ~0U : (__u32)want;
+
+	if (bpf_setsockopt(sock, SOL_SOCKET, SO_MAX_PACING_RATE, &rate, sizeof(rate)) == 0)
+		p->applied = want;
 }
 
 /*
@@ -1451,7 +1554,6 @@ int podshaper_sockops(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk;
 	struct sock_state *p;
-	__u32 rate;
 
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
@@ -1491,13 +1593,9 @@ int podshaper_sockops(struct bpf_sock_ops *skops)
 	p = bpf_sk_storage_get(&sock_states, sk, 0, 0);
 	if (!p)
 		return 1;
-	if (p->want != p->applied) {
-		/* SO_MAX_PACING_RATE takes a u32 in bytes per second; ~0U is "unpaced" */
-		rate = p->want == 0 || p->want >= 0xffffffffULL ? ~0U : (__u32)p->want;
-		if (bpf_setsockopt(skops, SOL_SOCKET, SO_MAX_PACING_RATE, &rate, sizeof(rate)) == 0)
-			p->applied = p->want;
-	}
-	clamp_cwnd(skops, p);
+	if (p->want != p->applied)
+		pace(skops, p, p->want);
+	clamp_cwnd(skops, p, skops->srtt_us >> 3, skops->mss_cache, skops->snd_ssthresh);
 	return 1;
 }
 
@@ -1642,6 +1740,66 @@ int podshaper_receivers(struct bpf_iter__tcp *ctx)
 	/* through the policer alone its first segment would only disarm it */
 	if (bpf_map_lookup_elem(&queued_ingress, &target))
 		arm_rcv_window(tp, 1);
+	return 0;
+}
+
+/*
+ * The sending side of sockets opened before their cgroup's egress limit came
+ * (the sockops program turns on its per-ACK callback only at a connection's
+ * establishment, so it never runs for them): when a cgroup is about to get
+ * an egress limit, user space writes its id into `senders_target` and runs
+ * this iterator over every TCP socket twice: first to count the established
+ * ones in that cgroup or below it (the egress program starts the cgroup's
+ * share at the limit divided among them), then to pace each at the limit,
+ * clamp its congestion window, and turn on the callback, so that every ACK
+ * from then on applies the share the egress program steers, as for a socket
+ * opened under the limit. The first packet of such a socket is as large as
+ * the window it grew before the limit (the clamp bounds the window's growth,
+ * not what it is: podshaper_egress cuts it), and pacing spaces the next one
+ * by that packet's time at the pacing rate: at the limit, not at a share of
+ * it, which kept 16 flows at 10M silent for most of a second. It runs before the limit is
+ * in force: flows sending at tens of Gbit/s met a bucket of 128 KiB for the
+ * few milliseconds until it ran, lost most of what they sent then, and
+ * took two seconds to come back to 10M. Without it, such a socket stayed unpaced: it emptied the
+ * bucket, its segments were dropped with nothing in flight, and it waited
+ * for the zero-window probe timer each time (a third of 30M, one cubic
+ * flow; 0.60 of 100M, docs/shaping.md, "Connections open before the limit").
+ */
+SEC("iter/tcp")
+int podshaper_senders(struct bpf_iter__tcp *ctx)
+{
+	__u32 rate_key = SENDERS_RATE, found_key = SENDERS_FOUND;
+	__u64 target = 0, *rate, *found;
+	struct sock_state *p;
+	struct tcp_sock *tp;
+	int flags;
+
+	tp = iter_socket(ctx, &senders_target, &target);
+	if (!tp || BPF_CORE_READ((struct sock *)tp, __sk_common.skc_state) != TCP_STATE_ESTABLISHED ||
+	    !in_cgroup(tp, target))
+		return 0;
+	rate = bpf_map_lookup_elem(&senders_target, &rate_key);
+	if (!rate)
+		return 0;
+	if (*rate == 0) {
+		found = bpf_map_lookup_elem(&senders_target, &found_key);
+		if (found)
+			__sync_fetch_and_add(found, 1);
+		return 0;
+	}
+	p = bpf_sk_storage_get(&sock_states, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!p)
+		return 0;
+	p->want = *rate;
+	p->paced_cgid = target;
+	pace(tp, p, p->want);
+	clamp_cwnd(tp, p, BPF_CORE_READ(tp, srtt_us) >> 3, BPF_CORE_READ(tp, mss_cache),
+		   BPF_CORE_READ(tp, snd_ssthresh));
+	flags = BPF_CORE_READ(tp, bpf_sock_ops_cb_flags);
+	if (!(flags & BPF_SOCK_OPS_RTT_CB_FLAG)) {
+		flags |= BPF_SOCK_OPS_RTT_CB_FLAG;
+		bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &flags, sizeof(flags));
+	}
 	return 0;
 }
 

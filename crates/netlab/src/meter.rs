@@ -108,6 +108,42 @@ impl Reading {
     }
 }
 
+/// A meter's rate in each whole second since a start: what a receiver saw
+/// second by second, as iperf3's intervals show it.
+#[derive(Debug, Clone)]
+pub struct Seconds {
+    start: Instant,
+    readings: Vec<Reading>,
+}
+
+impl Seconds {
+    /// Starts counting seconds now, from `meter`'s total now.
+    pub fn start(meter: &Meter) -> Self {
+        let first = meter.read();
+        Self {
+            start: first.at,
+            readings: vec![first],
+        }
+    }
+
+    /// Takes a reading if a whole second (since the start) has passed
+    /// since the last one. Call it more often than once a second.
+    pub fn poll(&mut self, meter: &Meter) {
+        let due = self.start + std::time::Duration::from_secs(self.readings.len() as u64);
+        if Instant::now() >= due {
+            self.readings.push(meter.read());
+        }
+    }
+
+    /// Bits per second in each second that ended so far.
+    pub fn bits_per_second(&self) -> Vec<f64> {
+        self.readings
+            .windows(2)
+            .map(|w| w[1].bits_per_sec_since(&w[0]))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +163,20 @@ mod tests {
         assert_eq!(flow_bytes_since(&before, &meter.flow_bytes()), [5, 7, 1]);
         b.set_window_clamp(14_336);
         assert_eq!(meter.window_clamps(), [0, 14_336, 0]);
+    }
+
+    #[test]
+    fn seconds_are_read_at_each_whole_second_from_the_start() {
+        let meter = Meter::default();
+        let mut seconds = Seconds::start(&meter);
+        seconds.poll(&meter);
+        assert!(seconds.bits_per_second().is_empty());
+        meter.add(1000);
+        std::thread::sleep(std::time::Duration::from_millis(1010));
+        seconds.poll(&meter);
+        seconds.poll(&meter);
+        let rates = seconds.bits_per_second();
+        assert_eq!(rates.len(), 1);
+        assert!((7000.0..=8000.0).contains(&rates[0]), "{rates:?}");
     }
 }

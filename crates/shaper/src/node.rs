@@ -321,6 +321,7 @@ impl Node {
                 if self.shaper.limits(id)?.is_some() {
                     let cgroup = Cgroup::open(&path).map_err(ShaperError::from)?;
                     self.shaper.attach_pinned(&cgroup, &dir)?;
+                    self.ready_open_sockets(id, &path);
                     report.repaired += 1;
                 } else {
                     continue;
@@ -385,29 +386,73 @@ impl Node {
     pub fn apply(&mut self, cgroup: &Cgroup, limits: &Limits) -> Result<CgroupStatus, NodeError> {
         self.refuse_nesting(cgroup)?;
         let dir = self.link_dir(cgroup.id());
-        let had_ingress = self
-            .shaper
-            .limits(cgroup.id())?
-            .is_some_and(|l| l.ingress.is_some());
+        let had = self.shaper.limits(cgroup.id())?.unwrap_or_default();
+        let namespaces = self.namespaces_of(cgroup.id(), cgroup.path());
+        // Open flows paced before the limit holds them: unpaced, they met a
+        // bucket of a burst at the full speed of the path.
+        let newly_egress = limits.egress.filter(|_| had.egress.is_none());
+        if let Some(egress) = &newly_egress {
+            self.ready_senders(cgroup.id(), egress, &namespaces);
+        }
         // Limits first: a crash before the links are pinned leaves a limit
         // with no links, which the next adoption removes.
-        self.shaper.set_limits(cgroup.id(), limits)?;
-        if !is_fully_pinned(&dir) {
-            detach_pinned(&dir)?;
-            if let Err(e) = self.shaper.attach_pinned(cgroup, &dir) {
-                let _ = self.shaper.remove_limits(cgroup.id());
-                return Err(e.into());
+        let attached = self.shaper.set_limits(cgroup.id(), limits).and_then(|()| {
+            if is_fully_pinned(&dir) {
+                return Ok(());
             }
+            detach_pinned(&dir)?;
+            self.shaper.attach_pinned(cgroup, &dir).inspect_err(|_| {
+                let _ = self.shaper.remove_limits(cgroup.id());
+            })
+        });
+        if let Err(e) = attached {
+            if newly_egress.is_some() {
+                // paced above for a limit that did not come
+                let _ = self.shaper.unpace(cgroup.id(), &namespaces);
+            }
+            return Err(e.into());
         }
         self.attached
             .insert(cgroup.id(), cgroup.path().to_path_buf());
-        let namespaces = self.namespaces_of(cgroup.id(), cgroup.path());
         let newly_queued =
             self.sync_ingress_queue(cgroup.id(), cgroup.path(), &namespaces, limits.ingress);
-        if limits.ingress.is_some() && (!had_ingress || newly_queued) {
+        if limits.ingress.is_some() && (had.ingress.is_none() || newly_queued) {
             self.ready_receivers(cgroup.id(), &namespaces);
         }
         self.status_of(cgroup.id(), Some(cgroup.path().to_path_buf()))
+    }
+
+    /// Readies a cgroup's open sockets for its limits after its programs
+    /// were attached again (sockets opened while they were not never met
+    /// the sockops program).
+    fn ready_open_sockets(&mut self, id: u64, path: &Path) {
+        let Ok(Some(limits)) = self.shaper.limits(id) else {
+            return;
+        };
+        let namespaces = self.namespaces_of(id, path);
+        if limits.ingress.is_some() {
+            self.ready_receivers(id, &namespaces);
+        }
+        if let Some(egress) = &limits.egress {
+            self.ready_senders(id, egress, &namespaces);
+        }
+    }
+
+    /// Paces the open sending sockets of a cgroup about to get an egress
+    /// limit, or whose programs were attached again (sockets opened while they
+    /// were not, as after a detach, never met the sockops program). Sockets
+    /// opened from now on get it from the sockops program. As for
+    /// [`Self::ready_receivers`], no walk for a cgroup with no processes.
+    fn ready_senders(&mut self, id: u64, egress: &DirectionLimit, namespaces: &[fs::File]) {
+        if namespaces.is_empty() {
+            if let Err(e) = self.shaper.forget_open_senders() {
+                tracing::warn!(error = %e, cgroup_id = id, "cannot clear the open sockets' share: the cgroup's egress share may start below the limit");
+            }
+            return;
+        }
+        if let Err(e) = self.shaper.ready_senders(id, egress, namespaces) {
+            tracing::warn!(error = %e, cgroup_id = id, "cannot pace the open sockets; the bucket alone holds them");
+        }
     }
 
     /// Readies the open receiving sockets of a cgroup that got an ingress
@@ -837,6 +882,7 @@ impl Node {
                 // the same cgroup (not a new one of the same name)
                 Ok(cgroup) if cgroup.id() == id => {
                     self.shaper.attach_pinned(&cgroup, &dir)?;
+                    self.ready_open_sockets(id, &path);
                     report.cgroups += 1;
                 }
                 // gone: the stale sweep forgets it

@@ -18,7 +18,7 @@ use crate::abi;
 use crate::cgroup::{Cgroup, CgroupError};
 use crate::counters::CgroupCounters;
 use crate::layout;
-use crate::limits::Limits;
+use crate::limits::{DirectionLimit, Limits};
 
 /// The shaper object, compiled from `bpf/shaper.c` by build.rs.
 pub(crate) static SHAPER_OBJECT: &[u8] =
@@ -58,6 +58,8 @@ const UNPACE_TARGET_MAP: &str = "unpace_target";
 const UNPACE_PROGRAM: &str = "podshaper_unpace";
 const RECEIVERS_TARGET_MAP: &str = "receivers_target";
 const RECEIVERS_PROGRAM: &str = "podshaper_receivers";
+const SENDERS_TARGET_MAP: &str = "senders_target";
+const SENDERS_PROGRAM: &str = "podshaper_senders";
 const FLOW_CLASS_PROGRAM: &str = "podshaper_flow_class";
 const HOST_CLASS_PROGRAM: &str = "podshaper_host_class";
 const HOST_SLOTS_MAP: &str = "host_queue_slots";
@@ -191,6 +193,9 @@ pub struct Shaper {
     /// whether the delayed-ACK iterator loaded (kernel BTF, iter/tcp, and
     /// the kernel's socket and cgroup structs as it reads them)
     can_ready_receivers: bool,
+    /// whether the iterator that paces sockets opened before an egress
+    /// limit loaded
+    can_ready_senders: bool,
     /// whether the ingress queue's flow classifier loaded
     has_flow_classifier: bool,
     /// whether the hostNetwork pods' queue's classifier loaded
@@ -208,6 +213,8 @@ pub struct Features {
     pub unpace: bool,
     /// the TCP iterator that readies open receiving sockets at an ingress limit
     pub ready_receivers: bool,
+    /// the TCP iterator that paces open sending sockets at an egress limit
+    pub ready_senders: bool,
 }
 
 impl Shaper {
@@ -218,6 +225,7 @@ impl Shaper {
             host_classifier: self.has_host_classifier,
             unpace: self.can_unpace,
             ready_receivers: self.can_ready_receivers,
+            ready_senders: self.can_ready_senders,
         }
     }
 
@@ -337,7 +345,7 @@ impl Shaper {
             HOST_CLASS_PROGRAM,
             "hostNetwork pods' ingress is held by the cgroup policer alone",
         )?;
-        let (can_unpace, can_ready_receivers) = match Btf::from_sys_fs() {
+        let (can_unpace, can_ready_receivers, can_ready_senders) = match Btf::from_sys_fs() {
             Ok(btf) => {
                 let mut load = |name: &'static str, without: &str| -> Result<bool, ShaperError> {
                     match program::<Iter>(&mut ebpf, name)?.load("tcp", &btf) {
@@ -357,17 +365,22 @@ impl Shaper {
                         RECEIVERS_PROGRAM,
                         "sockets opened before an ingress limit keep the kernel's delayed ACK and their window",
                     )?,
+                    load(
+                        SENDERS_PROGRAM,
+                        "sockets opened before an egress limit stay unpaced (the bucket alone holds them)",
+                    )?,
                 )
             }
             Err(e) => {
-                tracing::warn!(error = %e, "no kernel BTF: open sockets keep their pacing after a detach, and those opened before an ingress limit the kernel's delayed ACK");
-                (false, false)
+                tracing::warn!(error = %e, "no kernel BTF: open sockets keep their pacing after a detach, those opened before an ingress limit the kernel's delayed ACK, and those opened before an egress limit stay unpaced");
+                (false, false, false)
             }
         };
         let mut shaper = Self {
             ebpf,
             can_unpace,
             can_ready_receivers,
+            can_ready_senders,
             has_flow_classifier,
             has_host_classifier,
         };
@@ -701,6 +714,66 @@ impl Shaper {
             return Ok(());
         }
         self.run_iterator(RECEIVERS_PROGRAM, RECEIVERS_TARGET_MAP, cgroup_id, netns)
+    }
+
+    /// Paces the TCP sockets a cgroup's processes (or those of cgroups below
+    /// it) opened before it got an egress limit of `rate`, as the sockops
+    /// program does for sockets opened since: each at the limit divided
+    /// among them (where the egress program starts the cgroup's share too),
+    /// with its congestion window clamped, and with the per-ACK callback on
+    /// that applies each new share. Call it just before a cgroup gets an
+    /// egress limit (so that its open flows meet the bucket paced), or after
+    /// its programs were attached again. The sockets are looked for as in
+    /// [`Shaper::unpace`]: once to count them, once to pace them.
+    pub fn ready_senders(
+        &mut self,
+        cgroup_id: u64,
+        rate: &DirectionLimit,
+        netns: &[File],
+    ) -> Result<(), ShaperError> {
+        if !self.can_ready_senders {
+            return Ok(());
+        }
+        // [cgroup, the rate to pace at (0: count), sockets found, the share
+        // the cgroup's bucket starts at]
+        self.write_senders_target(&[(1, 0), (2, 0), (3, 0)])?;
+        self.run_iterator(SENDERS_PROGRAM, SENDERS_TARGET_MAP, cgroup_id, netns)?;
+        let found = self.read_senders_target(2)?;
+        if found == 0 {
+            return Ok(());
+        }
+        let limit = rate.rate.bytes_per_sec();
+        self.write_senders_target(&[(1, limit), (3, (limit / found).max(1))])?;
+        self.run_iterator(SENDERS_PROGRAM, SENDERS_TARGET_MAP, cgroup_id, netns)
+    }
+
+    /// Tells the egress program that no cgroup's open sockets were just
+    /// paced (a cgroup limited with no processes has none): a new bucket
+    /// starts its share at the whole limit.
+    pub fn forget_open_senders(&mut self) -> Result<(), ShaperError> {
+        if !self.can_ready_senders {
+            return Ok(());
+        }
+        self.write_senders_target(&[(0, 0), (3, 0)])
+    }
+
+    fn write_senders_target(&mut self, entries: &[(u32, u64)]) -> Result<(), ShaperError> {
+        let mut map: Array<&mut MapData, u64> =
+            Array::try_from(raw_map_mut(&mut self.ebpf, SENDERS_TARGET_MAP)?)
+                .map_err(|e| map_error(SENDERS_TARGET_MAP, e))?;
+        for (key, value) in entries {
+            map.set(*key, value, 0)
+                .map_err(|e| map_error(SENDERS_TARGET_MAP, e))?;
+        }
+        Ok(())
+    }
+
+    fn read_senders_target(&mut self, key: u32) -> Result<u64, ShaperError> {
+        let map: Array<&mut MapData, u64> =
+            Array::try_from(raw_map_mut(&mut self.ebpf, SENDERS_TARGET_MAP)?)
+                .map_err(|e| map_error(SENDERS_TARGET_MAP, e))?;
+        map.get(&key, 0)
+            .map_err(|e| map_error(SENDERS_TARGET_MAP, e))
     }
 
     /// Runs the TCP iterator `name` for `cgroup_id` (written into its

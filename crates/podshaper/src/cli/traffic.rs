@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use podshaper_netlab::meter::flow_bytes_since;
+use podshaper_netlab::meter::{flow_bytes_since, Seconds};
 use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::{netns, Meter};
 use podshaper_rate::Rate;
@@ -170,13 +170,20 @@ fn receive<S: Send + 'static>(
     Ok(())
 }
 
-/// Waits out the run; the received rate after the skipped start, as JSON.
+/// Waits out the run; the received rate after the skipped start, and in
+/// each second from the start, as JSON.
 fn report(meter: &Meter, common: &Common, until: &Until) -> Result<serde_json::Value> {
     let start = Instant::now();
-    thread::sleep(secs(common.skip)?);
+    let mut per_second = Seconds::start(meter);
+    let skip = secs(common.skip)?;
+    while start.elapsed() < skip {
+        per_second.poll(meter);
+        thread::sleep(Duration::from_millis(10));
+    }
     let (first, first_flows) = (meter.read(), meter.flow_bytes());
     while !until.reached() {
-        thread::sleep(Duration::from_millis(20));
+        per_second.poll(meter);
+        thread::sleep(Duration::from_millis(10));
     }
     let (last, last_flows) = (meter.read(), meter.flow_bytes());
     Ok(serde_json::json!({
@@ -187,5 +194,7 @@ fn report(meter: &Meter, common: &Common, until: &Until) -> Result<serde_json::V
         "elapsed": start.elapsed().as_secs_f64(),
         // each TCP flow's bytes after the skipped start
         "flow_bytes_measured": flow_bytes_since(&first_flows, &last_flows),
+        // the rate in each whole second from the start
+        "per_second_bits": per_second.bits_per_second(),
     }))
 }

@@ -1,0 +1,393 @@
+//! A limit put on connections that are already open: an operator annotates
+//! a pod that is sending right now, `podshaper attach` limits a running
+//! workload, a daemon attaches while pods reconnect. The flows start in a
+//! cgroup with no limit; two seconds in, the daemon is asked to limit it.
+//! From the second second after the attach, every second must be within
+//! [0.95, 1.05] of the limit and the run within [0.97, 1.02], as for flows
+//! that start under the limit.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::daemon::{TestDaemon, TestRoot};
+use common::{traffic_turn, unique_port, ChildGuard, Proto};
+use podshaper_netlab::meter::Seconds;
+use podshaper_netlab::traffic::{self, Until};
+use podshaper_netlab::{Meter, NetnsPair};
+
+/// Seconds of traffic before the attach, and after it.
+const BEFORE: u64 = 2;
+const AFTER: u64 = 7;
+
+/// One measurement: flows running in a cgroup, then a limit on it.
+struct Cell {
+    egress: bool,
+    proto: Proto,
+    /// the limit, as the CLI takes it, and in bit/s
+    rate: &'static str,
+    bits: f64,
+    flows: usize,
+    /// the limited side in the host's network namespace (a hostNetwork
+    /// pod), over loopback; else in a namespace of its own
+    host: bool,
+}
+
+impl Cell {
+    fn tcp(egress: bool, rate: &'static str, bits: f64, flows: usize) -> Self {
+        Self {
+            egress,
+            proto: Proto::Tcp,
+            rate,
+            bits,
+            flows,
+            host: false,
+        }
+    }
+
+    fn name(&self) -> String {
+        format!(
+            "{} {} {:?} x{}{}",
+            if self.egress { "egress" } else { "ingress" },
+            self.rate,
+            self.proto,
+            self.flows,
+            if self.host { " (host)" } else { "" }
+        )
+    }
+}
+
+/// The receiver's rate in each second after the attach (the first of them
+/// is the one the attach falls in).
+fn seconds_after_attach(
+    cell: &Cell,
+    daemon: &TestDaemon,
+    cgroup: &podshaper_shaper::Cgroup,
+) -> Vec<f64> {
+    let _turn = traffic_turn();
+    let lab = NetnsPair::create("open").expect("lab");
+    lab.set_congestion_control("cubic").expect("cubic");
+    let port = unique_port();
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let (limited_addr, peer_addr) = match cell.host {
+        true => (loopback, loopback),
+        false => (NetnsPair::addr_a(false), NetnsPair::addr_b(false)),
+    };
+    let peer_ns = (!cell.host).then(|| lab.b().to_string());
+    let total = BEFORE + AFTER;
+    let attach = || {
+        let mut args = vec!["attach", "--cgroup", cgroup.path().to_str().expect("path")];
+        args.extend([
+            if cell.egress { "--egress" } else { "--ingress" },
+            cell.rate,
+        ]);
+        daemon.ok(&args);
+    };
+    let mut cmd = common::podshaper();
+    cgroup.spawn_inside(&mut cmd).expect("spawn inside");
+    let verb = match (cell.proto, cell.egress) {
+        (Proto::Tcp, true) => "tcp-send",
+        (Proto::Tcp, false) => "tcp-recv",
+        (Proto::Udp, true) => "udp-send",
+        (Proto::Udp, false) => "udp-recv",
+    };
+    // the limited side outlasts the measurement: it ends the run
+    let runs = if cell.egress { total + 1 } else { total };
+    cmd.args(["traffic", verb, "--seconds", &runs.to_string()]);
+    if !cell.host {
+        cmd.args(["--netns", lab.a()]);
+    }
+    let offered = (cell.bits * 4.0) as u64;
+    if cell.egress {
+        // the limited side sends; we receive and count, second by second
+        let meter = Meter::default();
+        let until = Until::after(Duration::from_secs(total + 2));
+        let sink = {
+            let (meter, until, proto) = (meter.clone(), until.clone(), cell.proto);
+            let bind = SocketAddr::new(peer_addr, port);
+            traffic::spawn_in(peer_ns, move || match proto {
+                Proto::Tcp => traffic::tcp_sink(TcpListener::bind(bind)?, meter, &until),
+                Proto::Udp => traffic::udp_sink(UdpSocket::bind(bind)?, meter, &until),
+            })
+        };
+        thread::sleep(Duration::from_millis(200));
+        cmd.arg("--to")
+            .arg(SocketAddr::new(peer_addr, port).to_string());
+        match cell.proto {
+            Proto::Tcp => cmd.args(["--flows", &cell.flows.to_string()]),
+            Proto::Udp => cmd.args(["--rate", &offered.to_string()]),
+        };
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let source = ChildGuard::spawn(&mut cmd);
+        thread::sleep(Duration::from_millis(300));
+        let mut seconds = Seconds::start(&meter);
+        let start = Instant::now();
+        let mut attached = false;
+        while start.elapsed() < Duration::from_secs(total) + Duration::from_millis(50) {
+            if !attached && start.elapsed() >= Duration::from_secs(BEFORE) {
+                attach();
+                attached = true;
+            }
+            seconds.poll(&meter);
+            thread::sleep(Duration::from_millis(5));
+        }
+        drop(source);
+        until.stop.store(true, Ordering::Relaxed);
+        let _ = sink.join();
+        seconds.bits_per_second()[BEFORE as usize..].to_vec()
+    } else {
+        // the limited side receives and reports its seconds; we send
+        cmd.args(["--skip", "0", "--listen"])
+            .arg(SocketAddr::new(limited_addr, port).to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let receiver = ChildGuard::spawn(&mut cmd);
+        let start = Instant::now();
+        let until = Until::after(Duration::from_secs(total + 1));
+        let to = SocketAddr::new(limited_addr, port);
+        let (proto, flows, u) = (cell.proto, cell.flows, until.clone());
+        let source = traffic::spawn_in(peer_ns, move || {
+            thread::sleep(Duration::from_millis(100));
+            match proto {
+                Proto::Tcp => traffic::tcp_send(to, flows, &u).map(|_| ()),
+                Proto::Udp => traffic::udp_send(to, offered, &u).map(|_| ()),
+            }
+        });
+        thread::sleep(Duration::from_secs(BEFORE).saturating_sub(start.elapsed()));
+        attach();
+        let out = receiver.wait_output();
+        until.stop.store(true, Ordering::Relaxed);
+        let _ = source.join();
+        assert!(
+            out.status.success(),
+            "receiver failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+        let all: Vec<f64> = report["per_second_bits"]
+            .as_array()
+            .expect("per_second_bits")
+            .iter()
+            .filter_map(|v| v.as_f64())
+            .collect();
+        all[BEFORE as usize..].to_vec()
+    }
+}
+
+/// Runs each cell on a cgroup of its own under one daemon, and checks it.
+fn check(cells: &[Cell], second: (f64, f64), run: (f64, f64)) {
+    let root = TestRoot::new("open");
+    let daemon = TestDaemon::start(&root.path, &[]);
+    let mut failures = Vec::new();
+    for (i, cell) in cells.iter().enumerate() {
+        let cgroup = root.make(&format!("pod{i}/app"));
+        let seconds = seconds_after_attach(cell, &daemon, &cgroup);
+        let ratios: Vec<f64> = seconds.iter().map(|s| s / cell.bits).collect();
+        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        let checked = &ratios[1..];
+        let mean = checked.iter().sum::<f64>() / checked.len() as f64;
+        eprintln!(
+            "{}: seconds after the attach, of the limit: {shown:?}; run {mean:.3}",
+            cell.name()
+        );
+        let seconds_ok = checked.iter().all(|r| (second.0..=second.1).contains(r));
+        if !seconds_ok || !(run.0..=run.1).contains(&mean) {
+            failures.push(format!("{}: {shown:?}, run {mean:.3}", cell.name()));
+        }
+        daemon.ok(&["detach", "--cgroup", cgroup.path().to_str().expect("path")]);
+    }
+    assert!(
+        failures.is_empty(),
+        "outside [{}, {}] a second or [{}, {}] the run:\n{}",
+        second.0,
+        second.1,
+        run.0,
+        run.1,
+        failures.join("\n")
+    );
+}
+
+const EACH_SECOND: (f64, f64) = (0.95, 1.05);
+const THE_RUN: (f64, f64) = (0.97, 1.02);
+
+fn tcp_cells(egress: bool, rate: &'static str, bits: f64) -> Vec<Cell> {
+    [1, 4, 16]
+        .into_iter()
+        .map(|flows| Cell::tcp(egress, rate, bits, flows))
+        .collect()
+}
+
+#[test]
+fn egress_10m_on_open_tcp_connections() {
+    check(&tcp_cells(true, "10M", 10e6), EACH_SECOND, THE_RUN);
+}
+
+#[test]
+fn egress_100m_on_open_tcp_connections() {
+    check(&tcp_cells(true, "100M", 100e6), EACH_SECOND, THE_RUN);
+}
+
+#[test]
+fn egress_1g_on_open_tcp_connections() {
+    check(&tcp_cells(true, "1G", 1e9), EACH_SECOND, THE_RUN);
+}
+
+/// Ingress, 1 and 4 flows: within the bounds. 16 flows are below.
+fn ingress_cells(rate: &'static str, bits: f64) -> Vec<Cell> {
+    [1, 4]
+        .into_iter()
+        .map(|flows| Cell::tcp(false, rate, bits, flows))
+        .collect()
+}
+
+#[test]
+fn ingress_10m_on_open_tcp_connections() {
+    check(&ingress_cells("10M", 10e6), EACH_SECOND, THE_RUN);
+}
+
+#[test]
+fn ingress_100m_on_open_tcp_connections() {
+    check(&ingress_cells("100M", 100e6), EACH_SECOND, THE_RUN);
+}
+
+#[test]
+fn ingress_1g_on_open_tcp_connections() {
+    check(&ingress_cells("1G", 1e9), EACH_SECOND, THE_RUN);
+}
+
+/// 16 open flows coming in: each had offered its sender a window of
+/// megabytes before the limit, and TCP never takes back a window it
+/// offered, so until each flow has taken in that much (seconds, at a
+/// sixteenth of the limit) its sender may have more in flight than its
+/// FIFO in the queue holds; the drops that follow leave seconds at 0.93 of
+/// 100M where flows that start under the limit read 0.99-1.00
+/// (docs/shaping.md, "Connections open before the limit"). Bounded here at
+/// what that costs; 10M and 1G meet the tighter bounds.
+#[test]
+fn ingress_on_16_open_tcp_connections() {
+    let cells = [("10M", 10e6), ("100M", 100e6), ("1G", 1e9)]
+        .map(|(rate, bits)| Cell::tcp(false, rate, bits, 16));
+    check(&cells, (0.90, 1.05), (0.95, 1.02));
+}
+
+/// UDP needs nothing found: a socket's cgroup is fixed when it is made, and
+/// both cgroup programs see every datagram from the attach on. Offered at
+/// 4x the limit.
+#[test]
+fn both_directions_on_open_udp_flows() {
+    let cells = [true, false].map(|egress| Cell {
+        proto: Proto::Udp,
+        ..Cell::tcp(egress, "100M", 100e6, 1)
+    });
+    check(&cells, EACH_SECOND, THE_RUN);
+}
+
+/// A hostNetwork pod's open connections (the node's namespace, loopback).
+/// Its ingress has the policer alone (no queue), whose seconds vary more:
+/// as for flows that start under it (tests/accuracy.rs).
+#[test]
+fn open_tcp_connections_in_the_nodes_namespace() {
+    check(
+        &[Cell {
+            host: true,
+            ..Cell::tcp(true, "100M", 100e6, 4)
+        }],
+        EACH_SECOND,
+        THE_RUN,
+    );
+    check(
+        &[Cell {
+            host: true,
+            ..Cell::tcp(false, "100M", 100e6, 4)
+        }],
+        (0.85, 1.10),
+        (0.90, 1.03),
+    );
+}
+
+/// The same flows through a daemon killed and started again over its pins
+/// (which adopts them), then a detach, and the limit added again while they
+/// run on: each time they are held to it.
+#[test]
+fn open_connections_stay_limited_through_a_restart_and_a_limit_added_again() {
+    let root = TestRoot::new("open-again");
+    let mut daemon = TestDaemon::start(&root.path, &[]);
+    let cgroup = root.make("pod/app");
+    let path = cgroup.path().to_str().expect("path").to_string();
+    let _turn = traffic_turn();
+    let lab = NetnsPair::create("again").expect("lab");
+    lab.set_congestion_control("cubic").expect("cubic");
+    let port = unique_port();
+    let meter = Meter::default();
+    let until = Until::after(Duration::from_secs(18));
+    let peer = SocketAddr::new(NetnsPair::addr_b(false), port);
+    let sink = {
+        let (meter, until) = (meter.clone(), until.clone());
+        traffic::spawn_in(Some(lab.b().to_string()), move || {
+            traffic::tcp_sink(TcpListener::bind(peer)?, meter, &until)
+        })
+    };
+    thread::sleep(Duration::from_millis(200));
+    let mut cmd = common::podshaper();
+    cgroup.spawn_inside(&mut cmd).expect("spawn inside");
+    cmd.args(["traffic", "tcp-send", "--netns", lab.a(), "--seconds", "17"])
+        .args(["--flows", "4", "--to"])
+        .arg(peer.to_string())
+        .stdout(Stdio::null());
+    let source = ChildGuard::spawn(&mut cmd);
+    thread::sleep(Duration::from_millis(300));
+    let mut seconds = Seconds::start(&meter);
+    let start = Instant::now();
+    // at each second, what to do then
+    let mut steps: Vec<(u64, &str)> =
+        vec![(2, "attach"), (5, "restart"), (9, "detach"), (11, "attach")];
+    while start.elapsed() < Duration::from_secs(16) + Duration::from_millis(50) {
+        // the second that ends as a step starts is read before the step
+        seconds.poll(&meter);
+        if let Some(&(at, what)) = steps.first() {
+            if start.elapsed() >= Duration::from_secs(at) {
+                match what {
+                    "attach" => {
+                        daemon.ok(&["attach", "--cgroup", &path, "--egress", "100M"]);
+                    }
+                    "restart" => daemon.restart(),
+                    _ => {
+                        daemon.ok(&["detach", "--cgroup", &path]);
+                    }
+                }
+                steps.remove(0);
+            }
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    drop(source);
+    until.stop.store(true, Ordering::Relaxed);
+    let _ = sink.join();
+    let ratios: Vec<f64> = seconds
+        .bits_per_second()
+        .iter()
+        .map(|b| b / 100e6)
+        .collect();
+    eprintln!(
+        "attach at 2 s, restart at 5 s, detach at 9 s, attach at 11 s; seconds of 100M: {:?}",
+        ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>()
+    );
+    // limited from the second second after the attach, through the restart
+    for (i, r) in ratios.iter().enumerate().take(9).skip(3) {
+        assert!(
+            (0.95..=1.05).contains(r),
+            "second {i}: {r:.3} of the limit ({ratios:?})"
+        );
+    }
+    assert!(ratios[10] > 5.0, "not lifted by the detach: {ratios:?}");
+    for (i, r) in ratios.iter().enumerate().take(16).skip(12) {
+        assert!(
+            (0.95..=1.05).contains(r),
+            "second {i}: {r:.3} of the limit ({ratios:?})"
+        );
+    }
+}
