@@ -76,6 +76,12 @@ pub struct BenchArgs {
     /// Also measure limit change to effect (one TCP flow, egress, limit halved).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     change: bool,
+    /// Also measure a limit put on TCP flows already running (egress, the
+    /// flow counts above): podshaper as the daemon limits a cgroup, tbf
+    /// added to the running veth, and podshaper on the same flows started
+    /// under the limit.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    open: bool,
     /// Draw the limit-change runs (rate over time per mechanism) to this PNG.
     #[arg(long, value_name = "FILE.png")]
     plot: Option<std::path::PathBuf>,
@@ -323,6 +329,54 @@ pub fn run(args: BenchArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
     if let Some(file) = &args.plot {
         super::bench_change::plot(&changes, file)?;
     }
+    let mut opens = Vec::new();
+    if args.open && directions.contains(&"egress") {
+        use super::bench_open::When;
+        let mut runs = Vec::new();
+        for mechanism in mechanisms.iter().filter(|m| **m != Mechanism::Unlimited) {
+            runs.push((*mechanism, When::OnRunningFlows));
+        }
+        if mechanisms.contains(&Mechanism::Podshaper) {
+            runs.push((Mechanism::Podshaper, When::BeforeFlows));
+        }
+        for rate in &rates {
+            for flows in args.flows.iter().map(|f| (*f).max(1)) {
+                for (mechanism, when) in &runs {
+                    check_stop(&stop)?;
+                    let run = super::bench_open::run(
+                        &mut shaper,
+                        *rate,
+                        flows,
+                        *mechanism,
+                        *when,
+                        &args.cc,
+                    );
+                    check_stop(&stop)?;
+                    let run = run.with_context(|| {
+                        format!("a limit on open flows at {rate} x{flows} with {mechanism:?}")
+                    })?;
+                    if !args.json {
+                        eprintln!("  open    {}", describe_open(&run));
+                    }
+                    opens.push(run);
+                }
+            }
+        }
+    }
+    let open_rows: Vec<_> = opens
+        .iter()
+        .map(|o| {
+            json!({
+                "target_bps": o.rate.bits_per_sec(),
+                "flows": o.flows,
+                "mechanism": name(o.mechanism),
+                "limited": open_when(o.when),
+                "seconds_ratio": o.seconds,
+                "held_mean_ratio": o.mean(),
+                "held_worst_ratio": o.worst(),
+            })
+        })
+        .collect();
     let change_rows: Vec<_> = changes
         .iter()
         .map(|c| {
@@ -368,7 +422,7 @@ pub fn run(args: BenchArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
             .collect();
         println!(
             "{}",
-            json!({"congestion_control": args.cc, "ecn": args.ecn, "ingress_queue": args.ingress_queue && !args.host_queue, "host_queue": args.host_queue, "cells": rows, "limit_changes": change_rows})
+            json!({"congestion_control": args.cc, "ecn": args.ecn, "ingress_queue": args.ingress_queue && !args.host_queue, "host_queue": args.host_queue, "cells": rows, "limit_changes": change_rows, "open_flows": open_rows})
         );
     } else {
         println!("TCP congestion control: {}", args.cc);
@@ -406,8 +460,35 @@ pub fn run(args: BenchArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
                 );
             }
         }
+        if !opens.is_empty() {
+            println!();
+            println!("a limit put on TCP flows already running (egress), seconds 2-7 after it, of the limit:");
+            for o in &opens {
+                println!("  {}", describe_open(o));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn open_when(when: super::bench_open::When) -> &'static str {
+    match when {
+        super::bench_open::When::OnRunningFlows => "on running flows",
+        super::bench_open::When::BeforeFlows => "before the flows",
+    }
+}
+
+fn describe_open(o: &super::bench_open::OpenRun) -> String {
+    format!(
+        "{:>10} x{:<2} {:<9} {:<16} mean {:.3}, worst second {:.3}, first second {:.3}",
+        o.rate.to_string(),
+        o.flows,
+        name(o.mechanism),
+        open_when(o.when),
+        o.mean(),
+        o.worst(),
+        o.seconds.first().copied().unwrap_or(0.0)
+    )
 }
 
 pub(super) fn name(m: Mechanism) -> &'static str {

@@ -181,6 +181,42 @@ fn an_annotation_changed_and_removed_on_a_running_pod_takes_effect() {
     });
 }
 
+/// An annotation added to a pod that is sending right now, as an operator
+/// does to a misbehaving pod: its open connection is held to the limit from
+/// the second second on, as a new one would be.
+#[test]
+fn an_annotation_added_to_a_sending_pod_limits_its_open_connection() {
+    let _turn = exclusive();
+    ensure_installed();
+    let ns = TestNamespace::new("opened");
+    let _traffic = traffic_turn();
+    ns.create(&PodSpec::new("rx", &iperf_server(PORT)));
+    ns.wait_running("rx");
+    let rx = ns.ip("rx");
+    ns.create(&PodSpec::new("tx", &iperf_client(&rx, PORT, 12)));
+    ns.wait_running("tx");
+    // sending, unlimited, for a few seconds
+    std::thread::sleep(Duration::from_secs(4));
+    ns.annotate("tx", EGRESS, Some("30M"));
+    let seconds = iperf_intervals(&ns.wait_succeeded("rx", Duration::from_secs(120)));
+    eprintln!(
+        "30M added to a sending pod, Mbit/s by second: {:?}",
+        seconds.iter().map(|s| mbit(*s)).collect::<Vec<_>>()
+    );
+    // the pod runs before its client connects, and the annotation takes
+    // tens of milliseconds: the limit is in force by second 6 at the latest
+    let held = &seconds[7..];
+    for (i, s) in held.iter().enumerate() {
+        assert!(
+            (0.95..=1.05).contains(&(s / 30e6)),
+            "second {}: {} Mbit/s ({seconds:?})",
+            i + 7,
+            mbit(*s)
+        );
+    }
+    common::assert_ratio("30M on an open connection", mean(held), 30e6, 0.97, 1.02);
+}
+
 /// The time from an annotation's change on the API server to the new limit
 /// in force on the node, over 100 changes (docs/benchmarks.md).
 #[test]
