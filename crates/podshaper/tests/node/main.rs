@@ -545,11 +545,33 @@ fn doctor_passes_on_the_node() {
 }
 
 /// The names of the BPF programs loaded on the machine.
-fn loaded_programs() -> Vec<String> {
+/// The ids of the programs loaded in the kernel.
+fn loaded_program_ids() -> std::collections::BTreeSet<u32> {
     aya::programs::loaded_programs()
         .flatten()
-        .filter_map(|p| p.name_as_str().map(str::to_string))
+        .map(|p| p.id())
         .collect()
+}
+
+/// The ids of the programs the node's pins hold: pinned themselves or
+/// through a pinned link. Other podshaper programs may be loaded on this
+/// machine (another test's daemon, a `podshaper run`): they are not the
+/// node's.
+fn pinned_program_ids(dir: &std::path::Path) -> std::collections::BTreeSet<u32> {
+    let mut ids = std::collections::BTreeSet::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            ids.extend(pinned_program_ids(&path));
+        } else if let Ok(link) = aya::programs::links::PinnedLink::from_pin(&path) {
+            if let Ok(info) = aya::programs::links::FdLink::from(link).info() {
+                ids.insert(info.program_id());
+            }
+        } else if let Ok(info) = aya::programs::ProgramInfo::from_pin(&path) {
+            ids.insert(info.id());
+        }
+    }
+    ids
 }
 
 /// An uninstall, `kubectl delete -k deploy/` then `podshaper cleanup` on the
@@ -596,6 +618,8 @@ fn an_uninstall_leaves_no_program_link_pin_or_queue() {
     };
     assert!(has_ifb(), "the pod's queue is not there");
     assert!(!daemon_list().is_empty());
+    let node_programs = pinned_program_ids(std::path::Path::new(PINS));
+    assert!(!node_programs.is_empty(), "no program pinned in {PINS}");
 
     let deploy = repo_path("deploy").display().to_string();
     kubectl_ok(&["delete", "-k", &deploy, "--wait=true", "--timeout=120s"]);
@@ -610,11 +634,14 @@ fn an_uninstall_leaves_no_program_link_pin_or_queue() {
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(!std::path::Path::new(PINS).exists(), "pins left in {PINS}");
     assert!(!has_ifb(), "the pod's queue is left");
-    let programs: Vec<String> = loaded_programs()
-        .into_iter()
-        .filter(|n| n.starts_with("podshaper"))
+    let left: Vec<u32> = loaded_program_ids()
+        .intersection(&node_programs)
+        .copied()
         .collect();
-    assert!(programs.is_empty(), "programs left loaded: {programs:?}");
+    assert!(
+        left.is_empty(),
+        "the node's programs left loaded: ids {left:?}"
+    );
     assert!(!std::path::Path::new(cluster::DAEMON_SOCKET).exists());
     assert_eq!(ns.phase("idle"), "Running");
 }
