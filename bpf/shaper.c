@@ -225,9 +225,11 @@ struct {
 #define SENDERS_RATE 1
 #define SENDERS_FOUND 2
 #define SENDERS_SHARE 3
+/* sockets whose callback could not be turned on (the pacing run's result) */
+#define SENDERS_UNARMED 4
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 4);
+	__uint(max_entries, 5);
 	__type(key, __u32);
 	__type(value, __u64);
 } senders_target SEC(".maps");
@@ -247,13 +249,12 @@ static __always_inline __u64 open_senders_share(__u64 cgid)
 }
 
 /*
- * The limited cgroup that governs a packet (`skb`), or the current task
- * (`skb` NULL: sockops in process context): its cgroup if limited, else the
- * deepest limited ancestor (a pod's limit covers its containers).
+ * The limited cgroup that governs a packet: its socket's cgroup if limited,
+ * else the deepest limited ancestor (a pod's limit covers its containers).
  */
 static __always_inline struct ps_limit *find_limit(struct __sk_buff *skb, __u64 *cgid)
 {
-	__u64 leaf = skb ? bpf_skb_cgroup_id(skb) : bpf_get_current_cgroup_id();
+	__u64 leaf = bpf_skb_cgroup_id(skb);
 	struct ps_limit *found = bpf_map_lookup_elem(&limits, &leaf);
 
 	if (found) {
@@ -261,8 +262,7 @@ static __always_inline struct ps_limit *find_limit(struct __sk_buff *skb, __u64 
 		return found;
 	}
 	for (int level = 0; level < MAX_CGROUP_LEVEL; level++) {
-		__u64 id = skb ? bpf_skb_ancestor_cgroup_id(skb, level) :
-				 bpf_get_current_ancestor_cgroup_id(level);
+		__u64 id = bpf_skb_ancestor_cgroup_id(skb, level);
 		struct ps_limit *lim;
 
 		if (id == 0 || id == leaf)
@@ -1312,6 +1312,24 @@ struct {
 	__type(value, __u32);
 } queued_ingress SEC(".maps");
 
+/* The limit of the cgroup a socket is in or below (the deepest: the daemon
+ * refuses nested limits), or NULL. The socket's own cgroup, walked up with
+ * CO-RE reads: sockops may not ask for the current task's cgroup before
+ * Linux 6.2, and it is the socket's that the packet programs key on. */
+static __always_inline struct ps_limit *socket_limit(struct tcp_sock *tp)
+{
+	struct cgroup *cg = socket_cgroup(tp);
+
+	for (int i = 0; i < MAX_CGROUP_LEVEL && cg; i++, cg = parent_cgroup(cg)) {
+		__u64 id = BPF_CORE_READ(cg, kn, id);
+		struct ps_limit *lim = bpf_map_lookup_elem(&limits, &id);
+
+		if (lim)
+			return lim;
+	}
+	return 0;
+}
+
 /* The ingress rate of the limited cgroup a socket is in or below (the
  * deepest: the daemon refuses nested limits), if a queue is in front of that
  * cgroup; 0 if not. */
@@ -1343,14 +1361,23 @@ static __always_inline __u64 flow_queue_bytes(__u64 rate)
 	return bytes < PS_FLOW_QUEUE_MIN_BYTES ? PS_FLOW_QUEUE_MIN_BYTES : bytes;
 }
 
+/* net.ipv4.tcp_adv_win_scale, set by user space at load: how kernels before
+ * 6.6 (no scaling_ratio) size a window from a buffer. */
+const volatile __s32 adv_win_scale = 1;
+
 /* The window a socket's kernel would clamp at from its buffer as it is: what
- * a clamp goes back to when the limit goes (autotuning raises it from there). */
+ * a clamp goes back to when the limit goes (autotuning raises it from there).
+ * As the kernel's tcp_win_from_space: from 6.6 the socket's measured
+ * scaling_ratio, before it the sysctl's fixed share of the buffer. */
 static __always_inline __u32 autotuned_window(struct tcp_sock *tp)
 {
 	__u64 space = BPF_CORE_READ((struct sock *)tp, sk_rcvbuf);
-	__u64 ratio = BPF_CORE_READ(tp, scaling_ratio);
 
-	return (__u32)((space * ratio) >> RMEM_TO_WIN_SCALE);
+	if (bpf_core_field_exists(tp->scaling_ratio))
+		return (__u32)((space * BPF_CORE_READ(tp, scaling_ratio)) >> RMEM_TO_WIN_SCALE);
+	if (adv_win_scale <= 0)
+		return (__u32)(space >> (-adv_win_scale & 31));
+	return (__u32)(space - (space >> (adv_win_scale & 31)));
 }
 
 /* Whether a socket's sockops program runs before each segment it sends. */
@@ -1504,10 +1531,9 @@ static __always_inline void set_short_delack(void *sock)
 
 static __always_inline void shorten_delayed_ack(struct bpf_sock_ops *skops)
 {
-	struct ps_limit *found;
-	__u64 cgid = 0;
+	struct tcp_sock *tp = skops->sk ? bpf_skc_to_tcp_sock(skops->sk) : 0;
+	struct ps_limit *found = tp ? socket_limit(tp) : 0;
 
-	found = find_limit(0, &cgid);
 	if (!found || found->dir[PS_INGRESS].rate_bytes_per_sec == 0)
 		return;
 	set_short_delack(skops);
@@ -1768,11 +1794,12 @@ int podshaper_receivers(struct bpf_iter__tcp *ctx)
 SEC("iter/tcp")
 int podshaper_senders(struct bpf_iter__tcp *ctx)
 {
-	__u32 rate_key = SENDERS_RATE, found_key = SENDERS_FOUND;
-	__u64 target = 0, *rate, *found;
+	__u32 rate_key = SENDERS_RATE, found_key = SENDERS_FOUND, share_key = SENDERS_SHARE,
+	      unarmed_key = SENDERS_UNARMED;
+	__u64 target = 0, *rate, *found, *share, *unarmed;
 	struct sock_state *p;
 	struct tcp_sock *tp;
-	int flags;
+	int flags, armed;
 
 	tp = iter_socket(ctx, &senders_target, &target);
 	if (!tp || BPF_CORE_READ((struct sock *)tp, __sk_common.skc_state) != TCP_STATE_ESTABLISHED ||
@@ -1790,15 +1817,25 @@ int podshaper_senders(struct bpf_iter__tcp *ctx)
 	p = bpf_sk_storage_get(&sock_states, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!p)
 		return 0;
-	p->want = *rate;
+	flags = BPF_CORE_READ(tp, bpf_sock_ops_cb_flags);
+	armed = flags & BPF_SOCK_OPS_RTT_CB_FLAG;
+	if (!armed) {
+		flags |= BPF_SOCK_OPS_RTT_CB_FLAG;
+		armed = bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &flags,
+				       sizeof(flags)) == 0;
+	}
+	/* a socket left without its callback (before Linux 6.12 an iterator
+	 * cannot turn it on) keeps this rate: its share, not the whole limit */
+	share = bpf_map_lookup_elem(&senders_target, &share_key);
+	p->want = armed || !share || !*share ? *rate : *share;
 	p->paced_cgid = target;
 	pace(tp, p, p->want);
 	clamp_cwnd(tp, p, BPF_CORE_READ(tp, srtt_us) >> 3, BPF_CORE_READ(tp, mss_cache),
 		   BPF_CORE_READ(tp, snd_ssthresh));
-	flags = BPF_CORE_READ(tp, bpf_sock_ops_cb_flags);
-	if (!(flags & BPF_SOCK_OPS_RTT_CB_FLAG)) {
-		flags |= BPF_SOCK_OPS_RTT_CB_FLAG;
-		bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &flags, sizeof(flags));
+	if (!armed) {
+		unarmed = bpf_map_lookup_elem(&senders_target, &unarmed_key);
+		if (unarmed)
+			__sync_fetch_and_add(unarmed, 1);
 	}
 	return 0;
 }
@@ -2015,11 +2052,15 @@ static __always_inline __u32 host_slot_of(struct tcp_sock *tp)
 	struct cgroup *cg;
 
 	for (__u32 i = 0; i < PS_HOST_LEVELS; i++) {
-		__u32 *level = bpf_map_lookup_elem(&host_queue_levels, &i);
+		/* the key's copy goes to the stack for the lookup; the mask
+		 * keeps the index bounded for verifiers that lose track of a
+		 * value reloaded from there (6.1 and 6.12 refused it) */
+		__u32 key = i;
+		__u32 *level = bpf_map_lookup_elem(&host_queue_levels, &key);
 
 		if (!level || !*level)
 			break;
-		levels[i] = *level;
+		levels[i & (PS_HOST_LEVELS - 1)] = *level;
 		if (*level < lowest)
 			lowest = *level;
 	}

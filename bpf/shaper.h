@@ -172,6 +172,7 @@ struct ps_credit {
  */
 #define PS_HOST_SLOTS 127
 #define PS_HOST_SLOT_STRIDE 0x200
+/* a power of two: bpf/shaper.c masks an index with it */
 #define PS_HOST_LEVELS 4
 
 #endif

@@ -92,6 +92,7 @@ pub async fn run(
     let (mut node, adoption) =
         Node::open(&config.bpffs_dir, root).context("cannot open the shaper state")?;
     release_freed_heap();
+    log_refinements(&node);
     if podshaper_shaper::netns::in_init_namespace() == Some(false) {
         // Pods in its namespace would be taken for hostNetwork pods, and
         // hostNetwork pods (in the node's) get no queue.
@@ -212,6 +213,27 @@ pub async fn run(
     let _ = fs::remove_file(&config.socket);
     tracing::info!("stopped; limits stay in force");
     result
+}
+
+/// One line: the kernel, and which refinements of the shaper it allows (the
+/// limits hold either way; `podshaper doctor` says what each one's absence
+/// costs).
+fn log_refinements(node: &Node) {
+    let features = node.features();
+    let (on, off): (Vec<_>, Vec<_>) = features.refinements().into_iter().partition(|r| r.1);
+    let names =
+        |list: &[(&str, bool, &str)]| list.iter().map(|r| r.0).collect::<Vec<_>>().join(", ");
+    let kernel = podshaper_shaper::kernel::Release::running()
+        .map_or_else(|| "unknown".into(), |r| r.to_string());
+    if off.is_empty() {
+        tracing::info!(
+            kernel,
+            on = names(&on),
+            "every refinement of the shaper is on"
+        );
+    } else {
+        tracing::warn!(kernel, on = names(&on), off = names(&off), "the kernel leaves some refinements off (the limits hold; `podshaper doctor` says what each costs)");
+    }
 }
 
 fn server_builder() -> Server {

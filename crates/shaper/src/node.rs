@@ -302,6 +302,11 @@ impl Node {
         &self.root
     }
 
+    /// The optional parts of the shaper this kernel runs.
+    pub fn features(&self) -> crate::shaper::Features {
+        self.shaper.features()
+    }
+
     /// Takes over the pinned attachments: completes half-made ones, removes
     /// those whose cgroup is gone, and forgets limits that never got links.
     fn adopt(&mut self) -> Result<Adoption, NodeError> {

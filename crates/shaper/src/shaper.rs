@@ -129,6 +129,14 @@ pub enum ShaperError {
         kind: &'static str,
         name: &'static str,
     },
+    #[error("the kernel ({release}) refuses BPF program {name}: {missing}")]
+    KernelLacks {
+        name: &'static str,
+        release: String,
+        missing: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
     #[error("BPF program {name} failed")]
     Program {
         name: &'static str,
@@ -215,6 +223,48 @@ pub struct Features {
     pub ready_receivers: bool,
     /// the TCP iterator that paces open sending sockets at an egress limit
     pub ready_senders: bool,
+    /// whether the iterators may turn on an open socket's sockops callbacks
+    /// (Linux 6.12: crate::kernel::ARMS_OPEN_SOCKETS)
+    pub arms_open_sockets: bool,
+}
+
+impl Features {
+    /// Each optional refinement: its name, whether it is on, and what the
+    /// shaper does without it. The limits hold either way.
+    pub fn refinements(&self) -> [(&'static str, bool, &'static str); 6] {
+        [
+            (
+                "queue classifier",
+                self.flow_classifier,
+                "pods' ingress is held by the cgroup policer alone (no queue in front of them)",
+            ),
+            (
+                "host classifier",
+                self.host_classifier,
+                "hostNetwork pods' ingress is held by the cgroup policer alone",
+            ),
+            (
+                "unpace iterator",
+                self.unpace,
+                "open sockets keep their pacing after a detach",
+            ),
+            (
+                "receivers iterator",
+                self.ready_receivers,
+                "sockets opened before an ingress limit keep the kernel's delayed ACK",
+            ),
+            (
+                "senders iterator",
+                self.ready_senders,
+                "sockets opened before an egress limit stay unpaced (the bucket alone holds them)",
+            ),
+            (
+                "arming open sockets",
+                self.arms_open_sockets,
+                "sockets opened before a limit keep the share they had when it came (Linux 6.12 lets an iterator turn on their per-ACK callback), and open receiving sockets get no receive-window clamp",
+            ),
+        ]
+    }
 }
 
 impl Shaper {
@@ -226,12 +276,26 @@ impl Shaper {
             unpace: self.can_unpace,
             ready_receivers: self.can_ready_receivers,
             ready_senders: self.can_ready_senders,
+            arms_open_sockets: crate::kernel::Release::running()
+                .is_some_and(|r| r >= crate::kernel::ARMS_OPEN_SOCKETS),
         }
     }
 
     /// Loads the embedded shaper into the kernel, with maps of its own.
     pub fn load() -> Result<Self, ShaperError> {
         Self::load_with(&mut EbpfLoader::new())
+    }
+
+    /// net.ipv4.tcp_adv_win_scale, which kernels before 6.6 size a window
+    /// from a buffer with (1 if it cannot be read: their default).
+    fn adv_win_scale() -> &'static i32 {
+        static SCALE: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+        SCALE.get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_adv_win_scale")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(1)
+        })
     }
 
     /// Loads the shaper with its maps pinned in `maps_dir` (a bpffs directory):
@@ -314,6 +378,7 @@ impl Shaper {
 
     fn load_with(loader: &mut EbpfLoader<'_>) -> Result<Self, ShaperError> {
         let mut ebpf = loader
+            .override_global("adv_win_scale", Self::adv_win_scale(), false)
             .load(SHAPER_OBJECT)
             .map_err(|e| ShaperError::Load(Box::new(e)))?;
         for name in [EGRESS_PROGRAM, INGRESS_PROGRAM] {
@@ -1157,6 +1222,18 @@ fn is_not_found(e: &MapError) -> bool {
 }
 
 pub(crate) fn program_error(name: &'static str, source: ProgramError) -> ShaperError {
+    // a verifier's refusal names what the kernel lacks, where it is known
+    if let ProgramError::LoadError { verifier_log, .. } = &source {
+        if let Some(missing) = crate::kernel::missing_feature(&verifier_log.to_string()) {
+            return ShaperError::KernelLacks {
+                name,
+                release: crate::kernel::Release::running()
+                    .map_or_else(|| "unknown".into(), |r| r.to_string()),
+                missing,
+                source: Box::new(source),
+            };
+        }
+    }
     ShaperError::Program {
         name,
         source: Box::new(source),

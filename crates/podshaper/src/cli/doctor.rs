@@ -81,8 +81,21 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
 }
 
 fn kernel() -> Check {
+    use podshaper_shaper::kernel::{Release, ESSENTIAL};
     match fs::read_to_string("/proc/sys/kernel/osrelease") {
-        Ok(r) => check(Level::Ok, "kernel", r.trim()),
+        Ok(r) => match Release::parse(&r) {
+            // a vendor kernel may have what the shaper needs backported:
+            // the load below is what decides
+            Some(release) if release < ESSENTIAL => check(
+                Level::Warn,
+                "kernel",
+                format!(
+                    "{}: below Linux {ESSENTIAL}, where mainline first has all the shaper needs",
+                    r.trim()
+                ),
+            ),
+            _ => check(Level::Ok, "kernel", r.trim()),
+        },
         Err(e) => check(Level::Warn, "kernel", format!("release unknown: {e}")),
     }
 }
@@ -153,32 +166,11 @@ fn shaper() -> Vec<Check> {
         "BPF shaper",
         "loads: egress and ingress limits hold",
     )];
-    let optional = [
-        (
-            f.flow_classifier,
-            "queue classifier",
-            "pods' ingress is held by the cgroup policer alone (no queue in front of them)",
-        ),
-        (
-            f.host_classifier,
-            "host classifier",
-            "hostNetwork pods' ingress is held by the cgroup policer alone",
-        ),
-        (
-            f.unpace,
-            "unpace iterator",
-            "open sockets keep their pacing after a detach",
-        ),
-        (
-            f.ready_receivers,
-            "receivers iterator",
-            "sockets opened before an ingress limit keep the kernel's delayed ACK and their window",
-        ),
-    ];
-    for (loaded, name, without) in optional {
+    let optional = f.refinements();
+    for (name, loaded, without) in optional {
         out.push(match loaded {
-            true => check(Level::Ok, name, "loads"),
-            false => check(Level::Warn, name, format!("does not load: {without}")),
+            true => check(Level::Ok, name, "on"),
+            false => check(Level::Warn, name, format!("off: {without}")),
         });
     }
     out
