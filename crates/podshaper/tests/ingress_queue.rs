@@ -135,6 +135,16 @@ fn the_daemon_queues_a_pods_ingress_changes_it_live_and_removes_it() {
         &["tc", "qdisc", "show", "dev", IFB_NAME],
     ));
     assert_eq!(fifos.matches("bfifo").count(), 17, "{fifos}");
+    // windows offered before the limit may shrink to the clamp (6.5+)
+    let shrink = || {
+        stdout(&in_ns(
+            Some(lab.a()),
+            &["cat", "/proc/sys/net/ipv4/tcp_shrink_window"],
+        ))
+        .trim()
+        .to_string()
+    };
+    assert_eq!(shrink(), "1", "the pod's namespace keeps offered windows");
 
     // a live change is one tc class change, done before the reply
     daemon.ok(&["attach", "--cgroup", &pod_path, "--ingress", "40M"]);
@@ -196,6 +206,7 @@ fn the_daemon_queues_a_pods_ingress_changes_it_live_and_removes_it() {
         &["tc", "qdisc", "show", "dev", "veth0"],
     ));
     assert!(!qdiscs.contains("ingress"), "left behind: {qdiscs}");
+    assert_eq!(shrink(), "0", "the queue's sysctl outlived it");
     daemon.ok(&["detach", "--cgroup", &host_path]);
 }
 
