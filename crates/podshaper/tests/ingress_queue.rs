@@ -696,12 +696,39 @@ fn connect_from(from: SocketAddrV4, to: SocketAddrV4) -> io::Result<TcpStream> {
     Ok(TcpStream::from(fd))
 }
 
+/// Connects from `from`, waiting while an earlier connection between the
+/// same addresses and ports is still there (EADDRNOTAVAIL): a client's port
+/// comes round only once its last connection is gone. Seen once in CI three
+/// seconds after that connection's end; its state is printed then. At most
+/// 70 s, past a TIME_WAIT's 60.
+fn connect_when_free(from: SocketAddrV4, to: SocketAddrV4) -> io::Result<TcpStream> {
+    let deadline = Instant::now() + Duration::from_secs(70);
+    let mut told = false;
+    loop {
+        match connect_from(from, to) {
+            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable && Instant::now() < deadline => {
+                if !told {
+                    let ss = Command::new("ss")
+                        .args(["-tanoi", "sport", "=", &format!(":{}", from.port())])
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_default();
+                    eprintln!("{from} -> {to} is still in use, waiting:\n{ss}");
+                    told = true;
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Sends `bytes` to `to` from `from`, then waits for the receiver to close
 /// first (so that no TIME_WAIT on this side holds the port).
 fn send_from(from: SocketAddrV4, to: SocketAddrV4, bytes: usize) -> io::Result<()> {
     let step =
         |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
-    let mut stream = connect_from(from, to).map_err(step("connecting"))?;
+    let mut stream = connect_when_free(from, to).map_err(step("connecting"))?;
     stream
         .write_all(&vec![0u8; bytes])
         .map_err(step("sending"))?;
