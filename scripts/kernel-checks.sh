@@ -105,17 +105,15 @@ measure() {
   shift
   PORT=$((PORT + 1))
   out=/tmp/$TAG.out
-  recv_for=$(awk -v w="$WARMUP" -v m="$MEASURE" 'BEGIN { print w + m }')
-  send_for=$(awk -v w="$WARMUP" -v m="$MEASURE" 'BEGIN { print w + m + 1 }')
   case $kind in
   tcp-egress | udp-egress)
     proto=${kind%-egress}
-    "$P" traffic "$proto-recv" --netns "$NS_B" --listen "198.18.0.2:$PORT" --seconds "$recv_for" --skip "$WARMUP" >"$out" &
+    "$P" traffic "$proto-recv" --netns "$NS_B" --listen "198.18.0.2:$PORT" --seconds "$RECV_FOR" --skip "$WARMUP" >"$out" &
     recv=$!
     sleep 0.3
     if [ "$proto" = udp ]; then extra="--rate $OFFER"; else extra=""; fi
     # shellcheck disable=SC2086 # extra is two words or none
-    "$P" run "$@" -- "$P" traffic "$proto-send" --netns "$NS_A" --to "198.18.0.2:$PORT" --seconds "$send_for" $extra >/dev/null &
+    "$P" run "$@" -- "$P" traffic "$proto-send" --netns "$NS_A" --to "198.18.0.2:$PORT" --seconds "$SEND_FOR" $extra >/dev/null &
     send=$!
     wait $recv
     kill "$send" 2>/dev/null
@@ -123,13 +121,13 @@ measure() {
     ;;
   tcp-ingress | udp-ingress)
     proto=${kind%-ingress}
-    "$P" run "$@" -- "$P" traffic "$proto-recv" --netns "$NS_A" --listen "198.18.0.1:$PORT" --seconds "$recv_for" --skip "$WARMUP" >"$out" &
+    "$P" run "$@" -- "$P" traffic "$proto-recv" --netns "$NS_A" --listen "198.18.0.1:$PORT" --seconds "$RECV_FOR" --skip "$WARMUP" >"$out" &
     recv=$!
     # until it listens (UDP: until its socket is bound)
     sleep "$LISTEN_WAIT"
     if [ "$proto" = udp ]; then extra="--rate $OFFER"; else extra=""; fi
     # shellcheck disable=SC2086
-    "$P" traffic "$proto-send" --netns "$NS_B" --to "198.18.0.1:$PORT" --seconds "$send_for" $extra >/dev/null &
+    "$P" traffic "$proto-send" --netns "$NS_B" --to "198.18.0.1:$PORT" --seconds "$SEND_FOR" $extra >/dev/null &
     send=$!
     wait $recv
     kill "$send" 2>/dev/null
@@ -145,12 +143,10 @@ measure() {
 queued_tcp_rate() {
   PORT=$((PORT + 1))
   out=/tmp/$TAG.out
-  recv_for=$(awk -v w="$WARMUP" -v m="$MEASURE" 'BEGIN { print w + m }')
-  send_for=$(awk -v w="$WARMUP" -v m="$MEASURE" 'BEGIN { print w + m + 1 }')
-  sh -c "echo \$\$ > $ROOT/pod/app/cgroup.procs; exec $P traffic tcp-recv --netns $NS_A --listen 198.18.0.1:$PORT --seconds $recv_for --skip $WARMUP" >"$out" &
+  sh -c "echo \$\$ > $ROOT/pod/app/cgroup.procs; exec $P traffic tcp-recv --netns $NS_A --listen 198.18.0.1:$PORT --seconds $RECV_FOR --skip $WARMUP" >"$out" &
   recv=$!
   sleep 1
-  "$P" traffic tcp-send --netns "$NS_B" --to "198.18.0.1:$PORT" --seconds "$send_for" >/dev/null &
+  "$P" traffic tcp-send --netns "$NS_B" --to "198.18.0.1:$PORT" --seconds "$SEND_FOR" >/dev/null &
   send=$!
   wait $recv
   kill "$send" 2>/dev/null
@@ -212,6 +208,9 @@ HIGH=${PODSHAPER_KERNEL_HIGH:-1.05}
 WARMUP=${PODSHAPER_KERNEL_WARMUP:-1.5}
 MEASURE=${PODSHAPER_KERNEL_MEASURE:-3.5}
 LISTEN_WAIT=${PODSHAPER_KERNEL_LISTEN_WAIT:-0.8}
+# a receiver's whole run, and its sender's, which outlasts it
+RECV_FOR=$(awk -v w="$WARMUP" -v m="$MEASURE" 'BEGIN { print w + m }')
+SEND_FOR=$(awk -v w="$WARMUP" -v m="$MEASURE" 'BEGIN { print w + m + 1 }')
 # --- the ingress queue, built in a pod's namespace, carrying a flow, removed
 if lab; then
   # what the path carries with no limit: a limit checked must be below it

@@ -179,8 +179,12 @@ fn seconds_after_attach(
     }
 }
 
-/// Runs each cell on a cgroup of its own under one daemon, and checks it.
-fn check(cells: &[Cell], second: (f64, f64), run: (f64, f64)) {
+/// Each second's and the run's bounds, as fractions of the limit.
+type Bounds = ((f64, f64), (f64, f64));
+
+/// Runs each cell on a cgroup of its own under one daemon, and checks it
+/// against the bounds `bounds` gives it.
+fn check(cells: &[Cell], bounds: fn(&Cell) -> Bounds) {
     let root = TestRoot::new("open");
     let daemon = TestDaemon::start(&root.path, &[]);
     let mut failures = Vec::new();
@@ -195,21 +199,21 @@ fn check(cells: &[Cell], second: (f64, f64), run: (f64, f64)) {
             "{}: seconds after the attach, of the limit: {shown:?}; run {mean:.3}",
             cell.name()
         );
+        let (second, run) = bounds(cell);
         let seconds_ok = checked.iter().all(|r| (second.0..=second.1).contains(r));
         if !seconds_ok || !(run.0..=run.1).contains(&mean) {
-            failures.push(format!("{}: {shown:?}, run {mean:.3}", cell.name()));
+            failures.push(format!(
+                "{}: {shown:?}, run {mean:.3}: outside [{}, {}] a second or [{}, {}] the run",
+                cell.name(),
+                second.0,
+                second.1,
+                run.0,
+                run.1
+            ));
         }
         daemon.ok(&["detach", "--cgroup", cgroup.path().to_str().expect("path")]);
     }
-    assert!(
-        failures.is_empty(),
-        "outside [{}, {}] a second or [{}, {}] the run:\n{}",
-        second.0,
-        second.1,
-        run.0,
-        run.1,
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 const EACH_SECOND: (f64, f64) = (0.95, 1.05);
@@ -222,62 +226,52 @@ const THE_RUN: (f64, f64) = (0.97, 1.02);
 const MANY_AT_10M_SECOND: (f64, f64) = (0.90, 1.05);
 const MANY_AT_10M_RUN: (f64, f64) = (0.95, 1.02);
 
-/// The cells at `rate` with 1, 4 and 16 flows: one flow within the bounds
-/// every cell must meet, more at 10M within theirs.
-fn check_flows(egress: bool, rate: &'static str, bits: f64) {
-    let cells = |flows: &[usize]| {
-        flows
-            .iter()
-            .map(|&n| Cell::tcp(egress, rate, bits, n))
-            .collect::<Vec<_>>()
-    };
-    if bits > 10e6 {
-        check(&cells(&[1, 4, 16]), EACH_SECOND, THE_RUN);
-    } else {
-        check(&cells(&[1]), EACH_SECOND, THE_RUN);
-        check(&cells(&[4, 16]), MANY_AT_10M_SECOND, MANY_AT_10M_RUN);
+/// The bounds every cell must meet, but more than one flow at 10M.
+fn bounds_for(cell: &Cell) -> Bounds {
+    match cell.bits <= 10e6 && cell.flows > 1 {
+        true => (MANY_AT_10M_SECOND, MANY_AT_10M_RUN),
+        false => (EACH_SECOND, THE_RUN),
     }
+}
+
+/// TCP cells at one rate, one per number of flows.
+fn tcp_cells(egress: bool, rate: &'static str, bits: f64, flows: &[usize]) -> Vec<Cell> {
+    flows
+        .iter()
+        .map(|&n| Cell::tcp(egress, rate, bits, n))
+        .collect()
 }
 
 #[test]
 fn egress_10m_on_open_tcp_connections() {
-    check_flows(true, "10M", 10e6);
+    check(&tcp_cells(true, "10M", 10e6, &[1, 4, 16]), bounds_for);
 }
 
 #[test]
 fn egress_100m_on_open_tcp_connections() {
-    check_flows(true, "100M", 100e6);
+    check(&tcp_cells(true, "100M", 100e6, &[1, 4, 16]), bounds_for);
 }
 
 #[test]
 fn egress_1g_on_open_tcp_connections() {
-    check_flows(true, "1G", 1e9);
+    check(&tcp_cells(true, "1G", 1e9, &[1, 4, 16]), bounds_for);
 }
 
-/// Ingress, 1 and 4 flows (16 below, each rate its own run: they take
+/// Ingress, 1 and 4 flows (16 below, all rates in one test: they take
 /// longest).
-fn ingress_cells(rate: &'static str, bits: f64) {
-    let cell = |n| Cell::tcp(false, rate, bits, n);
-    check(&[cell(1)], EACH_SECOND, THE_RUN);
-    match bits > 10e6 {
-        true => check(&[cell(4)], EACH_SECOND, THE_RUN),
-        false => check(&[cell(4)], MANY_AT_10M_SECOND, MANY_AT_10M_RUN),
-    }
-}
-
 #[test]
 fn ingress_10m_on_open_tcp_connections() {
-    ingress_cells("10M", 10e6);
+    check(&tcp_cells(false, "10M", 10e6, &[1, 4]), bounds_for);
 }
 
 #[test]
 fn ingress_100m_on_open_tcp_connections() {
-    ingress_cells("100M", 100e6);
+    check(&tcp_cells(false, "100M", 100e6, &[1, 4]), bounds_for);
 }
 
 #[test]
 fn ingress_1g_on_open_tcp_connections() {
-    ingress_cells("1G", 1e9);
+    check(&tcp_cells(false, "1G", 1e9, &[1, 4]), bounds_for);
 }
 
 /// 16 open flows coming in. Each had offered its sender a window of
@@ -288,16 +282,9 @@ fn ingress_1g_on_open_tcp_connections() {
 /// read 0.84-0.94 of the limit.
 #[test]
 fn ingress_on_16_open_tcp_connections() {
-    check(
-        &[Cell::tcp(false, "10M", 10e6, 16)],
-        MANY_AT_10M_SECOND,
-        MANY_AT_10M_RUN,
-    );
-    check(
-        &[("100M", 100e6), ("1G", 1e9)].map(|(rate, bits)| Cell::tcp(false, rate, bits, 16)),
-        EACH_SECOND,
-        THE_RUN,
-    );
+    let cells = [("10M", 10e6), ("100M", 100e6), ("1G", 1e9)]
+        .map(|(rate, bits)| Cell::tcp(false, rate, bits, 16));
+    check(&cells, bounds_for);
 }
 
 /// UDP needs nothing found: a socket's cgroup is fixed when it is made, and
@@ -309,7 +296,7 @@ fn both_directions_on_open_udp_flows() {
         proto: Proto::Udp,
         ..Cell::tcp(egress, "100M", 100e6, 1)
     });
-    check(&cells, EACH_SECOND, THE_RUN);
+    check(&cells, bounds_for);
 }
 
 /// A hostNetwork pod's open connections (the node's namespace, loopback).
@@ -318,22 +305,12 @@ fn both_directions_on_open_udp_flows() {
 /// flows that start under it (tests/accuracy.rs).
 #[test]
 fn open_tcp_connections_in_the_nodes_namespace() {
-    check(
-        &[Cell {
-            host: true,
-            ..Cell::tcp(true, "100M", 100e6, 4)
-        }],
-        EACH_SECOND,
-        THE_RUN,
-    );
-    check(
-        &[Cell {
-            host: true,
-            ..Cell::tcp(false, "100M", 100e6, 4)
-        }],
-        (0.80, 1.15),
-        (0.95, 1.03),
-    );
+    let host = |egress| Cell {
+        host: true,
+        ..Cell::tcp(egress, "100M", 100e6, 4)
+    };
+    check(&[host(true)], bounds_for);
+    check(&[host(false)], |_| ((0.80, 1.15), (0.95, 1.03)));
 }
 
 /// The same flows through a daemon killed and started again over its pins
