@@ -8,7 +8,7 @@
 # `check <name>: ok ...` or `check <name>: FAIL ...`, then the features the
 # shaper found (`feature ...`), and exits non-zero if any check failed.
 #
-# Rates are measured over 3 s after a 1 s warm-up. A guest under TCG
+# Rates are measured over 3.5 s after a 1.5 s warm-up. A guest under TCG
 # (software emulation) runs several times slower than the host: the
 # bounds are for functional checks, not for accuracy claims.
 set -u
@@ -208,6 +208,20 @@ HIGH=${PODSHAPER_KERNEL_HIGH:-1.05}
 WARMUP=${PODSHAPER_KERNEL_WARMUP:-1.5}
 MEASURE=${PODSHAPER_KERNEL_MEASURE:-3.5}
 LISTEN_WAIT=${PODSHAPER_KERNEL_LISTEN_WAIT:-0.8}
+# policer_high BITS: the upper bound of the policer alone (`podshaper run
+# --ingress` over TCP) at BITS per second. It lets retransmissions and a
+# flow's packet after a drop borrow, down to max(200 ms of the rate, two
+# bursts) below an empty bucket (MAX_DEFICIT_NS, MIN_DEFICIT_BURSTS in
+# bpf/shaper.c), on top of a full burst (25 ms, at least 128 KiB): a window
+# of MEASURE seconds that starts full and ends in debt reads that much above
+# the limit (1.051 of 10M over 3.5 s on the host, where 10M may lend 0.31 s).
+# The bound is that, plus 0.02.
+policer_high() {
+  awk -v bits="$1" -v h="$HIGH" -v m="$MEASURE" 'BEGIN {
+    rate = bits / 8; burst = rate / 40; if (burst < 131072) burst = 131072
+    debt = rate / 5; if (debt < 2 * burst) debt = 2 * burst
+    b = 1.02 + (burst + debt) / rate / m; print (b > h ? b : h) }'
+}
 # a receiver's whole run, and its sender's, which outlasts it
 RECV_FOR=$(awk -v w="$WARMUP" -v m="$MEASURE" 'BEGIN { print w + m }')
 SEND_FOR=$(awk -v w="$WARMUP" -v m="$MEASURE" 'BEGIN { print w + m + 1 }')
@@ -272,13 +286,15 @@ for rate in 10M 100M; do
   OFFER=$((bits * 2))
   for kind in tcp-egress tcp-ingress udp-egress udp-ingress; do
     dir=${kind#*-}
+    high=$HIGH
+    [ "$kind" = tcp-ingress ] && high=$(policer_high "$bits")
     got=$(measure "$kind" "--$dir" "$rate")
     if [ -z "$got" ]; then
       fail "run-$kind-$rate" "no measurement"
-    elif within "$LOW" "$HIGH" "$got" "$bits"; then
+    elif within "$LOW" "$high" "$got" "$bits"; then
       ok "run-$kind-$rate" "$(ratio "$got" "$bits") of the limit"
     else
-      fail "run-$kind-$rate" "$(ratio "$got" "$bits") of the limit, outside [$LOW, $HIGH]"
+      fail "run-$kind-$rate" "$(ratio "$got" "$bits") of the limit, outside [$LOW, $high]"
     fi
   done
 done
