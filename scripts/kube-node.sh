@@ -122,7 +122,8 @@ daemon_running() {
 }
 
 # start_daemon NAME COMMAND...: runs COMMAND (whose program is called NAME) in
-# its own session, logging to $LOGS/NAME.log, unless it already runs.
+# the background, detached from this shell (setsid), logging to
+# $LOGS/NAME.log, unless it already runs.
 start_daemon() {
   local name=$1
   shift

@@ -1,5 +1,5 @@
-//! Client-supplied BPF programs: the first version's feature, kept behind
-//! `--allow-custom-programs`. Only cgroup program types are accepted; their
+//! Client-supplied BPF programs, behind `--allow-custom-programs` (off by
+//! default). Only cgroup program types are accepted; their
 //! links are pinned under `<bpffs-dir>/custom/<cgroup id>/<program>`.
 
 use std::fs;

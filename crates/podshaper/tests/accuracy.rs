@@ -18,12 +18,13 @@ const INGRESS: (f64, f64) = (0.85, 1.05);
 /// One flow at 1G through the policer, even from BBR (0.89-1.01 here).
 const INGRESS_1G_ONE_FLOW: (f64, f64) = (0.75, 1.05);
 /// One cubic flow against the ingress policer alone at 100M and above (a
-/// hostNetwork pod's ingress). Until session 11 it read 0.53-0.90 here
-/// (0.479 once inside a whole CI run) where BBR read 1.01: the receiver's
-/// delayed ACK held the sender for 40 ms or more after each drop. With the
-/// delayed ACK of an ingress-limited cgroup's sockets shortened from sockops
-/// it reads 0.948-0.978 (docs/shaping.md); 0.80 leaves room for a loaded
-/// CI machine and still fails the old behaviour at 1G.
+/// hostNetwork pod's ingress). With the delayed ACK of an ingress-limited
+/// cgroup's sockets shortened from sockops it reads 0.948-0.978
+/// (docs/design/ingress.md). With the kernel's own delayed ACK it read
+/// 0.53-0.90 here (0.479 once inside a whole CI run) where BBR read 1.01:
+/// the receiver's delayed ACK held the sender for 40 ms or more after each
+/// drop. 0.80 leaves room for a loaded CI machine and still fails that
+/// behaviour at 1G.
 const INGRESS_ONE_CUBIC_FLOW: (f64, f64) = (0.80, 1.05);
 /// Senders using BBR: it ignores the bucket's congestion notifications and
 /// its own gain cycle probes below the pacing cap, so the share alone steers
@@ -38,16 +39,16 @@ const BBR_EGRESS: (f64, f64) = (0.85, 1.05);
 const INGRESS_ECN_ONE_FLOW: (f64, f64) = (0.85, 1.05);
 
 /// Jain's index of eight cubic flows through the ingress policer alone:
-/// 0.88-1.000 here at 10M-1G. Until session 15 one flow of several could
-/// take most of the rate: session 14's build read 0.17 and 0.43 at 100M x8,
-/// 0.26 and 0.22 at 1G x8 here (10M x8 0.95-0.98), and a first version of
-/// the fair parts 0.716 once at 100M x8.
+/// 0.88-1.000 here at 10M-1G. Without each flow's fair part one flow of
+/// several could take most of the rate: a policer without them read 0.17
+/// and 0.43 at 100M x8, 0.26 and 0.22 at 1G x8 here (10M x8 0.95-0.98),
+/// and a weaker form of the fair parts 0.716 once at 100M x8.
 const INGRESS_CUBIC_FAIR: f64 = 0.80;
 /// The same at 10M, where a flow's fair part is a few packets and one flow
 /// now and then takes several before it loses anything (docs/shaping.md,
 /// "Fair parts through the policer alone"; the bench reads 0.72-0.86 at
 /// 10M x16). 10M x8 read 0.872-0.985 in six runs alone here, and 0.718 once
-/// in CI (session 18), with the other tests running beside it.
+/// in CI, with the other tests running beside it.
 const INGRESS_CUBIC_FAIR_10M: f64 = 0.65;
 
 /// Who sends: its congestion control, and whether its connections

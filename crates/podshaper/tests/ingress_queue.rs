@@ -3,8 +3,9 @@
 //! the pod's processes are there, changed live, kept through kill -9 and
 //! adopted, removed on detach, never put on the host's namespace (a
 //! hostNetwork pod); and what it buys TCP senders (cubic), whose single flows
-//! reached only 0.66-0.78 of the limit through the cgroup policer alone
-//! (until session 11 shortened the receiver's delayed ACK: 0.95-0.98 now).
+//! reach 0.95-0.98 of the limit through the cgroup policer alone with the
+//! receiver's delayed ACK shortened, and reached only 0.66-0.78 with the
+//! kernel's own delayed ACK.
 
 mod common;
 
@@ -265,9 +266,9 @@ impl Drop for FailingTc {
 }
 
 /// A queue that could not be built (tc failed) is tried again by the
-/// daemon's sweep, not given up on (until session 13 the failed namespace
-/// was recorded as done: the pod had only the policer until its limit
-/// changed), and no more often than the backoff allows (1, 2, 4, 8 s...):
+/// daemon's sweep, not given up on (a failed namespace recorded as done
+/// would leave the pod with only the policer until its limit changed), and
+/// no more often than the backoff allows (1, 2, 4, 8 s...):
 /// a queue that keeps failing costs its tc runs and a warning now and then,
 /// not every second.
 #[test]
@@ -444,11 +445,12 @@ fn queued_ingress_with(
 }
 
 /// ECN-capable senders into a queued pod: the queue holds the rate, so the
-/// policer behind it has no reason to mark them. Its bucket used to sit just
-/// under half full behind the queue (the queue's burst and the CPUs' slices
-/// ahead of it), where it marks: 98-99% of the packets were marked CE and
-/// the flows got 0.953-0.957 of 10M, 0.963 of 1G, with 3-7 ms of added
-/// round trip (`podshaper bench --ecn true`). Now 0-2% are marked.
+/// policer behind it has no reason to mark them: 0-2% are marked. With the
+/// queue's htb burst half the limit's and the policer's marking level not
+/// counting the CPUs' slices, its bucket sat just under half full behind
+/// the queue, where it marks: 98-99% of the packets were marked CE and the
+/// flows got 0.953-0.957 of 10M, 0.963 of 1G, with 3-7 ms of added round
+/// trip (`podshaper bench --ecn true`).
 fn queued_ecn_ingress_is_not_marked(rate: &str, bits: f64, flows: usize) {
     let (packets, marked) = queued_ingress_with(rate, bits, flows, true, "cubic");
     assert!(packets > 0, "no ingress packets counted");
@@ -500,8 +502,8 @@ fn queued_ingress_1g_eight_flows() {
     queued_ingress("1G", 1e9, 8);
 }
 
-/// One BBR flow into a queued pod. Until session 17 each flow's FIFO held
-/// 0.5 ms at the rate: BBR's probes overflowed it, and its policer
+/// One BBR flow into a queued pod. Each flow's FIFO holds 10 ms at the
+/// rate because with 0.5 ms BBR's probes overflowed it, and its policer
 /// detection then held the flow at what got through: 0.02-0.03 of 100M,
 /// 0.2-0.3 of 1G (`podshaper bench --cc bbr`), where the policer alone
 /// gave it 1.01-1.04.

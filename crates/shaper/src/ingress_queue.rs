@@ -125,11 +125,11 @@ pub enum QueueError {
 /// flow's added delay under load; with n flows each waits up to n times
 /// this), at most 128 KiB, at least 2 ms at the rate and at least 16 KiB
 /// (11 full-size packets). Measured with 16 cubic flows at 10 Mbit/s: 8 KiB
-/// lost 11% of the rate, 16 KiB 1-3% (tc alone). Until session 17 a FIFO held
-/// 0.5 ms at the rate: one BBR flow then got 0.02-0.03 of 100 Mbit/s and
-/// 0.2-0.3 of 1 Gbit/s (its probes overflowed the FIFO, and its policer
-/// detection then held it at what got through); with 10 ms at 100M and 2 ms
-/// at 1G it gets 0.995-0.998 (docs/shaping.md).
+/// lost 11% of the rate, 16 KiB 1-3% (tc alone). With FIFOs of 0.5 ms at
+/// the rate one BBR flow got 0.02-0.03 of 100 Mbit/s and 0.2-0.3 of
+/// 1 Gbit/s (its probes overflowed the FIFO, and its policer detection then
+/// held it at what got through); with 10 ms at 100M and 2 ms at 1G it gets
+/// 0.995-0.998 (docs/design/ingress.md).
 pub fn flow_queue_bytes(limit: &DirectionLimit) -> u64 {
     let at_rate = |us: u32| limit.rate.bytes_per_sec().saturating_mul(us.into()) / 1_000_000;
     at_rate(FLOW_QUEUE_US)
@@ -320,8 +320,8 @@ pub fn flow_filter(show: &str) -> Option<(u32, String)> {
 /// millisecond at the rate), so flows share equally and what one leaves
 /// unused goes to the others. Each is assured only a token 1/1000 of the
 /// rate: htb lets a class send its assured rate, and bursts of it, whatever
-/// its parents have left, so with equal parts of the bulk rate assured (as
-/// a first version had) 16 flows at 10 Mbit/s got 0.88-0.90 of the limit.
+/// its parents have left, so with equal parts of the bulk rate assured 16
+/// flows at 10 Mbit/s got 0.88-0.90 of the limit.
 fn classes(verb: &str, limit: &DirectionLimit) -> Vec<String> {
     queue_classes(IFB_NAME, &POD_CLASSES, verb, limit)
 }
