@@ -29,7 +29,7 @@ const INGRESS_ONE_CUBIC_FLOW: (f64, f64) = (0.80, 1.05);
 /// Senders using BBR: it ignores the bucket's congestion notifications and
 /// its own gain cycle probes below the pacing cap, so the share alone steers
 /// it and the aggregate wanders more (0.91-1.00 here where cubic reads
-/// 0.97-1.00; docs/shaping.md).
+/// 0.97-1.00; docs/design/egress.md).
 const BBR_EGRESS: (f64, f64) = (0.85, 1.05);
 /// One cubic flow that negotiated ECN, against the policer alone, which
 /// marks it CE below half a bucket: 0.949-0.997 here. (Before the delayed
@@ -45,7 +45,7 @@ const INGRESS_ECN_ONE_FLOW: (f64, f64) = (0.85, 1.05);
 /// and a weaker form of the fair parts 0.716 once at 100M x8.
 const INGRESS_CUBIC_FAIR: f64 = 0.80;
 /// The same at 10M, where a flow's fair part is a few packets and one flow
-/// now and then takes several before it loses anything (docs/shaping.md,
+/// now and then takes several before it loses anything (docs/design/ingress.md,
 /// "Fair parts through the policer alone"; the bench reads 0.72-0.86 at
 /// 10M x16). 10M x8 read 0.872-0.985 in six runs alone here, and 0.718 once
 /// in CI, with the other tests running beside it.
@@ -158,7 +158,7 @@ tcp_cases! {
 /// while the bucket is short follows the most-sending flow, not an equal
 /// part of the rate, because an equal part (every light flow counting)
 /// held this bulk flow to 4.1 Mbit/s; with the cap it reads 6.3-6.5
-/// (docs/shaping.md).
+/// (docs/design/egress.md).
 #[test]
 fn tcp_egress_bulk_flow_beside_light_bursty_flows_keeps_its_part() {
     let (light, light_rate) = (8, 400_000);

@@ -22,7 +22,7 @@ fn stderr_of(out: &std::process::Output) -> String {
 /// limit (the sockops program). Through the policer alone (a hostNetwork
 /// pod's ingress; the queue is off here) one cubic flow that kept the
 /// kernel's delayed ACK got 0.57-0.73 of 1G (three runs; 0.94-0.98 with it;
-/// docs/shaping.md, "The receiver's delayed ACK").
+/// docs/design/ingress.md, "The receiver's delayed ACK").
 #[test]
 fn a_connection_open_before_its_ingress_limit_gets_the_short_delayed_ack() {
     let root = TestRoot::new("delack");

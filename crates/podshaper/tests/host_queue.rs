@@ -7,7 +7,7 @@
 //! away with the last limit. And what it buys TCP senders: through the
 //! cgroup policer alone, 16 cubic flows at 10 Mbit/s resent 66-70% of their
 //! segments and shared the limit with Jain's index 0.72-0.84
-//! (docs/shaping.md).
+//! (docs/design/ingress.md).
 
 mod common;
 

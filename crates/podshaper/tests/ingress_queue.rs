@@ -416,7 +416,7 @@ fn queued_ingress_with(
     // program's clamp, and a first window of the senders' own first
     // flight), so the queue loses nothing: cubic senders resent 1-6% of
     // their segments at 10M and 100M without them, 0.00% with them
-    // (docs/shaping.md).
+    // (docs/design/ingress.md).
     let ((retrans_0, out_0), (retrans_1, out_1)) = sent_before
         .zip(sent_after)
         .unwrap_or_else(|| panic!("no TCP counters in {}", lab.b()));
@@ -614,7 +614,7 @@ fn a_receive_window_follows_the_ingress_limit_and_is_given_back() {
 /// Through the policer alone (`--ingress-queue false`: no queue in front of
 /// the pod) a receiving socket's window is left to the kernel: there is no
 /// FIFO for it to fit, and the policer delays nothing, so no window would
-/// hold the sender to the rate (docs/shaping.md).
+/// hold the sender to the rate (docs/design/ingress.md).
 #[test]
 fn a_receive_window_is_not_clamped_without_a_queue_in_front() {
     let root = TestRoot::new("rwnd-policer");

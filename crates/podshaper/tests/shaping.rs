@@ -32,7 +32,7 @@ fn tcp_egress_over_ipv6() {
 }
 
 /// Ingress policing costs the sender an occasional retransmission timeout
-/// (docs/shaping.md), so ingress is measured over a longer window.
+/// (docs/design/ingress.md), so ingress is measured over a longer window.
 fn tcp_ingress() -> Flow {
     Flow {
         seconds: 9.0,
@@ -98,6 +98,6 @@ fn tcp_ingress_in_the_host_network_namespace() {
     // a 64 KiB segment and often a timeout: one flow's goodput varies from
     // run to run (0.56-1.03 seen, lowest with other tests loading the CPUs).
     // This test checks that the limit holds and traffic flows; the veth test
-    // above checks accuracy. Known gap, docs/shaping.md.
+    // above checks accuracy. Known gap, docs/design/ingress.md.
     assert_ratio("TCP ingress host namespace 100M", rate, 100e6, 0.40, 1.05);
 }

@@ -4,7 +4,7 @@
 //! limits need, and once those are removed, what it held before.
 //!
 //! `PODSHAPER_SOAK_SECS` sets the length (default 20 s, what CI runs; the
-//! 30-minute run is reported in docs/reliability.md). In its own test binary:
+//! 30-minute run is reported in docs/design/reliability.md). In its own test binary:
 //! it counts every BPF object on the machine.
 
 mod common;

@@ -1,7 +1,7 @@
 //! A queue in front of a pod that has a network namespace of its own.
 //!
 //! A cgroup program can only pass or drop what arrives, and a policer that
-//! drops makes TCP senders retransmit and back off (docs/shaping.md: one
+//! drops makes TCP senders retransmit and back off (docs/design/ingress.md: one
 //! cubic flow reached 0.66-0.78 of its ingress limit). Where the pod has its
 //! own network namespace, the daemon puts a queue in front of it: each of the
 //! namespace's interfaces redirects what it receives (tc ingress, u32
@@ -42,7 +42,7 @@ const FILTER_PREF: &str = "49";
 /// the rate) leaves the policer's bucket at three quarters, above the half
 /// under which it marks ECN flows. With half the burst here it sat at half:
 /// 98% of an ECN flow's packets were marked, and at 10M the flows got 0.95 of
-/// the limit (docs/shaping.md).
+/// the limit (docs/design/ingress.md).
 const MIN_HTB_BURST: u64 = 16 * 1024;
 /// What each flow class may send per turn: as large as a packet can be
 /// (GRO builds them up to 64 KiB). htb takes one packet from a class per
@@ -50,7 +50,7 @@ const MIN_HTB_BURST: u64 = 16 * 1024;
 /// deficit is spent, so with turns smaller than the packets flows shared by
 /// packets, not bytes: at 10M, ECN flows that a mark had left sending
 /// 2-segment packets got half of what flows sending 5-segment ones got
-/// (Jain 0.94 over 16 flows, docs/shaping.md).
+/// (Jain 0.94 over 16 flows, docs/design/ingress.md).
 const FLOW_QUANTUM: u64 = 65_536;
 
 /// The htb class ids (minor, hex as tc reads them) of one pod's queue: the
