@@ -12,6 +12,9 @@ pub enum BenchError {
     /// values drop.
     #[error("interrupted: stopped, and removed what the bench made")]
     Interrupted,
+    /// A signal ended the demo.
+    #[error("interrupted")]
+    DemoInterrupted,
     #[error("unknown mechanism {0:?}: expected podshaper, tbf or none")]
     UnknownMechanism(String),
     #[error("unknown direction {0:?}: expected egress or ingress")]

@@ -134,8 +134,12 @@ impl Sink {
     /// Listens at `at` in B for `traffic` (TCP or UDP) for `lasting` at
     /// most, and gives it a moment to listen.
     pub fn start(lab: &NetnsPair, traffic: Traffic, at: SocketAddr, lasting: Duration) -> Self {
+        Self::start_until(lab, traffic, at, Until::after(lasting))
+    }
+
+    /// [`Sink::start`] until `until`.
+    pub fn start_until(lab: &NetnsPair, traffic: Traffic, at: SocketAddr, until: Until) -> Self {
         let meter = Meter::default();
-        let until = Until::after(lasting);
         let handle = {
             let (meter, until) = (meter.clone(), until.clone());
             traffic::spawn_in(Some(lab.b().to_string()), move || match traffic {

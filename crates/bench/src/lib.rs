@@ -1,7 +1,7 @@
-//! podshaper's benchmarks, as a library: the CLI's `podshaper bench` parses
-//! its flags into [`Options`], calls [`run`] and prints the [`Report`] as a
-//! table or as JSON; `podshaper bench daemon` does the same with
-//! [`daemon::run`].
+//! podshaper's benchmarks and its demo, as a library: the CLI's `podshaper
+//! bench` parses its flags into [`Options`], calls [`run`] and prints the
+//! [`Report`] as a table or as JSON; `podshaper bench daemon` does the same
+//! with [`daemon::run`], and `podshaper demo` with [`demo::run`].
 //!
 //! - [`matrix`]: podshaper against tc tbf (as the CNI bandwidth plugin
 //!   configures it) and against no limit, side by side, on a veth pair
@@ -9,6 +9,7 @@
 //! - [`change`]: how long a halved limit takes to hold;
 //! - [`open`]: a limit put on flows already running;
 //! - [`daemon`]: the daemon's attach latency, scale and memory;
+//! - [`demo`]: shaping shown live, a limit set and changed on a running flow;
 //! - [`lab`]: the set-up they share. The traffic runs in children of this
 //!   process's binary (its `traffic` subcommand) started inside the limited
 //!   cgroups, and is measured with `podshaper_netlab`.
@@ -21,6 +22,7 @@ use podshaper_shaper::Shaper;
 pub mod bpf_stats;
 pub mod change;
 pub mod daemon;
+pub mod demo;
 mod error;
 pub mod lab;
 pub mod matrix;
