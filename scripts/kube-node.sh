@@ -17,7 +17,8 @@
 #
 # Environment:
 #   PODSHAPER_BIN=/path   use this podshaper binary instead of building one with
-#                         `cargo build --release -p podshaper`
+#                         `cargo build --release -p podshaper --no-default-features`
+#                         (as deploy/Dockerfile builds it: without the bench's plot)
 #   PODSHAPER_NODE_KEEP_LOGS=/dir
 #                         `down` copies the components' logs there first
 #
@@ -263,8 +264,8 @@ podshaper_binary() {
     return 0
   fi
   mkdir -p "$LOGS"
-  step "podshaper binary: cargo build --release -p podshaper"
-  if ! (cd "$REPO" && cargo build --release -p podshaper) >"$LOGS/cargo-build.log" 2>&1; then
+  step "podshaper binary: cargo build --release -p podshaper --no-default-features"
+  if ! (cd "$REPO" && cargo build --release -p podshaper --no-default-features) >"$LOGS/cargo-build.log" 2>&1; then
     tail -n 30 "$LOGS/cargo-build.log" >&2
     die "cargo build failed (log: $LOGS/cargo-build.log)"
   fi

@@ -9,6 +9,7 @@ pub mod latency;
 pub mod meter;
 pub mod netns;
 pub mod traffic;
+pub mod window;
 
 pub use meter::Meter;
 pub use netns::{NetnsError, NetnsPair};

@@ -58,7 +58,7 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Attach latency, time to limit many cgroups, RSS, concurrent clients.
-    Daemon(cli::bench_daemon::BenchDaemonArgs),
+    Daemon(cli::bench::BenchDaemonArgs),
 }
 
 fn main() -> ExitCode {
@@ -93,7 +93,7 @@ fn main() -> ExitCode {
         Command::Bench {
             command: Some(BenchCommand::Daemon(a)),
             ..
-        } => cli::bench_daemon::run(a, signals.stop_flag("bench daemon")),
+        } => cli::bench::run_daemon(a, signals.stop_flag("bench daemon")),
         Command::Bench {
             command: None,
             args,

@@ -4,12 +4,12 @@
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::ExitCode;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use podshaper_netlab::meter::{flow_bytes_since, Seconds};
 use podshaper_netlab::traffic::{self, Until};
+use podshaper_netlab::window::{self, ReceiverReport};
 use podshaper_netlab::{netns, Meter};
 use podshaper_rate::Rate;
 
@@ -145,7 +145,8 @@ pub fn run(command: TrafficCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Binds in the requested namespace, runs `sink` on a thread, and reports.
+/// Binds in the requested namespace, runs `sink` on a thread, and prints
+/// what it received after the skipped start ([`ReceiverReport`]).
 fn receive<S: Send + 'static>(
     common: &Common,
     listen: SocketAddr,
@@ -159,42 +160,12 @@ fn receive<S: Send + 'static>(
         let (meter, until) = (meter.clone(), until.clone());
         thread::spawn(move || sink(socket, meter, &until))
     };
-    let mut report = report(&meter, common, &until)?;
+    let window = window::measure(&meter, secs(common.skip)?, &until);
     handle
         .join()
         .map_err(|_| anyhow::anyhow!("sink panicked"))??;
-    report["flow_bytes"] = serde_json::json!(meter.flow_bytes());
-    // TCP: each connection's receive window clamp as it ended
-    report["window_clamps"] = serde_json::json!(meter.window_clamps());
-    println!("{report}");
+    let report = ReceiverReport::new(&window, &meter);
+    // as a JSON object's keys print: sorted
+    println!("{}", serde_json::to_value(&report)?);
     Ok(())
-}
-
-/// Waits out the run; the received rate after the skipped start, and in
-/// each second from the start, as JSON.
-fn report(meter: &Meter, common: &Common, until: &Until) -> Result<serde_json::Value> {
-    let start = Instant::now();
-    let mut per_second = Seconds::start(meter);
-    let skip = secs(common.skip)?;
-    while start.elapsed() < skip {
-        per_second.poll(meter);
-        thread::sleep(Duration::from_millis(10));
-    }
-    let (first, first_flows) = (meter.read(), meter.flow_bytes());
-    while !until.reached() {
-        per_second.poll(meter);
-        thread::sleep(Duration::from_millis(10));
-    }
-    let (last, last_flows) = (meter.read(), meter.flow_bytes());
-    Ok(serde_json::json!({
-        "bytes": last.bytes - first.bytes,
-        "seconds": last.at.duration_since(first.at).as_secs_f64(),
-        "bits_per_second": last.bits_per_sec_since(&first).round(),
-        "total_bytes": last.bytes,
-        "elapsed": start.elapsed().as_secs_f64(),
-        // each TCP flow's bytes after the skipped start
-        "flow_bytes_measured": flow_bytes_since(&first_flows, &last_flows),
-        // the rate in each whole second from the start
-        "per_second_bits": per_second.bits_per_second(),
-    }))
 }

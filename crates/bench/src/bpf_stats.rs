@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Result;
+use crate::error::{BenchError, Result};
 
 /// Statistics are collected while this is alive.
 pub struct StatsOn(#[allow(dead_code)] OwnedFd);
@@ -14,7 +14,7 @@ pub struct StatsOn(#[allow(dead_code)] OwnedFd);
 pub fn enable() -> Result<StatsOn> {
     aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .map(StatsOn)
-        .map_err(|e| anyhow::anyhow!("cannot enable BPF run-time statistics: {e}"))
+        .map_err(|e| BenchError::Stats(e.to_string()))
 }
 
 /// (total run time, runs) of the shaper's programs and the empty baseline's
@@ -47,4 +47,21 @@ pub fn per_run(before: &Snapshot, after: &Snapshot) -> BTreeMap<String, (f64, u6
             (name.clone(), (ns, runs))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_between_snapshots() {
+        let before = Snapshot::from([("a".to_string(), (Duration::from_nanos(100), 2))]);
+        let after = Snapshot::from([
+            ("a".to_string(), (Duration::from_nanos(400), 5)),
+            ("b".to_string(), (Duration::from_nanos(50), 1)),
+        ]);
+        let runs = per_run(&before, &after);
+        assert_eq!(runs["a"], (100.0, 3));
+        assert_eq!(runs["b"], (50.0, 1));
+    }
 }

@@ -1,0 +1,209 @@
+//! What every bench run sets up the same way: a quiet machine, tbf as the
+//! CNI bandwidth plugin builds it, a sink in namespace B and senders in a
+//! cgroup in namespace A (this binary's `traffic` subcommand, started in
+//! the cgroup), podshaper's egress limit on a cgroup, and the stop flag.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use podshaper_netlab::traffic::{self, Until};
+use podshaper_netlab::{Meter, NetnsPair};
+use podshaper_rate::Rate;
+use podshaper_shaper::{Attachment, Cgroup, DirectionLimit, Limits, Shaper};
+
+use crate::error::{BenchError, Result};
+use crate::options::Traffic;
+
+/// Fails once `stop` is set (a signal): the caller's values then remove the
+/// namespaces, cgroups and pins they made as they drop.
+pub fn check_stop(stop: &AtomicBool) -> Result<()> {
+    if stop.load(Ordering::SeqCst) {
+        return Err(BenchError::Interrupted);
+    }
+    Ok(())
+}
+
+/// Waits (5 s at most) until the machine is nearly idle: the previous cell's
+/// namespaces are torn down in the background (their sockets freed by a
+/// kernel worker), and a cell that starts meanwhile measures that too (5G x1
+/// right after an unlimited cell: 0.65-0.78, alone 0.987-0.999; tbf as well).
+pub fn settle() {
+    const IDLE_ENOUGH: f64 = 0.15;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut before = cpu_times();
+    while Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+        let now = cpu_times();
+        if let (Some((b1, t1)), Some((b0, t0))) = (now, before) {
+            if ((b1 - b0) as f64 / (t1 - t0).max(1) as f64) < IDLE_ENOUGH {
+                return;
+            }
+        }
+        before = now;
+    }
+}
+
+/// (busy, total) jiffies of all CPUs.
+pub fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = cpu.iter().sum();
+    let idle = cpu.get(3)? + cpu.get(4).unwrap_or(&0);
+    Some((total - idle, total))
+}
+
+/// `tc qdisc add|change` of the tbf the CNI bandwidth plugin builds on veth0:
+/// burst = rate/250 (at least 16 KiB), latency 25 ms.
+pub fn tbf_args(verb: &'static str, rate: Rate) -> Vec<String> {
+    let burst = (rate.bits_per_sec() / 250 / 8).max(16 * 1024);
+    ["qdisc", verb, "dev", "veth0", "root", "tbf", "rate"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            format!("{}bit", rate.bits_per_sec()),
+            "burst".into(),
+            burst.to_string(),
+            "latency".into(),
+            "25ms".into(),
+        ])
+        .collect()
+}
+
+/// Runs `tc args` in the network namespace `ns`.
+pub fn tc(ns: &str, args: &[String]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "tc"])
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        return Err(BenchError::Tc {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// `<this binary> traffic <verb> --netns <ns>`: the lab's traffic as a
+/// command, so that it can be started inside a cgroup.
+pub fn traffic_command(verb: &str, ns: &str) -> Result<Command> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(["traffic", verb, "--netns", ns]);
+    Ok(command)
+}
+
+/// podshaper's egress limit on `cgroup` (one map update), attached.
+pub fn limit_egress(shaper: &mut Shaper, cgroup: &Cgroup, rate: Rate) -> Result<Attachment> {
+    shaper.set_limits(cgroup.id(), &egress_limit(rate))?;
+    Ok(shaper.attach(cgroup)?)
+}
+
+pub fn egress_limit(rate: Rate) -> Limits {
+    Limits {
+        egress: Some(DirectionLimit::new(rate, None)),
+        ingress: None,
+    }
+}
+
+/// Detaches what [`limit_egress`] (or the like) attached, and forgets the
+/// cgroup's limits.
+pub fn unlimit(shaper: &mut Shaper, cgroup_id: u64, attachment: Attachment) -> Result<()> {
+    shaper.detach(attachment)?;
+    shaper.remove_limits(cgroup_id)?;
+    Ok(())
+}
+
+/// A sink in namespace B that counts what it receives.
+pub struct Sink {
+    pub meter: Meter,
+    until: Until,
+    handle: JoinHandle<io::Result<()>>,
+}
+
+impl Sink {
+    /// Listens at `at` in B for `traffic` (TCP or UDP) for `lasting` at
+    /// most, and gives it a moment to listen.
+    pub fn start(lab: &NetnsPair, traffic: Traffic, at: SocketAddr, lasting: Duration) -> Self {
+        Self::start_until(lab, traffic, at, Until::after(lasting))
+    }
+
+    /// [`Sink::start`] until `until`.
+    pub fn start_until(lab: &NetnsPair, traffic: Traffic, at: SocketAddr, until: Until) -> Self {
+        let meter = Meter::default();
+        let handle = {
+            let (meter, until) = (meter.clone(), until.clone());
+            traffic::spawn_in(Some(lab.b().to_string()), move || match traffic {
+                Traffic::Tcp(_) => traffic::tcp_sink(TcpListener::bind(at)?, meter, &until),
+                Traffic::Udp => traffic::udp_sink(UdpSocket::bind(at)?, meter, &until),
+            })
+        };
+        thread::sleep(Duration::from_millis(200));
+        Self {
+            meter,
+            until,
+            handle,
+        }
+    }
+
+    pub fn stop(self) {
+        self.until.stop.store(true, Ordering::Relaxed);
+        let _ = self.handle.join();
+    }
+}
+
+/// Senders in `cgroup` in namespace A, to `to` for `seconds`: TCP flows as
+/// fast as they may, or UDP at `udp_rate` bit/s.
+pub fn start_senders(
+    lab: &NetnsPair,
+    cgroup: &Cgroup,
+    traffic: Traffic,
+    udp_rate: u64,
+    seconds: &str,
+    to: SocketAddr,
+) -> Result<Child> {
+    let mut command = match traffic {
+        Traffic::Tcp(n) => {
+            let mut c = traffic_command("tcp-send", lab.a())?;
+            c.args(["--flows", &n.to_string()]);
+            c
+        }
+        Traffic::Udp => {
+            let mut c = traffic_command("udp-send", lab.a())?;
+            c.args(["--rate", &udp_rate.to_string()]);
+            c
+        }
+    };
+    command
+        .args(["--seconds", seconds, "--to", &to.to_string()])
+        .stdout(Stdio::null());
+    cgroup.spawn_inside(&mut command)?;
+    command
+        .spawn()
+        .map_err(BenchError::io("cannot start the sender"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tbf_is_the_cni_plugins() {
+        let rate = Rate::from_bits_per_sec(100_000_000).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            tbf_args("add", rate).join(" "),
+            "qdisc add dev veth0 root tbf rate 100000000bit burst 50000 latency 25ms"
+        );
+        let slow = Rate::from_bits_per_sec(10_000_000).unwrap_or_else(|e| panic!("{e}"));
+        assert!(tbf_args("change", slow).join(" ").contains("burst 16384 "));
+    }
+}

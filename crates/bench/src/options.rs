@@ -1,0 +1,207 @@
+//! What a bench run measures: the matrix's axes and how each cell runs.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use podshaper_rate::Rate;
+use serde::{Serialize, Serializer};
+
+use crate::error::{BenchError, Result};
+
+/// What limits the traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    Podshaper,
+    /// tc tbf, as the CNI bandwidth plugin configures it
+    Tbf,
+    /// no limit: what the lab carries
+    Unlimited,
+}
+
+impl FromStr for Mechanism {
+    type Err = BenchError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "podshaper" => Ok(Self::Podshaper),
+            "tbf" => Ok(Self::Tbf),
+            "none" => Ok(Self::Unlimited),
+            other => Err(BenchError::UnknownMechanism(other.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Podshaper => "podshaper",
+            Self::Tbf => "tbf",
+            Self::Unlimited => "none",
+        })
+    }
+}
+
+/// The direction limited, seen from the limited side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Egress,
+    Ingress,
+}
+
+impl FromStr for Direction {
+    type Err = BenchError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "egress" => Ok(Self::Egress),
+            "ingress" => Ok(Self::Ingress),
+            other => Err(BenchError::UnknownDirection(other.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Egress => "egress",
+            Self::Ingress => "ingress",
+        })
+    }
+}
+
+/// The traffic of a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    /// this many TCP flows, as fast as they may
+    Tcp(usize),
+    /// UDP offered at four times the limit
+    Udp,
+}
+
+impl fmt::Display for Traffic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(n) => f.pad(&format!("tcp x{n}")),
+            Self::Udp => f.pad("udp 4x"),
+        }
+    }
+}
+
+/// The report names mechanisms, directions and traffics as the table does.
+macro_rules! serialize_as_shown {
+    ($($t:ty),*) => {$(
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+serialize_as_shown!(Mechanism, Direction, Traffic);
+
+/// A bench run (`podshaper bench`'s flags; the defaults are its defaults).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// target rates
+    pub rates: Vec<Rate>,
+    /// TCP flow counts (0 counts as 1)
+    pub flows: Vec<usize>,
+    pub directions: Vec<Direction>,
+    pub mechanisms: Vec<Mechanism>,
+    /// also UDP, offered at 4x the limit
+    pub udp: bool,
+    /// seconds per run, the warm-up included
+    pub seconds: f64,
+    /// seconds at the start of each run left out of the measurement
+    pub warmup: f64,
+    /// the latency probe beside TCP traffic
+    pub probe: bool,
+    /// the senders' TCP congestion control
+    pub cc: String,
+    /// TCP connections negotiate ECN
+    pub ecn: bool,
+    /// podshaper's ingress: the queue the daemon puts in front of a pod
+    /// with its own network namespace, with the policer behind it
+    pub ingress_queue: bool,
+    /// podshaper's ingress: the node's queue for hostNetwork pods instead
+    pub host_queue: bool,
+    /// also the limit-change runs
+    pub change: bool,
+    /// also a limit put on TCP flows already running (egress)
+    pub open: bool,
+    /// draw the limit-change runs to this PNG (runs them even without
+    /// `change`); needs the `plot` feature
+    pub plot: Option<PathBuf>,
+}
+
+impl Options {
+    /// Refuses a run that would measure nothing, before anything is built.
+    pub fn check(&self) -> Result<()> {
+        if !(self.warmup >= 0.0 && self.seconds >= self.warmup + 1.0) {
+            return Err(BenchError::Window {
+                seconds: self.seconds,
+                warmup: self.warmup,
+            });
+        }
+        if self.plot.is_some() && !cfg!(feature = "plot") {
+            return Err(BenchError::PlotNotBuilt);
+        }
+        Ok(())
+    }
+
+    /// The cells' traffics: the TCP flow counts, then UDP.
+    pub fn traffics(&self) -> Vec<Traffic> {
+        let mut traffics: Vec<Traffic> = self
+            .flows
+            .iter()
+            .map(|f| Traffic::Tcp((*f).max(1)))
+            .collect();
+        if self.udp {
+            traffics.push(Traffic::Udp);
+        }
+        traffics
+    }
+
+    /// The podshaper ingress the cells measure: the pod's queue (not with
+    /// the node's queue), the node's queue, or the policer alone.
+    pub fn pod_queue(&self) -> bool {
+        self.ingress_queue && !self.host_queue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_read_as_they_print() {
+        for m in ["podshaper", "tbf", "none"] {
+            assert_eq!(
+                m.parse::<Mechanism>()
+                    .map(|m| m.to_string())
+                    .ok()
+                    .as_deref(),
+                Some(m)
+            );
+        }
+        for d in ["egress", "ingress"] {
+            assert_eq!(
+                d.parse::<Direction>()
+                    .map(|d| d.to_string())
+                    .ok()
+                    .as_deref(),
+                Some(d)
+            );
+        }
+        assert!(matches!(
+            "htb".parse::<Mechanism>(),
+            Err(BenchError::UnknownMechanism(_))
+        ));
+        assert_eq!(format!("{:<9}|", Traffic::Tcp(4)), "tcp x4   |");
+        assert_eq!(
+            serde_json::to_value(Traffic::Udp).ok(),
+            Some(serde_json::json!("udp 4x"))
+        );
+    }
+}
