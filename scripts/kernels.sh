@@ -45,7 +45,8 @@ podshaper_binary() {
     echo "$PODSHAPER_BIN"
     return
   fi
-  (cd "$REPO" && cargo build --release -q -p podshaper) >&2
+  # the binary the node's image gets (no plot), so one build serves both
+  (cd "$REPO" && cargo build --release -q -p podshaper --no-default-features) >&2
   echo "${CARGO_TARGET_DIR:-$REPO/target}/release/podshaper"
 }
 
