@@ -297,6 +297,46 @@ pub(crate) fn delete_class(dev: &str, minor: u32) -> Result<(), QueueError> {
     .map(drop)
 }
 
+// ---- what `podshaper doctor` tries
+
+/// Tries each qdisc and device the queues are built from, in the calling
+/// thread's network namespace (one made to try them in: what they make is
+/// left there): an ifb device, an htb root and an ingress qdisc on `lo`,
+/// and fq in place of the htb. Each one's name, and what iproute2 said if
+/// it failed.
+pub fn try_queue_parts() -> Vec<(&'static str, Result<(), QueueError>)> {
+    vec![
+        (
+            "ifb",
+            run("ip", &["link", "add", "doctor-ifb", "type", "ifb"]),
+        ),
+        (
+            "htb",
+            run(
+                "tc",
+                &["qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb"],
+            ),
+        ),
+        (
+            "ingress qdisc",
+            run(
+                "tc",
+                &["qdisc", "add", "dev", "lo", "handle", "ffff:", "ingress"],
+            ),
+        ),
+        (
+            "fq",
+            run("tc", &["qdisc", "replace", "dev", "lo", "root", "fq"]),
+        ),
+    ]
+}
+
+/// Every qdisc of the calling thread's network namespace, as
+/// `tc qdisc show` prints them.
+pub fn qdiscs() -> Result<String, QueueError> {
+    output("tc", &["qdisc", "show"])
+}
+
 // ---- running them
 
 /// One tc command, its output. Words are split on whitespace: interface
