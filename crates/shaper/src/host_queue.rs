@@ -32,9 +32,7 @@ use aya::programs::ProgramInfo;
 pub use crate::iproute::Interface;
 
 use crate::abi::{HOST_SLOT_STRIDE, QUEUE_MAJOR};
-use crate::ingress_queue::{
-    flow_filter, ingress_filters, is_pod_interface, queue_classes, ClassIds, QueueError,
-};
+use crate::ingress_queue::{flow_filter, is_pod_interface, queue_classes, ClassIds, QueueError};
 use crate::iproute::{self, Verb};
 use crate::limits::DirectionLimit;
 use crate::netns;
@@ -129,11 +127,8 @@ pub fn remove(ns: &File, slot: u32, last: bool) -> Result<(), QueueError> {
                 if classifies(&dev)?.is_none() {
                     continue;
                 }
-                iproute::delete_ingress_filter(&dev, FILTER_PREF)?;
                 // the ingress qdisc too, if ours was its only filter
-                if ingress_filters(&dev).is_some_and(|f| f.trim().is_empty()) {
-                    let _ = iproute::delete_ingress_qdisc(&dev);
-                }
+                iproute::remove_ingress_filter(&dev, FILTER_PREF)?;
             }
             return iproute::delete_link(HOST_IFB_NAME);
         }

@@ -390,21 +390,13 @@ fn remove_here() -> Result<(), QueueError> {
         if !redirects_to_ifb(dev)? {
             continue;
         }
-        iproute::delete_ingress_filter(dev, FILTER_PREF)?;
-        if ingress_filters(dev).is_some_and(|f| f.trim().is_empty()) {
-            let _ = iproute::delete_ingress_qdisc(dev);
-        }
+        iproute::remove_ingress_filter(dev, FILTER_PREF)?;
     }
     if have.iter().any(|n| n == IFB_NAME) {
         iproute::delete_link(IFB_NAME)?;
     }
     shrink_windows(false);
     Ok(())
-}
-
-/// The filters on an interface's ingress; None if it has no ingress qdisc.
-pub(crate) fn ingress_filters(dev: &str) -> Option<String> {
-    iproute::ingress_filters(dev).ok()
 }
 
 /// Whether an interface's received traffic is redirected to the queue. A

@@ -93,7 +93,7 @@ pub(crate) fn add_ingress_qdisc(dev: &str) -> Result<(), QueueError> {
 }
 
 /// Takes the ingress qdisc off `dev`.
-pub(crate) fn delete_ingress_qdisc(dev: &str) -> Result<(), QueueError> {
+fn delete_ingress_qdisc(dev: &str) -> Result<(), QueueError> {
     tc(&format!(
         "qdisc del dev {dev} handle {INGRESS_HANDLE} ingress"
     ))
@@ -113,12 +113,17 @@ pub(crate) fn ingress_filters_at(dev: &str, pref: &str) -> Result<String, QueueE
     ))
 }
 
-/// Deletes the filters at preference `pref` on `dev`'s ingress.
-pub(crate) fn delete_ingress_filter(dev: &str, pref: &str) -> Result<(), QueueError> {
+/// Deletes the filters at preference `pref` on `dev`'s ingress, and the
+/// ingress qdisc too if they were its only filters (it stays if its
+/// filters cannot be read).
+pub(crate) fn remove_ingress_filter(dev: &str, pref: &str) -> Result<(), QueueError> {
     tc(&format!(
         "filter del dev {dev} parent {INGRESS_HANDLE} pref {pref}"
-    ))
-    .map(drop)
+    ))?;
+    if ingress_filters(dev).is_ok_and(|f| f.trim().is_empty()) {
+        let _ = delete_ingress_qdisc(dev);
+    }
+    Ok(())
 }
 
 /// Redirects everything `dev` receives to the device `to` (u32 match-all,
