@@ -4,7 +4,7 @@
 //! (crate::ingress_queue). A hostNetwork pod shares the node's namespace and
 //! interfaces, so that queue cannot be built for it, and the cgroup policer
 //! alone makes its TCP senders resend 13-70% of what they send and shares
-//! its rate unevenly among its flows (docs/shaping.md). So, when the daemon
+//! its rate unevenly among its flows (docs/design/ingress.md). So, when the daemon
 //! is asked to (`--host-ingress-queue`), the node's namespace gets one queue
 //! for all of them:
 //!

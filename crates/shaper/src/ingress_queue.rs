@@ -1,7 +1,7 @@
 //! A queue in front of a pod that has a network namespace of its own.
 //!
 //! A cgroup program can only pass or drop what arrives, and a policer that
-//! drops makes TCP senders retransmit and back off (docs/shaping.md: one
+//! drops makes TCP senders retransmit and back off (docs/design/ingress.md: one
 //! cubic flow reached 0.66-0.78 of its ingress limit). Where the pod has its
 //! own network namespace, the daemon puts a queue in front of it: each of the
 //! namespace's interfaces redirects what it receives (tc ingress, u32
@@ -42,7 +42,7 @@ const FILTER_PREF: &str = "49";
 /// the rate) leaves the policer's bucket at three quarters, above the half
 /// under which it marks ECN flows. With half the burst here it sat at half:
 /// 98% of an ECN flow's packets were marked, and at 10M the flows got 0.95 of
-/// the limit (docs/shaping.md).
+/// the limit (docs/design/ingress.md).
 const MIN_HTB_BURST: u64 = 16 * 1024;
 /// What each flow class may send per turn: as large as a packet can be
 /// (GRO builds them up to 64 KiB). htb takes one packet from a class per
@@ -50,7 +50,7 @@ const MIN_HTB_BURST: u64 = 16 * 1024;
 /// deficit is spent, so with turns smaller than the packets flows shared by
 /// packets, not bytes: at 10M, ECN flows that a mark had left sending
 /// 2-segment packets got half of what flows sending 5-segment ones got
-/// (Jain 0.94 over 16 flows, docs/shaping.md).
+/// (Jain 0.94 over 16 flows, docs/design/ingress.md).
 const FLOW_QUANTUM: u64 = 65_536;
 
 /// The htb class ids (minor, hex as tc reads them) of one pod's queue: the
@@ -126,10 +126,10 @@ pub enum QueueError {
 /// this), at most 128 KiB, at least 2 ms at the rate and at least 16 KiB
 /// (11 full-size packets). Measured with 16 cubic flows at 10 Mbit/s: 8 KiB
 /// lost 11% of the rate, 16 KiB 1-3% (tc alone). With FIFOs of 0.5 ms at
-/// the rate, one BBR flow gets 0.02-0.03 of 100 Mbit/s and 0.2-0.3 of
-/// 1 Gbit/s (its probes overflow the FIFO, and its policer detection then
-/// holds it at what gets through); with 10 ms at 100M and 2 ms at 1G it
-/// gets 0.995-0.998 (docs/shaping.md).
+/// the rate one BBR flow got 0.02-0.03 of 100 Mbit/s and 0.2-0.3 of
+/// 1 Gbit/s (its probes overflowed the FIFO, and its policer detection then
+/// held it at what got through); with 10 ms at 100M and 2 ms at 1G it gets
+/// 0.995-0.998 (docs/design/ingress.md).
 pub fn flow_queue_bytes(limit: &DirectionLimit) -> u64 {
     let at_rate = |us: u32| limit.rate.bytes_per_sec().saturating_mul(us.into()) / 1_000_000;
     at_rate(FLOW_QUEUE_US)
@@ -313,8 +313,8 @@ pub fn flow_filter(show: &str) -> Option<(u32, String)> {
 /// millisecond at the rate), so flows share equally and what one leaves
 /// unused goes to the others. Each is assured only a token 1/1000 of the
 /// rate: htb lets a class send its assured rate, and bursts of it, whatever
-/// its parents have left, so with equal parts of the bulk rate assured (as
-/// a first version had) 16 flows at 10 Mbit/s got 0.88-0.90 of the limit.
+/// its parents have left, so with equal parts of the bulk rate assured 16
+/// flows at 10 Mbit/s got 0.88-0.90 of the limit.
 fn classes(verb: Verb, limit: &DirectionLimit) -> Vec<String> {
     queue_classes(IFB_NAME, &POD_CLASSES, verb, limit)
 }
