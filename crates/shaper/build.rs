@@ -1,5 +1,5 @@
 //! Compiles the BPF shaper and the bench's empty programs (C, under `bpf/` at
-//! the workspace root) with clang into OUT_DIR, where `src/shaper.rs` and
+//! the workspace root) with clang into OUT_DIR, where `src/shaper/mod.rs` and
 //! `src/empty.rs` embed them.
 
 use std::env;

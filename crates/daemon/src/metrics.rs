@@ -150,10 +150,16 @@ pub async fn serve(
 
 type AppState = (Arc<Registry>, Arc<State>);
 
+/// Encodes the registry on a thread of the blocking pool: reading the
+/// cgroups locks the node (crate::service::State::blocking says why).
 async fn metrics(AxumState((registry, _)): AxumState<AppState>) -> impl IntoResponse {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &registry) {
-        Ok(()) => (
+    let encoded = tokio::task::spawn_blocking(move || {
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &registry).map(|()| body)
+    })
+    .await;
+    match encoded {
+        Ok(Ok(body)) => (
             StatusCode::OK,
             [(
                 header::CONTENT_TYPE,
@@ -162,14 +168,19 @@ async fn metrics(AxumState((registry, _)): AxumState<AppState>) -> impl IntoResp
             body,
         )
             .into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response(),
+        Ok(Err(_)) | Err(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response()
+        }
     }
 }
 
 /// Ready while the node state can be read (the shaper is loaded and usable).
 async fn ready(AxumState((_, state)): AxumState<AppState>) -> impl IntoResponse {
-    match state.node.lock() {
-        Ok(node) if node.list().is_ok() => (StatusCode::OK, "ready\n"),
+    let readable = state
+        .blocking(|state| matches!(state.node.lock(), Ok(node) if node.list().is_ok()))
+        .await;
+    match readable {
+        Ok(true) => (StatusCode::OK, "ready\n"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
     }
 }

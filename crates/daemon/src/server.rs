@@ -30,21 +30,31 @@ const QUEUE_SWEEP: Duration = Duration::from_secs(1);
 /// A request that takes longer than this is failed (a stuck client cannot hold the node).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Runs `pass` on the node every `interval` until the daemon stops.
+/// Runs `pass` on the node every `interval` until the daemon stops, on a
+/// thread of the blocking pool (crate::service::State::blocking says why).
 async fn every(
     interval: Duration,
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
-    pass: impl Fn(&mut Node),
+    pass: fn(&mut Node),
 ) -> Result<()> {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
-        match state.node.lock() {
-            Ok(mut node) => pass(&mut node),
-            Err(_) => tracing::error!("daemon state poisoned"),
+        let done = state
+            .blocking(move |state| match state.node.lock() {
+                Ok(mut node) => pass(&mut node),
+                Err(_) => tracing::error!("daemon state poisoned"),
+            })
+            .await;
+        if let Err(e) = done {
+            // a pass that panicked ends this task as it would have inline
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+            return Ok(());
         }
     }
 }

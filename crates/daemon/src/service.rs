@@ -22,6 +22,7 @@ pub struct PodName {
 
 /// What the service and the metrics share.
 /// Locks are taken in this order: node, waiting, pod_names.
+/// The node is locked only on the blocking pool ([`State::blocking`]).
 pub struct State {
     pub node: Mutex<Node>,
     /// Limits held by pod UID for pods whose cgroup does not exist yet.
@@ -55,6 +56,28 @@ impl State {
     fn name_of(&self, cgroup_id: u64) -> Option<PodName> {
         self.pod_names.lock().ok()?.get(&cgroup_id).cloned()
     }
+
+    /// Runs `work` on the state on a thread of tokio's blocking pool, and
+    /// waits for it without holding a thread of the runtime.
+    ///
+    /// Everything that locks the node goes through here. The node's work
+    /// runs `ip` and `tc` (an ingress queue is a few processes) and walks
+    /// sockets under the node's mutex, which serializes every change to the
+    /// node: an attach and a detach of the same cgroup each see the whole
+    /// effect of the other, never half of it. A runtime thread that took
+    /// that mutex would stall, and with it the other requests, the metrics
+    /// and the sweeps, for as long as a `tc` run takes (its own holder's or
+    /// another's); a thread of the blocking pool waits instead. Work started
+    /// here runs to its end even if the request that asked for it is
+    /// dropped (a timeout, a client gone), so no change is left half made.
+    pub async fn blocking<T, F>(self: &Arc<Self>, work: F) -> Result<T, tokio::task::JoinError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&State) -> T + Send + 'static,
+    {
+        let state = Arc::clone(self);
+        tokio::task::spawn_blocking(move || work(&state)).await
+    }
 }
 
 pub struct ShaperService {
@@ -66,41 +89,53 @@ impl ShaperService {
         Self { state }
     }
 
-    fn resolve(node: &Node, target: Option<&pb::Target>) -> Result<Cgroup, Status> {
-        resolve_target(node.root(), target)
+    /// Runs a request's work with [`State::blocking`].
+    async fn blocking<T, F>(&self, work: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&State) -> Result<T, Status> + Send + 'static,
+    {
+        self.state
+            .blocking(work)
+            .await
+            .map_err(|e| Status::internal(format!("the request's work on the node failed: {e}")))?
     }
+}
 
-    /// Holds a pod's limits until its cgroup appears (crate::waiting).
-    fn hold(
-        &self,
-        uid: &str,
-        limits: Limits,
-        name: Option<PodName>,
-    ) -> Result<pb::CgroupStatus, Status> {
-        let mut waiting = self.state.waiting()?;
-        if waiting.len() >= MAX_WAITING && !waiting.contains_key(uid) {
-            return Err(Status::resource_exhausted(format!(
-                "{MAX_WAITING} pods already wait for their cgroup; ask again when fewer do"
-            )));
-        }
-        let since = waiting
-            .get(uid)
-            .map_or_else(std::time::Instant::now, |w| w.since);
-        let pod = WaitingPod {
-            limits,
-            name,
-            since,
-        };
-        let status = waiting_pb(uid, &pod);
-        if waiting.insert(uid.to_string(), pod).is_none() {
-            tracing::info!(
-                pod_uid = uid,
-                ?limits,
-                "limits held until the pod's cgroup appears"
-            );
-        }
-        Ok(status)
+fn resolve(node: &Node, target: Option<&pb::Target>) -> Result<Cgroup, Status> {
+    resolve_target(node.root(), target)
+}
+
+/// Holds a pod's limits until its cgroup appears (crate::waiting).
+fn hold(
+    state: &State,
+    uid: &str,
+    limits: Limits,
+    name: Option<PodName>,
+) -> Result<pb::CgroupStatus, Status> {
+    let mut waiting = state.waiting()?;
+    if waiting.len() >= MAX_WAITING && !waiting.contains_key(uid) {
+        return Err(Status::resource_exhausted(format!(
+            "{MAX_WAITING} pods already wait for their cgroup; ask again when fewer do"
+        )));
     }
+    let since = waiting
+        .get(uid)
+        .map_or_else(std::time::Instant::now, |w| w.since);
+    let pod = WaitingPod {
+        limits,
+        name,
+        since,
+    };
+    let status = waiting_pb(uid, &pod);
+    if waiting.insert(uid.to_string(), pod).is_none() {
+        tracing::info!(
+            pod_uid = uid,
+            ?limits,
+            "limits held until the pod's cgroup appears"
+        );
+    }
+    Ok(status)
 }
 
 /// A waiting pod's status: its limits, no cgroup yet.
@@ -246,60 +281,9 @@ impl pb::shaper_server::Shaper for ShaperService {
     ) -> Result<Response<pb::CgroupStatus>, Status> {
         let req = request.into_inner();
         let limits = requested_limits(&req)?;
-        if !req.custom_program.is_empty() {
-            let custom = self.state.custom.as_ref().ok_or_else(|| {
-                Status::failed_precondition(
-                    "custom BPF programs are refused: the daemon runs without --allow-custom-programs",
-                )
-            })?;
-            let cgroup = Self::resolve(&*self.state.node()?, req.target.as_ref())?;
-            let mut custom = custom
-                .lock()
-                .map_err(|_| Status::internal("custom program state poisoned"))?;
-            custom
-                .attach(&cgroup, &req.custom_program)
-                .map_err(|e| Status::invalid_argument(podshaper_api::error_chain(&e)))?;
-            tracing::info!(cgroup = %cgroup.path().display(), "custom program attached");
-            return Ok(Response::new(pb::CgroupStatus {
-                cgroup: cgroup.path().display().to_string(),
-                cgroup_id: cgroup.id(),
-                ..Default::default()
-            }));
-        }
-        if limits.is_unlimited() {
-            return Err(Status::invalid_argument(
-                "nothing to limit: give an egress and/or an ingress rate (to remove limits, detach)",
-            ));
-        }
-        let name = (!req.pod_name.is_empty()).then(|| PodName {
-            namespace: req.pod_namespace.clone(),
-            name: req.pod_name.clone(),
-        });
-        let status = {
-            let mut node = self.state.node()?;
-            let cgroup = match resolve_confined(node.root(), req.target.as_ref()) {
-                Ok(c) => c,
-                Err(e @ ConfineError::NoPodCgroup { .. }) => {
-                    return match pod_uid(req.target.as_ref()) {
-                        Some(uid) if req.wait_for_cgroup => {
-                            self.hold(uid, limits, name).map(Response::new)
-                        }
-                        _ => Err(confine_status(e)),
-                    };
-                }
-                Err(e) => return Err(confine_status(e)),
-            };
-            let status = node.apply(&cgroup, &limits).map_err(node_status)?;
-            if let Some(uid) = pod_uid(req.target.as_ref()) {
-                self.state.waiting()?.remove(uid);
-            }
-            status
-        };
-        if let (Some(name), Ok(mut names)) = (&name, self.state.pod_names.lock()) {
-            names.insert(status.cgroup_id, name.clone());
-        }
-        tracing::info!(cgroup = ?status.path, ?limits, "limits applied");
-        Ok(Response::new(to_pb(&status, name)))
+        self.blocking(move |state| attach(state, &req, limits))
+            .await
+            .map(Response::new)
     }
 
     async fn detach(
@@ -307,36 +291,9 @@ impl pb::shaper_server::Shaper for ShaperService {
         request: Request<pb::DetachRequest>,
     ) -> Result<Response<pb::DetachResponse>, Status> {
         let req = request.into_inner();
-        let id = {
-            let mut node = self.state.node()?;
-            let held = match pod_uid(req.target.as_ref()) {
-                Some(uid) => self.state.waiting()?.remove(uid).is_some(),
-                None => false,
-            };
-            let cgroup = match resolve_confined(node.root(), req.target.as_ref()) {
-                Ok(c) => c,
-                Err(ConfineError::NoPodCgroup { .. }) if held => {
-                    tracing::info!(pod_uid = ?pod_uid(req.target.as_ref()), "limits held for a pod that never got its cgroup removed");
-                    return Ok(Response::new(pb::DetachResponse {}));
-                }
-                Err(e) => return Err(confine_status(e)),
-            };
-            let had_custom = match &self.state.custom {
-                Some(c) => c.lock().map(|mut c| c.detach(cgroup.id())).unwrap_or(false),
-                None => false,
-            };
-            match node.remove(&cgroup) {
-                Ok(()) => {}
-                Err(NodeError::NotAttached { .. }) if had_custom => {}
-                Err(e) => return Err(node_status(e)),
-            }
-            tracing::info!(cgroup = %cgroup.path().display(), "limits removed");
-            cgroup.id()
-        };
-        if let Ok(mut names) = self.state.pod_names.lock() {
-            names.remove(&id);
-        }
-        Ok(Response::new(pb::DetachResponse {}))
+        self.blocking(move |state| detach(state, &req))
+            .await
+            .map(Response::new)
     }
 
     async fn status(
@@ -344,46 +301,152 @@ impl pb::shaper_server::Shaper for ShaperService {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::CgroupStatus>, Status> {
         let req = request.into_inner();
-        let node = self.state.node()?;
-        let cgroup = match resolve_confined(node.root(), req.target.as_ref()) {
-            Ok(c) => c,
-            Err(e @ ConfineError::NoPodCgroup { .. }) => {
-                let uid = pod_uid(req.target.as_ref()).unwrap_or_default();
-                return match self.state.waiting()?.get(uid) {
-                    Some(pod) => Ok(Response::new(waiting_pb(uid, pod))),
-                    None => Err(confine_status(e)),
-                };
-            }
-            Err(e) => return Err(confine_status(e)),
-        };
-        match node.status(&cgroup).map_err(node_status)? {
-            Some(s) => Ok(Response::new(to_pb(&s, self.state.name_of(s.cgroup_id)))),
-            None => Err(Status::not_found(format!(
-                "cgroup {} has no limits attached",
-                cgroup.path().display()
-            ))),
-        }
+        self.blocking(move |state| status(state, &req))
+            .await
+            .map(Response::new)
     }
 
     async fn list(
         &self,
         _request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        let node = self.state.node()?;
-        let mut cgroups: Vec<pb::CgroupStatus> = node
-            .list()
-            .map_err(node_status)?
-            .iter()
-            .map(|s| to_pb(s, self.state.name_of(s.cgroup_id)))
-            .collect();
-        let mut waiting: Vec<pb::CgroupStatus> = self
-            .state
-            .waiting()?
-            .iter()
-            .map(|(uid, pod)| waiting_pb(uid, pod))
-            .collect();
-        waiting.sort_by(|a, b| a.pod_uid.cmp(&b.pod_uid));
-        cgroups.extend(waiting);
-        Ok(Response::new(pb::ListResponse { cgroups }))
+        self.blocking(list).await.map(Response::new)
     }
+}
+
+/// Sets a cgroup's limits (or attaches a custom program to it), or holds
+/// them for a pod whose cgroup is not there yet.
+fn attach(
+    state: &State,
+    req: &pb::AttachRequest,
+    limits: Limits,
+) -> Result<pb::CgroupStatus, Status> {
+    if !req.custom_program.is_empty() {
+        let custom = state.custom.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "custom BPF programs are refused: the daemon runs without --allow-custom-programs",
+            )
+        })?;
+        let cgroup = resolve(&*state.node()?, req.target.as_ref())?;
+        let mut custom = custom
+            .lock()
+            .map_err(|_| Status::internal("custom program state poisoned"))?;
+        custom
+            .attach(&cgroup, &req.custom_program)
+            .map_err(|e| Status::invalid_argument(podshaper_api::error_chain(&e)))?;
+        tracing::info!(cgroup = %cgroup.path().display(), "custom program attached");
+        return Ok(pb::CgroupStatus {
+            cgroup: cgroup.path().display().to_string(),
+            cgroup_id: cgroup.id(),
+            ..Default::default()
+        });
+    }
+    if limits.is_unlimited() {
+        return Err(Status::invalid_argument(
+            "nothing to limit: give an egress and/or an ingress rate (to remove limits, detach)",
+        ));
+    }
+    let name = (!req.pod_name.is_empty()).then(|| PodName {
+        namespace: req.pod_namespace.clone(),
+        name: req.pod_name.clone(),
+    });
+    let status = {
+        let mut node = state.node()?;
+        let cgroup = match resolve_confined(node.root(), req.target.as_ref()) {
+            Ok(c) => c,
+            Err(e @ ConfineError::NoPodCgroup { .. }) => {
+                return match pod_uid(req.target.as_ref()) {
+                    Some(uid) if req.wait_for_cgroup => hold(state, uid, limits, name),
+                    _ => Err(confine_status(e)),
+                };
+            }
+            Err(e) => return Err(confine_status(e)),
+        };
+        let status = node.apply(&cgroup, &limits).map_err(node_status)?;
+        if let Some(uid) = pod_uid(req.target.as_ref()) {
+            state.waiting()?.remove(uid);
+        }
+        status
+    };
+    if let (Some(name), Ok(mut names)) = (&name, state.pod_names.lock()) {
+        names.insert(status.cgroup_id, name.clone());
+    }
+    tracing::info!(cgroup = ?status.path, ?limits, "limits applied");
+    Ok(to_pb(&status, name))
+}
+
+/// Removes a cgroup's limits (and custom program), or those held for a pod.
+fn detach(state: &State, req: &pb::DetachRequest) -> Result<pb::DetachResponse, Status> {
+    let id = {
+        let mut node = state.node()?;
+        let held = match pod_uid(req.target.as_ref()) {
+            Some(uid) => state.waiting()?.remove(uid).is_some(),
+            None => false,
+        };
+        let cgroup = match resolve_confined(node.root(), req.target.as_ref()) {
+            Ok(c) => c,
+            Err(ConfineError::NoPodCgroup { .. }) if held => {
+                tracing::info!(pod_uid = ?pod_uid(req.target.as_ref()), "limits held for a pod that never got its cgroup removed");
+                return Ok(pb::DetachResponse {});
+            }
+            Err(e) => return Err(confine_status(e)),
+        };
+        let had_custom = match &state.custom {
+            Some(c) => c.lock().map(|mut c| c.detach(cgroup.id())).unwrap_or(false),
+            None => false,
+        };
+        match node.remove(&cgroup) {
+            Ok(()) => {}
+            Err(NodeError::NotAttached { .. }) if had_custom => {}
+            Err(e) => return Err(node_status(e)),
+        }
+        tracing::info!(cgroup = %cgroup.path().display(), "limits removed");
+        cgroup.id()
+    };
+    if let Ok(mut names) = state.pod_names.lock() {
+        names.remove(&id);
+    }
+    Ok(pb::DetachResponse {})
+}
+
+/// A limited cgroup's status, or the limits held for a waiting pod.
+fn status(state: &State, req: &pb::StatusRequest) -> Result<pb::CgroupStatus, Status> {
+    let node = state.node()?;
+    let cgroup = match resolve_confined(node.root(), req.target.as_ref()) {
+        Ok(c) => c,
+        Err(e @ ConfineError::NoPodCgroup { .. }) => {
+            let uid = pod_uid(req.target.as_ref()).unwrap_or_default();
+            return match state.waiting()?.get(uid) {
+                Some(pod) => Ok(waiting_pb(uid, pod)),
+                None => Err(confine_status(e)),
+            };
+        }
+        Err(e) => return Err(confine_status(e)),
+    };
+    match node.status(&cgroup).map_err(node_status)? {
+        Some(s) => Ok(to_pb(&s, state.name_of(s.cgroup_id))),
+        None => Err(Status::not_found(format!(
+            "cgroup {} has no limits attached",
+            cgroup.path().display()
+        ))),
+    }
+}
+
+/// Every limited cgroup, then every waiting pod.
+fn list(state: &State) -> Result<pb::ListResponse, Status> {
+    let node = state.node()?;
+    let mut cgroups: Vec<pb::CgroupStatus> = node
+        .list()
+        .map_err(node_status)?
+        .iter()
+        .map(|s| to_pb(s, state.name_of(s.cgroup_id)))
+        .collect();
+    let mut waiting: Vec<pb::CgroupStatus> = state
+        .waiting()?
+        .iter()
+        .map(|(uid, pod)| waiting_pb(uid, pod))
+        .collect();
+    waiting.sort_by(|a, b| a.pod_uid.cmp(&b.pod_uid));
+    cgroups.extend(waiting);
+    Ok(pb::ListResponse { cgroups })
 }

@@ -111,9 +111,11 @@ impl Watches {
 
 /// Attaches waiting pods as their cgroups appear, until `stop`.
 pub async fn run(state: Arc<State>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let dirs = match state.node.lock() {
-        Ok(node) => watched_dirs(node.root()),
-        Err(_) => anyhow::bail!("daemon state poisoned"),
+    let dirs = state
+        .blocking(|state| state.node.lock().map(|node| watched_dirs(node.root())).ok())
+        .await?;
+    let Some(dirs) = dirs else {
+        anyhow::bail!("daemon state poisoned");
     };
     let mut watches = match Watches::new(dirs) {
         Ok(w) => Some(w),
@@ -132,7 +134,14 @@ pub async fn run(state: Arc<State>, mut stop: watch::Receiver<bool>) -> anyhow::
             }
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
-        attach_appeared(&state);
+        // on a thread of the blocking pool: crate::service::State::blocking
+        if let Err(e) = state.blocking(attach_appeared).await {
+            // a pass that panicked ends this task as it would have inline
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+            return Ok(());
+        }
     }
 }
 

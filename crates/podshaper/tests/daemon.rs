@@ -337,7 +337,7 @@ fn an_upgraded_attachment_takes_its_limit_again_under_this_build() {
     use podshaper_netlab::traffic::{self, Until};
     use podshaper_netlab::NetnsPair;
 
-    #[expect(deprecated, reason = "the shaper's own map type (shaper.rs)")]
+    #[expect(deprecated, reason = "the shaper's own map type (shaper/mod.rs)")]
     type States = aya::maps::CgroupStorage<aya::maps::MapData, podshaper_shaper::abi::State>;
     const BPF_F_LOCK: u64 = 4;
     const INGRESS: u32 = 0;

@@ -29,11 +29,11 @@ use std::path::Path;
 
 use aya::programs::ProgramInfo;
 
+pub use crate::iproute::Interface;
+
 use crate::abi::{HOST_SLOT_STRIDE, QUEUE_MAJOR};
-use crate::ingress_queue::{
-    flow_filter, ingress_filters, is_pod_interface, output, queue_classes, run, tc, tc_batch,
-    ClassIds, QueueError,
-};
+use crate::ingress_queue::{flow_filter, is_pod_interface, queue_classes, ClassIds, QueueError};
+use crate::iproute::{self, Verb};
 use crate::limits::DirectionLimit;
 use crate::netns;
 
@@ -47,9 +47,6 @@ const FILTER_PREF: &str = "48";
 fn slot_classes(slot: u32) -> ClassIds {
     ClassIds::offset(slot * HOST_SLOT_STRIDE)
 }
-
-/// An interface of the node's namespace: its index and name.
-pub type Interface = (u32, String);
 
 /// Puts (or changes, live) the classes of the pod at `slot` in the node's
 /// queue in `ns`, building the queue first if it is not there, and has
@@ -72,12 +69,13 @@ pub fn install(
             have = interfaces()?;
         }
         let ids = slot_classes(slot);
+        let classes = |verb| queue_classes(HOST_IFB_NAME, &ids, verb, limit);
         if !has_class(ids.root)? {
-            tc_batch(&queue_classes(HOST_IFB_NAME, &ids, "add", limit))?;
-        } else if tc_batch(&queue_classes(HOST_IFB_NAME, &ids, "change", limit)).is_err() {
+            iproute::batch(&classes(Verb::Add))?;
+        } else if iproute::batch(&classes(Verb::Change)).is_err() {
             // not as we build them (changed by hand, half made): afresh
             delete_classes(&ids);
-            tc_batch(&queue_classes(HOST_IFB_NAME, &ids, "add", limit))?;
+            iproute::batch(&classes(Verb::Add))?;
         }
         redirect_here(&have, classifier.0, classifier.1, redirected)
     })
@@ -129,15 +127,10 @@ pub fn remove(ns: &File, slot: u32, last: bool) -> Result<(), QueueError> {
                 if classifies(&dev)?.is_none() {
                     continue;
                 }
-                tc(&format!(
-                    "filter del dev {dev} parent ffff: pref {FILTER_PREF}"
-                ))?;
                 // the ingress qdisc too, if ours was its only filter
-                if ingress_filters(&dev).is_some_and(|f| f.trim().is_empty()) {
-                    let _ = tc(&format!("qdisc del dev {dev} handle ffff: ingress"));
-                }
+                iproute::remove_ingress_filter(&dev, FILTER_PREF)?;
             }
-            return run("ip", &["link", "del", HOST_IFB_NAME]);
+            return iproute::delete_link(HOST_IFB_NAME);
         }
         let ids = slot_classes(slot);
         delete_classes(&ids);
@@ -169,10 +162,7 @@ fn classifier_path(pin: &Path) -> Result<(&str, Option<u32>), QueueError> {
 
 /// Whether the node's queue has the class `minor`.
 fn has_class(minor: u32) -> Result<bool, QueueError> {
-    let show = tc(&format!(
-        "class show dev {HOST_IFB_NAME} classid {QUEUE_MAJOR:x}:{minor:x}"
-    ))?;
-    Ok(!show.trim().is_empty())
+    iproute::has_class(HOST_IFB_NAME, minor)
 }
 
 fn has_ifb(have: &[Interface]) -> bool {
@@ -180,16 +170,14 @@ fn has_ifb(have: &[Interface]) -> bool {
 }
 
 fn build_ifb() -> Result<(), QueueError> {
-    run("ip", &["link", "add", HOST_IFB_NAME, "type", "ifb"])?;
-    let built = run("ip", &["link", "set", HOST_IFB_NAME, "up"]).and_then(|()| {
-        // stab: IP bytes, as the cgroup programs count them. No default
-        // class: only classified packets come here, each with its class.
-        tc(&format!(
-            "qdisc add dev {HOST_IFB_NAME} root handle {QUEUE_MAJOR:x}: stab overhead -14 htb"
-        ))
+    iproute::add_ifb(HOST_IFB_NAME)?;
+    let built = iproute::set_up(HOST_IFB_NAME).and_then(|()| {
+        // IP bytes, as the cgroup programs count them. No default class:
+        // only classified packets come here, each with its class.
+        iproute::add_htb_root(HOST_IFB_NAME, None)
     });
     if let Err(e) = built {
-        let _ = run("ip", &["link", "del", HOST_IFB_NAME]);
+        let _ = iproute::delete_link(HOST_IFB_NAME);
         return Err(e);
     }
     Ok(())
@@ -199,11 +187,8 @@ fn build_ifb() -> Result<(), QueueError> {
 /// children); classes that are not there are no error.
 fn delete_classes(ids: &ClassIds) {
     let leaves = ids.flow_classes().chain([ids.small, ids.bulk, ids.root]);
-    let commands: Vec<String> = leaves
-        .map(|id| format!("class del dev {HOST_IFB_NAME} classid {QUEUE_MAJOR:x}:{id:x}"))
-        .collect();
-    for command in commands {
-        let _ = tc(&command);
+    for id in leaves {
+        let _ = iproute::delete_class(HOST_IFB_NAME, id);
     }
 }
 
@@ -223,22 +208,24 @@ fn redirect_here(
         if dev != "lo" && !is_pod_interface(dev) {
             continue;
         }
-        let target = format!("dev {dev} parent ffff: pref {FILTER_PREF}");
-        let spec = format!(
-            "protocol all bpf object-pinned {classifier} action mirred egress redirect dev {HOST_IFB_NAME}"
-        );
         match classifies(dev)? {
             // an older daemon's program (tc holds the one a filter was
             // built with): this one's takes over, in one replace
             Some(Some((id, handle))) if pinned.is_some_and(|p| p != id) => {
-                tc(&format!("filter replace {target} handle {handle} {spec}"))?;
+                iproute::replace_classified_redirect(
+                    dev,
+                    FILTER_PREF,
+                    &handle,
+                    classifier,
+                    HOST_IFB_NAME,
+                )?;
             }
             Some(_) => {}
             None => {
                 // the ingress qdisc may be there already (another tool's):
                 // our filter goes beside whatever it holds
-                let _ = tc(&format!("qdisc add dev {dev} handle ffff: ingress"));
-                tc(&format!("filter add {target} {spec}"))?;
+                let _ = iproute::add_ingress_qdisc(dev);
+                iproute::add_classified_redirect(dev, FILTER_PREF, classifier, HOST_IFB_NAME)?;
             }
         }
         redirected.insert(interface);
@@ -251,13 +238,10 @@ fn redirect_here(
 /// ingress_queue's `redirects_to_ifb`).
 #[allow(clippy::type_complexity)]
 fn classifies(dev: &str) -> Result<Option<Option<(u32, String)>>, QueueError> {
-    let qdiscs = tc(&format!("qdisc show dev {dev}"))?;
-    if !qdiscs.split_whitespace().any(|w| w == "ffff:") {
+    if !iproute::has_ingress_qdisc(dev)? {
         return Ok(None);
     }
-    let show = tc(&format!(
-        "filter show dev {dev} parent ffff: pref {FILTER_PREF}"
-    ))?;
+    let show = iproute::ingress_filters_at(dev, FILTER_PREF)?;
     if !show.contains(HOST_IFB_NAME) {
         return Ok(None);
     }
@@ -267,19 +251,7 @@ fn classifies(dev: &str) -> Result<Option<Option<(u32, String)>>, QueueError> {
 /// The interfaces of the calling thread's namespace, with their indexes
 /// (a name can come back on another interface, as veths of pods do).
 fn interfaces() -> Result<Vec<Interface>, QueueError> {
-    Ok(parse_links(&output("ip", &["-o", "link", "show"])?))
-}
-
-/// `ip -o link show`: "2: eth0: <...", "5: veth0@if4: <...".
-fn parse_links(text: &str) -> Vec<Interface> {
-    text.lines()
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, ": ");
-            let index = parts.next()?.trim().parse().ok()?;
-            let name = parts.next()?.split('@').next()?.trim().to_string();
-            Some((index, name))
-        })
-        .collect()
+    iproute::links()
 }
 
 #[cfg(test)]
@@ -290,22 +262,6 @@ mod tests {
     use crate::abi::HOST_SLOTS;
 
     #[test]
-    fn reads_interfaces_and_their_indexes() {
-        let text = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue\n\
-                    5: veth0@if4: <BROADCAST,MULTICAST,UP> mtu 1500\n\
-                    7: podshaper-host: <BROADCAST,NOARP,UP,LOWER_UP> mtu 1500\n";
-        assert_eq!(
-            parse_links(text),
-            [
-                (1, "lo".to_string()),
-                (5, "veth0".to_string()),
-                (7, HOST_IFB_NAME.to_string())
-            ]
-        );
-        assert!(parse_links("garbage\n: x\n").is_empty());
-    }
-
-    #[test]
     fn each_slot_has_classes_of_its_own_within_16_bits() {
         let first = slot_classes(1);
         assert_eq!((first.root, first.small, first.bulk), (0x201, 0x210, 0x220));
@@ -314,7 +270,7 @@ mod tests {
         assert_eq!(last.flow_classes().last(), Some(0xff0f));
         // slot 0 would be a pod's own queue's ids, which the node's never has
         let limit = DirectionLimit::new("10M".parse::<Rate>().expect("rate"), None);
-        let commands = queue_classes(HOST_IFB_NAME, &slot_classes(2), "add", &limit);
+        let commands = queue_classes(HOST_IFB_NAME, &slot_classes(2), Verb::Add, &limit);
         assert!(commands[0].contains("parent 1:0 classid 1:401 "));
         assert!(commands
             .iter()

@@ -13,21 +13,21 @@
 //! queue stays as the backstop (for traffic that does not cross those
 //! interfaces, and if the queue is removed).
 //!
-//! It is built with iproute2's `ip` and `tc`, run inside the namespace; the
-//! ifb lives in the pod's namespace, so it survives the daemon and goes away
-//! with the pod.
+//! It is built with iproute2's `ip` and `tc` (crate::iproute), run inside
+//! the namespace; the ifb lives in the pod's namespace, so it survives the
+//! daemon and goes away with the pod.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use aya::programs::ProgramInfo;
 
 use crate::abi::{
     FLOW_CLASS_BASE, FLOW_QUEUES, FLOW_QUEUE_CAP_BYTES, FLOW_QUEUE_MIN_BYTES, FLOW_QUEUE_MIN_US,
-    FLOW_QUEUE_US, QUEUE_MAJOR, SMALL_CLASS,
+    FLOW_QUEUE_US, SMALL_CLASS,
 };
+use crate::iproute::{self, HtbClass, Verb};
 use crate::limits::DirectionLimit;
 use crate::netns;
 
@@ -193,7 +193,7 @@ fn install_here(
     if have.iter().any(|n| n == IFB_NAME) {
         // A live change: the classes' rates and the FIFOs' sizes, and the
         // classifier if an older daemon's program classifies.
-        if tc_batch(&classes("change", limit)).is_ok() {
+        if iproute::batch(&classes(Verb::Change, limit)).is_ok() {
             redirect_interfaces(&have)?;
             shrink_windows(true);
             return match pinned {
@@ -205,33 +205,28 @@ fn install_here(
         // older daemon with another layout): start over.
         remove_here()?;
     }
-    run("ip", &["link", "add", IFB_NAME, "type", "ifb"])?;
-    run("ip", &["link", "set", IFB_NAME, "up"])?;
-    let mut commands = vec![
-        // stab: count IP bytes (the frame less its Ethernet header), and a
-        // GRO packet once, as the cgroup programs count them
-        format!("qdisc add dev {IFB_NAME} root handle {QUEUE_MAJOR:x}: stab overhead -14 htb default {FLOW_CLASS_BASE:x}"),
-    ];
-    commands.extend(classes("add", limit));
-    commands.extend([
-        // IPv4 total length, IPv6 payload length under 256 bytes
-        format!(
-            "filter add dev {IFB_NAME} parent {QUEUE_MAJOR:x}: prio 1 protocol ip u32 match u16 0 0xff00 at 2 flowid {QUEUE_MAJOR:x}:{small:x}", small = POD_CLASSES.small
-        ),
-        format!(
-            "filter add dev {IFB_NAME} parent {QUEUE_MAJOR:x}: prio 2 protocol ipv6 u32 match u16 0 0xff00 at 4 flowid {QUEUE_MAJOR:x}:{small:x}", small = POD_CLASSES.small
-        ),
-        // everything else: the flow's own FIFO
-        format!(
-            "filter add dev {IFB_NAME} parent {QUEUE_MAJOR:x}: prio {FLOW_FILTER_PREF} protocol all bpf object-pinned {classifier}"
-        ),
-    ]);
-    if let Err(e) = tc_batch(&commands) {
+    iproute::add_ifb(IFB_NAME)?;
+    iproute::set_up(IFB_NAME)?;
+    // what no filter classifies: the first flow's FIFO
+    let mut commands = vec![iproute::htb_root_line(IFB_NAME, Some(FLOW_CLASS_BASE))];
+    commands.extend(classes(Verb::Add, limit));
+    // small packets: their own class
+    commands.extend(iproute::small_packet_filter_lines(
+        IFB_NAME,
+        POD_CLASSES.small,
+    ));
+    // everything else: the flow's own FIFO
+    commands.push(iproute::classifier_filter_line(
+        IFB_NAME,
+        FLOW_FILTER_PREF,
+        classifier,
+    ));
+    if let Err(e) = iproute::batch(&commands) {
         // half a queue would pass for ours on the next change: none at all.
         // The ifb was made a moment ago and nothing redirects to it yet (that
         // comes next), so deleting it undoes everything, with no tc needed
         // (the tc that just failed may fail again).
-        let _ = run("ip", &["link", "del", IFB_NAME]);
+        let _ = iproute::delete_link(IFB_NAME);
         return Err(e);
     }
     redirect_interfaces(&have)?;
@@ -275,21 +270,19 @@ fn shrink_windows(on: bool) {
 /// (the queue still holds the rate) and the error says so, so that the
 /// caller tries again later.
 fn replace_older_classifier(classifier: &str, pinned: u32) -> Result<(), QueueError> {
-    let show =
-        format!("filter show dev {IFB_NAME} parent {QUEUE_MAJOR:x}: prio {FLOW_FILTER_PREF}");
-    let Some((id, handle)) = tc(&show).ok().as_deref().and_then(flow_filter) else {
+    let show = iproute::queue_filters_at(IFB_NAME, FLOW_FILTER_PREF).ok();
+    let Some((id, handle)) = show.as_deref().and_then(flow_filter) else {
         return Ok(());
     };
     if id == pinned {
         return Ok(());
     }
-    let replace = format!(
-        "filter replace dev {IFB_NAME} parent {QUEUE_MAJOR:x}: prio {FLOW_FILTER_PREF} handle {handle} protocol all bpf object-pinned {classifier}"
-    );
-    tc_batch(&[replace]).map_err(|e| QueueError::OlderClassifier {
-        program: id,
-        source: Box::new(e),
-    })?;
+    iproute::replace_classifier_filter(IFB_NAME, FLOW_FILTER_PREF, &handle, classifier).map_err(
+        |e| QueueError::OlderClassifier {
+            program: id,
+            source: Box::new(e),
+        },
+    )?;
     tracing::info!(
         from = id,
         to = pinned,
@@ -322,7 +315,7 @@ pub fn flow_filter(show: &str) -> Option<(u32, String)> {
 /// rate: htb lets a class send its assured rate, and bursts of it, whatever
 /// its parents have left, so with equal parts of the bulk rate assured 16
 /// flows at 10 Mbit/s got 0.88-0.90 of the limit.
-fn classes(verb: &str, limit: &DirectionLimit) -> Vec<String> {
+fn classes(verb: Verb, limit: &DirectionLimit) -> Vec<String> {
     queue_classes(IFB_NAME, &POD_CLASSES, verb, limit)
 }
 
@@ -330,7 +323,7 @@ fn classes(verb: &str, limit: &DirectionLimit) -> Vec<String> {
 pub(crate) fn queue_classes(
     dev: &str,
     ids: &ClassIds,
-    verb: &str,
+    verb: Verb,
     limit: &DirectionLimit,
 ) -> Vec<String> {
     let rate = limit.rate.bytes_per_sec().max(10);
@@ -350,13 +343,19 @@ pub(crate) fn queue_classes(
         } else {
             quantum
         };
-        format!(
-            "class {verb} dev {dev} parent {QUEUE_MAJOR:x}:{parent:x} classid {QUEUE_MAJOR:x}:{id:x} htb rate {assured}bps ceil {rate}bps burst {green} cburst {burst} prio {prio} quantum {turn}"
-        )
+        let class = HtbClass {
+            id,
+            parent,
+            assured,
+            ceil: rate,
+            burst: green,
+            cburst: burst,
+            prio,
+            quantum: turn,
+        };
+        iproute::htb_class_line(verb, dev, &class)
     };
-    let fifo = |id: u32, bytes: u64| {
-        format!("qdisc {verb} dev {dev} parent {QUEUE_MAJOR:x}:{id:x} handle {id:x}: bfifo limit {bytes}")
-    };
+    let fifo = |id: u32, bytes: u64| iproute::bfifo_line(verb, dev, id, bytes);
     let mut commands = vec![
         class(ids.root, 0, rate, 0),
         class(ids.small, ids.root, small_rate, 0),
@@ -378,10 +377,8 @@ fn redirect_interfaces(have: &[String]) -> Result<(), QueueError> {
         }
         // The ingress qdisc may be there already (ours from before, or
         // another tool's): our filter goes beside whatever it holds.
-        let _ = tc(&format!("qdisc add dev {dev} handle ffff: ingress"));
-        tc(&format!(
-            "filter add dev {dev} parent ffff: pref {FILTER_PREF} protocol all u32 match u32 0 0 action mirred egress redirect dev {IFB_NAME}"
-        ))?;
+        let _ = iproute::add_ingress_qdisc(dev);
+        iproute::add_redirect_all(dev, FILTER_PREF, IFB_NAME)?;
     }
     Ok(())
 }
@@ -393,23 +390,13 @@ fn remove_here() -> Result<(), QueueError> {
         if !redirects_to_ifb(dev)? {
             continue;
         }
-        tc(&format!(
-            "filter del dev {dev} parent ffff: pref {FILTER_PREF}"
-        ))?;
-        if ingress_filters(dev).is_some_and(|f| f.trim().is_empty()) {
-            let _ = tc(&format!("qdisc del dev {dev} handle ffff: ingress"));
-        }
+        iproute::remove_ingress_filter(dev, FILTER_PREF)?;
     }
     if have.iter().any(|n| n == IFB_NAME) {
-        run("ip", &["link", "del", IFB_NAME])?;
+        iproute::delete_link(IFB_NAME)?;
     }
     shrink_windows(false);
     Ok(())
-}
-
-/// The filters on an interface's ingress; None if it has no ingress qdisc.
-pub(crate) fn ingress_filters(dev: &str) -> Option<String> {
-    tc(&format!("filter show dev {dev} parent ffff:")).ok()
 }
 
 /// Whether an interface's received traffic is redirected to the queue. A
@@ -417,11 +404,10 @@ pub(crate) fn ingress_filters(dev: &str) -> Option<String> {
 /// delete the ifb with the redirect still in place, and the redirect drops
 /// every packet to a device that is gone (a test's failing tc found it).
 fn redirects_to_ifb(dev: &str) -> Result<bool, QueueError> {
-    let qdiscs = tc(&format!("qdisc show dev {dev}"))?;
-    if !qdiscs.split_whitespace().any(|w| w == "ffff:") {
+    if !iproute::has_ingress_qdisc(dev)? {
         return Ok(false);
     }
-    Ok(tc(&format!("filter show dev {dev} parent ffff:"))?.contains(IFB_NAME))
+    Ok(iproute::ingress_filters(dev)?.contains(IFB_NAME))
 }
 
 /// Interfaces whose received traffic goes through the queue: all but
@@ -454,62 +440,6 @@ fn parse_net_dev(table: &str) -> Vec<String> {
         .filter_map(|l| l.split_once(':'))
         .map(|(name, _)| name.trim().to_string())
         .collect()
-}
-
-/// One tc command, its output. Words are split on whitespace: interface
-/// names in it have passed [`is_pod_interface`], which admits none.
-pub(crate) fn tc(command: &str) -> Result<String, QueueError> {
-    output("tc", &command.split_whitespace().collect::<Vec<_>>())
-}
-
-pub(crate) fn run(program: &'static str, args: &[&str]) -> Result<(), QueueError> {
-    output(program, args).map(|_| ())
-}
-
-pub(crate) fn output(program: &'static str, args: &[&str]) -> Result<String, QueueError> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| QueueError::Spawn { program, source })?;
-    if !out.status.success() {
-        return Err(QueueError::Command {
-            command: format!("{program} {}", args.join(" ")),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Runs tc commands in one process; fails on the first that fails.
-pub(crate) fn tc_batch(commands: &[String]) -> Result<(), QueueError> {
-    let failed = |stderr: String| QueueError::Command {
-        command: format!("tc -batch: {}", commands.join("; ")),
-        stderr,
-    };
-    let spawn_error = |source| QueueError::Spawn {
-        program: "tc",
-        source,
-    };
-    let mut child = Command::new("tc")
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_error)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all((commands.join("\n") + "\n").as_bytes())
-            .map_err(spawn_error)?;
-    }
-    let out = child.wait_with_output().map_err(spawn_error)?;
-    if !out.status.success() {
-        return Err(failed(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -549,7 +479,7 @@ mod tests {
     fn the_queue_bursts_a_quarter_of_the_limits_burst() {
         let root_class = |rate: &str| {
             let limit = DirectionLimit::new(rate.parse::<Rate>().expect("rate"), None);
-            classes("add", &limit).remove(0)
+            classes(Verb::Add, &limit).remove(0)
         };
         // 1G: 25 ms (3,125,000 bytes) / 4; 10M: the 128 KiB floor / 4
         assert!(root_class("1G").contains(" burst 781250 cburst 781250 "));
@@ -559,7 +489,7 @@ mod tests {
     #[test]
     fn every_flow_class_has_a_fifo_under_the_bulk_class() {
         let limit = DirectionLimit::new("10M".parse::<Rate>().expect("rate"), None);
-        let commands = classes("add", &limit);
+        let commands = classes(Verb::Add, &limit);
         assert_eq!(commands.len(), 4 + 2 * FLOW_QUEUES as usize);
         assert!(commands
             .iter()

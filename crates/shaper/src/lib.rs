@@ -10,6 +10,7 @@ pub mod counters;
 pub mod empty;
 pub mod host_queue;
 pub mod ingress_queue;
+pub mod iproute;
 pub mod kernel;
 mod layout;
 pub mod limits;

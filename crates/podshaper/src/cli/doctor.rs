@@ -7,11 +7,12 @@ use std::fmt;
 use std::fs;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use podshaper_shaper::{is_bpffs, netns, CgroupRoot, Shaper};
+use podshaper_shaper::ingress_queue::QueueError;
+use podshaper_shaper::{iproute, is_bpffs, netns, CgroupRoot, Shaper};
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
@@ -185,39 +186,17 @@ fn queues() -> Vec<Check> {
     let tried = std::thread::spawn(|| -> Result<Vec<Tried>, String> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("cannot make a network namespace to try them in: {e}"))?;
-        let run = |args: &[&str]| -> Result<(), String> {
-            let out = Command::new(args[0])
-                .args(&args[1..])
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| format!("cannot run {}: {e} (install iproute2)", args[0]))?;
-            match out.status.success() {
-                true => Ok(()),
-                false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        let said = |e: QueueError| match e {
+            QueueError::Spawn { program, source } => {
+                format!("cannot run {program}: {source} (install iproute2)")
             }
+            QueueError::Command { stderr, .. } => stderr,
+            other => other.to_string(),
         };
-        Ok(vec![
-            (
-                "ifb",
-                run(&["ip", "link", "add", "doctor-ifb", "type", "ifb"]),
-            ),
-            (
-                "htb",
-                run(&[
-                    "tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb",
-                ]),
-            ),
-            (
-                "ingress qdisc",
-                run(&[
-                    "tc", "qdisc", "add", "dev", "lo", "handle", "ffff:", "ingress",
-                ]),
-            ),
-            (
-                "fq",
-                run(&["tc", "qdisc", "replace", "dev", "lo", "root", "fq"]),
-            ),
-        ])
+        Ok(iproute::try_queue_parts()
+            .into_iter()
+            .map(|(name, tried)| (name, tried.map_err(said)))
+            .collect())
     })
     .join();
     let tried = match tried {
@@ -309,15 +288,8 @@ fn other_shapers(cni_conf_dir: &Path) -> Vec<Check> {
             "Cilium's bandwidth manager is on (cilium_throttle is pinned): it also enforces kubernetes.io/egress-bandwidth; turn it off (bandwidthManager.enabled=false) or leave the annotation to one of them",
         ));
     }
-    let tbf = Command::new("tc")
-        .args(["qdisc", "show"])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter(|l| l.starts_with("qdisc tbf"))
-                .count()
-        })
+    let tbf = iproute::qdiscs()
+        .map(|shown| shown.lines().filter(|l| l.starts_with("qdisc tbf")).count())
         .unwrap_or(0);
     if tbf > 0 {
         out.push(check(
