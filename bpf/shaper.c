@@ -112,8 +112,7 @@ int podshaper_egress(struct __sk_buff *skb)
 	 * limit each. A congestion notification makes TCP cut it by 30%, once
 	 * per round trip, until it is near the clamp.
 	 */
-	oversized = ts && p && p->cwnd_clamp &&
-		    ts->snd_cwnd > p->cwnd_clamp + (p->cwnd_clamp >> 1);
+	oversized = ts && p && p->cwnd_clamp && ts->snd_cwnd > p->cwnd_clamp + (p->cwnd_clamp >> 1);
 
 	bpf_spin_lock(&st->lock);
 	b = &st->bucket;
@@ -396,8 +395,8 @@ int podshaper_unpace(struct bpf_iter__tcp *ctx)
 	}
 	if (ss->paced_cgid != target || ss->applied == 0)
 		return 0;
-	if (ss->cwnd_clamp && bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SNDCWND_CLAMP, &unclamped,
-					     sizeof(unclamped)) == 0)
+	if (ss->cwnd_clamp &&
+	    bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SNDCWND_CLAMP, &unclamped, sizeof(unclamped)) == 0)
 		ss->cwnd_clamp = 0;
 	if (bpf_setsockopt(tp, SOL_SOCKET, SO_MAX_PACING_RATE, &unpaced, sizeof(unpaced)) == 0) {
 		ss->applied = 0;
@@ -470,7 +469,8 @@ int podshaper_senders(struct bpf_iter__tcp *ctx)
 	int flags, armed;
 
 	tp = iter_socket(ctx, &senders_target, &target);
-	if (!tp || BPF_CORE_READ((struct sock *)tp, __sk_common.skc_state) != TCP_STATE_ESTABLISHED ||
+	if (!tp ||
+	    BPF_CORE_READ((struct sock *)tp, __sk_common.skc_state) != TCP_STATE_ESTABLISHED ||
 	    !in_cgroup(tp, target))
 		return 0;
 	rate = bpf_map_lookup_elem(&senders_target, &rate_key);

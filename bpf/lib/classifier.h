@@ -26,8 +26,8 @@
  * two flows in one FIFO share its part, and with receive windows sized to
  * one FIFO (the receive-window clamp) they overflow it. Units of 2^20 ns.
  */
-#define FLOW_IDLE_UNITS 2048	/* about 2.1 s */
-#define FLOW_REFRESH_UNITS 128	/* the time seen is written at most this often */
+#define FLOW_IDLE_UNITS 2048   /* about 2.1 s */
+#define FLOW_REFRESH_UNITS 128 /* the time seen is written at most this often */
 
 static __always_inline __u32 flow_clock(void)
 {
@@ -71,7 +71,8 @@ static __always_inline int read_flow(struct __sk_buff *skb, struct ps_flow *f)
 	if (l4 && (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP)) {
 		__u16 ports[2];
 
-		if (!bpf_skb_load_bytes_relative(skb, l4, ports, sizeof(ports), BPF_HDR_START_NET)) {
+		if (!bpf_skb_load_bytes_relative(skb, l4, ports, sizeof(ports),
+						 BPF_HDR_START_NET)) {
 			f->sport = ports[0];
 			f->dport = ports[1];
 		}

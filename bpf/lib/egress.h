@@ -58,8 +58,7 @@ static __always_inline void steer_share(struct ps_bucket *b, __u64 now)
 	 * one for a higher share, so the level (not just the window's count of
 	 * a few 64 KiB GSO packets) settles the aggregate on the rate.
 	 */
-	offered = (__s64)b->window_bytes +
-		  (((__s64)(b->burst >> 1) - b->tokens) >> INTEGRAL_SHIFT);
+	offered = (__s64)b->window_bytes + (((__s64)(b->burst >> 1) - b->tokens) >> INTEGRAL_SHIFT);
 	measured = offered > 0 ? (__u64)offered * NSEC_PER_SEC / span : 0;
 	b->window_bytes = 0;
 	b->top_flow_rate = b->window_top_bytes * NSEC_PER_SEC / span;

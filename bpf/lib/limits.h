@@ -89,7 +89,8 @@ static __always_inline void refresh_limit(struct __sk_buff *skb, struct ps_state
 	bpf_spin_lock(&st->lock);
 	if (lim.rate_bytes_per_sec && lim.burst_bytes) {
 		configure(&st->bucket, lim.rate_bytes_per_sec, lim.burst_bytes,
-			  dir == PS_EGRESS ? SHARE_WINDOW_BYTES : FAIR_WINDOW_BYTES, now, first_share);
+			  dir == PS_EGRESS ? SHARE_WINDOW_BYTES : FAIR_WINDOW_BYTES, now,
+			  first_share);
 	} else {
 		/* none this way: a limit that comes back starts a full bucket */
 		st->bucket.rate = 0;

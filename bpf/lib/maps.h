@@ -55,7 +55,8 @@ struct sock_state {
 	__u16 rcv_window;
 	__u16 rcv_window_kib;
 };
-_Static_assert(sizeof(struct sock_state) == 48, "a socket's state fits the cache line its storage starts");
+_Static_assert(sizeof(struct sock_state) == 48,
+	       "a socket's state fits the cache line its storage starts");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -168,10 +168,10 @@ static __always_inline void note_verdict(struct sock_state *ss, __u32 end, __u32
 #define HOG_SLACK_BYTES (64 * 1024)
 
 /* Why a TCP packet the bucket cannot cover may borrow (may_borrow bits). */
-#define BORROW_SMALL 1	     /* an ACK or small request */
-#define BORROW_RETRANSMIT 2  /* below the highest sequence seen */
-#define BORROW_AFTER_DROP 4  /* the flow's last packet was dropped */
-#define BORROW_AFTER_GAP 8   /* nothing let in for FEEDBACK_GAP_NS */
+#define BORROW_SMALL 1	    /* an ACK or small request */
+#define BORROW_RETRANSMIT 2 /* below the highest sequence seen */
+#define BORROW_AFTER_DROP 4 /* the flow's last packet was dropped */
+#define BORROW_AFTER_GAP 8  /* nothing let in for FEEDBACK_GAP_NS */
 /* what a flow over its fair part (FAIR_HOG) keeps */
 #define BORROW_HOG_KEEPS (BORROW_SMALL | BORROW_RETRANSMIT | BORROW_AFTER_GAP)
 

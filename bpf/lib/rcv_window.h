@@ -59,7 +59,8 @@ static __always_inline __u64 queued_ingress_rate_of(struct tcp_sock *tp)
 /* The depth of a flow's FIFO at `rate` (flow_queue_bytes in Rust). */
 static __always_inline __u64 flow_queue_bytes(__u64 rate)
 {
-	__u64 bytes = rate * PS_FLOW_QUEUE_US / 1000000, floor = rate * PS_FLOW_QUEUE_MIN_US / 1000000;
+	__u64 bytes = rate * PS_FLOW_QUEUE_US / 1000000,
+	      floor = rate * PS_FLOW_QUEUE_MIN_US / 1000000;
 
 	if (bytes > PS_FLOW_QUEUE_CAP_BYTES)
 		bytes = PS_FLOW_QUEUE_CAP_BYTES;
@@ -134,8 +135,9 @@ static __always_inline void clamp_rcv_window(struct bpf_sock_ops *skops)
 			/* the limit or the queue went: stop running before
 			 * every segment */
 			release_rcv_window(skops, tp);
-			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags &
-								 ~BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+			bpf_sock_ops_cb_flags_set(skops,
+						  skops->bpf_sock_ops_cb_flags &
+							  ~BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
 			return;
 		}
 	}
