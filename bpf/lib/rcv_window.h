@@ -34,6 +34,7 @@
  * (An ACK with three SACK blocks leaves no option space, and the kernel then
  * skips the callback: that ACK may advertise the autotuned window.)
  */
+
 /* the receive window a limited cgroup's connections start with, in segments */
 #define RWND_INIT_SEGMENTS 10
 
