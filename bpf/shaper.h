@@ -6,7 +6,7 @@
  * and offsets agree). Change both together.
  *
  * The state maps' values (struct ps_state, struct ps_credit, and struct
- * sock_state and struct rcv_window in shaper.c) outlive the daemon in bpffs pins, and a restarted
+ * sock_state and struct rcv_window in lib/maps.h) outlive the daemon in bpffs pins, and a restarted
  * daemon reuses them unless their size or layout changed
  * (Shaper::load_pinned compares the BTF the kernel kept with each pinned
  * map, field names, offsets and types, with this build's). A change of a
@@ -172,7 +172,7 @@ struct ps_credit {
  */
 #define PS_HOST_SLOTS 127
 #define PS_HOST_SLOT_STRIDE 0x200
-/* a power of two: bpf/shaper.c masks an index with it */
+/* a power of two: host_slot_of (bpf/lib/classifier.h) masks an index with it */
 #define PS_HOST_LEVELS 4
 
 #endif

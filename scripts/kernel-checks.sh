@@ -212,7 +212,7 @@ LISTEN_WAIT=${PODSHAPER_KERNEL_LISTEN_WAIT:-0.8}
 # --ingress` over TCP) at BITS per second. It lets retransmissions and a
 # flow's packet after a drop borrow, down to max(200 ms of the rate, two
 # bursts) below an empty bucket (MAX_DEFICIT_NS, MIN_DEFICIT_BURSTS in
-# bpf/shaper.c), on top of a full burst (25 ms, at least 128 KiB): a window
+# bpf/lib/bucket.h), on top of a full burst (25 ms, at least 128 KiB): a window
 # of MEASURE seconds that starts full and ends in debt reads that much above
 # the limit (1.051 of 10M over 3.5 s on the host, where 10M may lend 0.31 s).
 # The bound is that, plus 0.02.

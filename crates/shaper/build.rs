@@ -1,6 +1,7 @@
 //! Compiles the BPF shaper and the bench's empty programs (C, under `bpf/` at
 //! the workspace root) with clang into OUT_DIR, where `src/shaper/mod.rs` and
-//! `src/empty.rs` embed them.
+//! `src/empty.rs` embed them. `bpf/shaper.c` includes `shaper.h` and the
+//! headers under `bpf/lib/`; a change to any of them compiles it again.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,8 @@ use std::process::{exit, Command};
 
 const SOURCES: &[&str] = &["shaper.c", "empty.c"];
 const HEADERS: &[&str] = &["shaper.h"];
+/// Directories of headers: cargo looks at every file in them (new ones too).
+const HEADER_DIRS: &[&str] = &["lib"];
 
 fn main() {
     let manifest =
@@ -21,7 +24,7 @@ fn main() {
     if !Path::new("/usr/include/bpf/bpf_helpers.h").exists() {
         fail("the libbpf headers (bpf/bpf_helpers.h) are missing: install them with `apt-get install libbpf-dev`");
     }
-    for header in HEADERS {
+    for header in HEADERS.iter().chain(HEADER_DIRS) {
         println!("cargo:rerun-if-changed={}", bpf_dir.join(header).display());
     }
     for source in SOURCES {
@@ -29,7 +32,8 @@ fn main() {
         println!("cargo:rerun-if-changed={}", src.display());
         let obj = out_dir.join(Path::new(source).with_extension("o"));
         let status = Command::new("clang")
-            // v3: atomic fetch-and-add (the flow classifier's turn counter)
+            // v3: atomic fetch-and-add (the flow classifier's turn counter).
+            // scripts/bpf-same.sh compiles with these flags too: change both.
             .args([
                 "-g", "-O2", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror",
             ])

@@ -1,8 +1,8 @@
 //! What the running kernel has: its release, and what the shaper needs of
 //! it. The releases below come from the kernel's history of the helpers,
-//! fields, socket options and program types bpf/shaper.c uses; `podshaper
-//! doctor`, the daemon's start-up line and README.md's support table say
-//! them.
+//! fields, socket options and program types bpf/shaper.c and bpf/lib/ use;
+//! `podshaper doctor`, the daemon's start-up line and README.md's support
+//! table say them.
 
 use std::fmt;
 use std::fs;
@@ -47,7 +47,7 @@ impl fmt::Display for Release {
 /// sockets get no receive-window clamp.
 pub const ARMS_OPEN_SOCKETS: Release = Release::new(6, 12);
 
-/// The BPF helpers bpf/shaper.c calls, and the first release where the
+/// The BPF helpers bpf/shaper.c and bpf/lib/ call, and the first release where the
 /// program types that call them here may: what a verifier's "unknown func"
 /// means. From the kernel's history of each helper's function prototypes
 /// (net/core/filter.c, kernel/bpf/helpers.c, net/ipv4/tcp_ipv4.c), each
