@@ -5,7 +5,7 @@
  * One loaded object serves every limited cgroup. Limits and counters live in
  * maps keyed by cgroup id, so a limit changes with one map update.
  *
- * Egress has two layers (docs/shaping.md explains why):
+ * Egress has two layers (docs/design/egress.md explains why):
  *  1. TCP pacing. Every TCP socket of a limited cgroup is paced
  *     (SO_MAX_PACING_RATE, set from the sockops program) at the cgroup's
  *     "fair share": a level the egress program steers every few milliseconds
@@ -417,7 +417,8 @@ int podshaper_unpace(struct bpf_iter__tcp *ctx)
  * when a queue comes later). Without the first, a pod limited live, as an
  * operator adding the annotation to a running pod does, kept the kernel's
  * delayed ACK on its open connections, and a cubic download through the
- * policer alone got 0.5-0.9 of the limit (docs/shaping.md); without the
+ * policer alone got 0.5-0.9 of the limit (docs/design/ingress.md, "The receiver's delayed
+ * ACK"); without the
  * second, its open connections kept windows the queue's FIFOs cannot hold.
  */
 SEC("iter/tcp")
@@ -450,13 +451,15 @@ int podshaper_receivers(struct bpf_iter__tcp *ctx)
  * the window it grew before the limit (the clamp bounds the window's growth,
  * not what it is: podshaper_egress cuts it), and pacing spaces the next one
  * by that packet's time at the pacing rate: at the limit, not at a share of
- * it, which kept 16 flows at 10M silent for most of a second. It runs before the limit is
- * in force: flows sending at tens of Gbit/s met a bucket of 128 KiB for the
- * few milliseconds until it ran, lost most of what they sent then, and
- * took two seconds to come back to 10M. Without it, such a socket stayed unpaced: it emptied the
- * bucket, its segments were dropped with nothing in flight, and it waited
- * for the zero-window probe timer each time (a third of 30M, one cubic
- * flow; 0.60 of 100M, docs/shaping.md, "Connections open before the limit").
+ * it, which kept 16 flows at 10M silent for most of a second. It runs
+ * before the limit is in force: flows sending at tens of Gbit/s met a
+ * bucket of 128 KiB for the few milliseconds until it ran, lost most of
+ * what they sent then, and took two seconds to come back to 10M. Without
+ * it, such a socket stayed unpaced: it emptied the bucket, its segments
+ * were dropped with nothing in flight, and it waited for the zero-window
+ * probe timer each time (a third of 30M, one cubic
+ * flow; 0.60 of 100M, docs/design/state-and-upgrades.md, "Connections open
+ * before the limit").
  */
 SEC("iter/tcp")
 int podshaper_senders(struct bpf_iter__tcp *ctx)
@@ -512,7 +515,7 @@ int podshaper_senders(struct bpf_iter__tcp *ctx)
  * The ingress queue's flow classifier (tc, on the ifb's htb root): which of
  * the PS_FLOW_QUEUES per-flow FIFOs a bulk packet waits in. htb serves them
  * in turn, so flows share the limit equally, where one shared FIFO let a few
- * flows take most of it (Jain 0.66 at 16 flows, docs/shaping.md).
+ * flows take most of it (Jain 0.66 at 16 flows, docs/design/ingress.md, "A FIFO per flow").
  *
  * A flow is its addresses, protocol and ports (not the packet's hash, which
  * a TCP sender changes after a timeout). A hash of those modulo the FIFOs
@@ -562,8 +565,8 @@ int podshaper_flow_class(struct __sk_buff *skb)
 }
 
 /*
- * The node's ingress queue for hostNetwork pods (docs/shaping.md, "A queue
- * for hostNetwork pods"). A hostNetwork pod shares the node's interfaces,
+ * The node's ingress queue for hostNetwork pods (docs/design/ingress.md,
+ * "Ingress: a queue for hostNetwork pods"). A hostNetwork pod shares the node's interfaces,
  * so nothing but its sockets tells its packets apart: this classifier, on
  * the ingress of every interface of the node's namespace, looks up the
  * socket a TCP packet is for and the cgroup above it at each level in

@@ -98,7 +98,8 @@ static __always_inline void steer_share(struct ps_bucket *b, __u64 now)
  * flows and cut their windows for good (10M x4: share 640 kB/s -> 330 kB/s
  * over 3.5 s, 97% of packets marked). An equal part alone was too low where
  * flows differ: one bulk flow beside eight light ones fell from 6.4 to 4.1
- * Mbit/s of 10M (docs/shaping.md). Called with the lock held.
+ * Mbit/s of 10M (docs/design/egress.md, "A cap on the share while the bucket is
+ * short"). Called with the lock held.
  */
 static __always_inline void cap_share_in_deficit(struct ps_bucket *b)
 {

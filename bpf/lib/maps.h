@@ -4,7 +4,7 @@
  * structs are not shared with Rust in shaper.h (the sockets' states, the
  * receive-window clamps, the flow classifier's flows and the host
  * classifier's sockets), and the one global user space sets at load.
- * User space reaches each by its name here (crates/shaper/src/shaper.rs):
+ * User space reaches each by its name here (crates/shaper/src/shaper/mod.rs):
  * it pins them, writes limits and targets into them, and reads counters
  * from them, so a map's name, type, key and value are part of the contract
  * with the daemon, and the pinned ones' values outlive a daemon's restart
@@ -160,7 +160,7 @@ struct {
  * clamped: through the policer alone there is no FIFO for a window to fit
  * (the policer delays nothing, so no window holds a sender to the rate),
  * and the clamp would only cost a run before every segment
- * (docs/shaping.md, "Only where a queue is in front").
+ * (docs/design/ingress.md, "Only where a queue is in front").
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

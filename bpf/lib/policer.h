@@ -157,7 +157,7 @@ static __always_inline void note_verdict(struct sock_state *ss, __u32 end, __u32
  * recovers without a timeout. Before, one cubic flow of 16 at 1G took
  * 390-510 MB of 710 in half the runs (Jain 0.12-0.31): each of its drops let
  * its next packet through, so it never lost two running and never backed
- * off for long (docs/shaping.md, "Fair parts through the policer alone").
+ * off for long (docs/design/ingress.md, "Fair parts through the policer alone").
  * Taking the retransmissions' pass from such a flow as well held BBR
  * senders, which do not back off on loss, to 0.67-0.89 of 1G; a threshold
  * of twice the part over windows of 256 KiB let one cubic flow of eight at
@@ -244,9 +244,10 @@ static __always_inline struct sock_state *data_socket(struct __sk_buff *skb, str
  * with little behind it, waited for the delayed-ACK timer (40 ms or more)
  * while the sender, its window spent, sent nothing. One cubic flow through
  * the policer alone got 0.63-0.71 of 100M and 1G; with this, 0.95-0.99
- * (docs/shaping.md). A connection asking for ECN gets the same from the
- * kernel on its own (an ACK at once for every packet that is not ECT, as
- * retransmissions are), which is why ECN senders did so much better.
+ * (docs/design/ingress.md, "The receiver's delayed ACK"). A connection
+ * asking for ECN gets the same from the kernel on its own (an ACK at once
+ * for every packet that is not ECT, as retransmissions are), which is why
+ * ECN senders do so much better.
  */
 static __always_inline void set_short_delack(void *sock)
 {

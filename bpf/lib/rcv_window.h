@@ -16,7 +16,7 @@
 #include "maps.h"
 
 /*
- * The receive window (docs/shaping.md, "A receive window no deeper than the
+ * The receive window (docs/design/ingress.md, "A receive window no deeper than the
  * flow's FIFO"). A socket of a cgroup with an ingress limit and a queue in
  * front of it never advertises more window than 7/8 of its flow's FIFO in
  * the queue plus twice the

@@ -67,7 +67,7 @@ impl Node {
         }
         // now that every attachment runs this build's programs (the bump at
         // load came before the moves: an older build's program could take
-        // it with its own reading of the limit, docs/reliability.md)
+        // it with its own reading of the limit, docs/design/state-and-upgrades.md)
         self.shaper.retake_limits()?;
         Ok(report)
     }
