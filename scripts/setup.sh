@@ -3,7 +3,7 @@
 # machine, and mounts bpffs. Idempotent; run as root.
 set -euo pipefail
 
-packages=(clang llvm libbpf-dev protobuf-compiler iproute2 iperf3 jq etcd-server fonts-dejavu-core)
+packages=(clang clang-format llvm libbpf-dev protobuf-compiler iproute2 iperf3 jq etcd-server fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
