@@ -8,9 +8,7 @@
 //! machine; the benchmark (`podshaper bench`, docs/benchmarks.md) reports the
 //! exact figures beside tc tbf's.
 
-mod common;
-
-use common::{assert_fair, assert_ratio, measure, measure_flows, Flow, Limiter};
+use crate::common::{assert_fair, assert_ratio, measure, measure_flows, Flow, Limiter};
 
 /// Achieved/target bounds.
 const EGRESS: (f64, f64) = (0.90, 1.05);
@@ -120,6 +118,7 @@ macro_rules! tcp_cases {
         $(
             #[test]
             fn $name() {
+                require_root!();
                 tcp($sender, $arg, $rate, $bits, $flows, $egress, $bounds);
             }
         )*
@@ -160,6 +159,7 @@ tcp_cases! {
 /// (docs/shaping.md).
 #[test]
 fn tcp_egress_bulk_flow_beside_light_bursty_flows_keeps_its_part() {
+    require_root!();
     let (light, light_rate) = (8, 400_000);
     let flow = Flow {
         light,
@@ -211,6 +211,7 @@ const UDP_RATES: [(&str, f64); 3] = [("10M", 10e6), ("100M", 100e6), ("1G", 1e9)
 
 #[test]
 fn udp_egress_10m_100m_1g() {
+    require_root!();
     for (rate, bits) in UDP_RATES {
         udp("--egress", rate, bits, true);
     }
@@ -218,6 +219,7 @@ fn udp_egress_10m_100m_1g() {
 
 #[test]
 fn udp_ingress_10m_100m_1g() {
+    require_root!();
     for (rate, bits) in UDP_RATES {
         udp("--ingress", rate, bits, false);
     }

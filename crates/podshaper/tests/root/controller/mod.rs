@@ -3,17 +3,16 @@
 //! Pods bound to a node, the pods' cgroups under each node's private cgroup
 //! root, and the pods' processes in them. Run as root.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::daemon::{TestDaemon, TestRoot};
-use common::kube::ApiServer;
-use common::{assert_ratio, measure_with, podshaper, rss_kib, ChildGuard, Flow, Limiter};
+use crate::common;
+use crate::common::daemon::{TestDaemon, TestRoot};
+use crate::common::kube::ApiServer;
+use crate::common::{assert_ratio, measure_with, podshaper, rss_kib, ChildGuard, Flow, Limiter};
 use podshaper_netlab::latency::quantile;
 
 const EGRESS: &str = "kubernetes.io/egress-bandwidth";
@@ -126,6 +125,7 @@ fn unique_ns(tag: &str) -> String {
 
 #[test]
 fn annotations_become_limits_on_each_node() {
+    require_root!();
     let api = ApiServer::start();
     let ns = unique_ns("limits");
     api.create_namespace(&ns);
@@ -237,6 +237,7 @@ fn annotations_become_limits_on_each_node() {
 
 #[test]
 fn invalid_annotation_warns_and_keeps_the_limit_in_force() {
+    require_root!();
     let api = ApiServer::start();
     let ns = unique_ns("invalid");
     api.create_namespace(&ns);
@@ -296,6 +297,7 @@ fn invalid_annotation_warns_and_keeps_the_limit_in_force() {
 
 #[test]
 fn converges_after_controller_daemon_and_apiserver_restarts() {
+    require_root!();
     let mut api = ApiServer::start();
     let ns = unique_ns("restarts");
     api.create_namespace(&ns);
@@ -371,6 +373,7 @@ fn converges_after_controller_daemon_and_apiserver_restarts() {
 
 #[test]
 fn deploy_manifests_pass_a_server_side_dry_run() {
+    require_root!();
     let api = ApiServer::start();
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
     // namespace.yaml and rbac.yaml are applied for real by the harness (the
@@ -416,6 +419,7 @@ fn deploy_manifests_pass_a_server_side_dry_run() {
 /// (`PODSHAPER_SCALE_PODS` to change the count).
 #[test]
 fn annotation_change_latency_and_memory_at_scale() {
+    require_root!();
     let api = ApiServer::start();
     let ns = unique_ns("scale");
     api.create_namespace(&ns);
@@ -495,6 +499,7 @@ fn annotation_change_latency_and_memory_at_scale() {
 /// a Lease: one acts, the other takes over when it dies.
 #[test]
 fn cluster_mode_reaches_daemons_over_mtls_and_one_replica_acts() {
+    require_root!();
     let api = ApiServer::start();
     api.kubectl_ok(&[
         "apply",
@@ -603,6 +608,7 @@ fn cluster_mode_reaches_daemons_over_mtls_and_one_replica_acts() {
 /// accepted annotation.
 #[test]
 fn converges_after_kills_during_a_stream_of_changes() {
+    require_root!();
     let mut api = ApiServer::start();
     let ns = unique_ns("stream");
     api.create_namespace(&ns);

@@ -2,15 +2,14 @@
 //! through kill -9, adopted on restart, removed by detach; confinement; pod
 //! UIDs; mutual TLS; metrics; custom programs.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
-use common::daemon::{TestDaemon, TestRoot};
-use common::{assert_ratio, measure_with, unique_port, Flow, Limiter};
+use crate::common;
+use crate::common::daemon::{TestDaemon, TestRoot};
+use crate::common::{assert_ratio, measure_with, unique_port, Flow, Limiter};
 
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -25,6 +24,7 @@ fn stderr_of(out: &std::process::Output) -> String {
 /// docs/shaping.md, "The receiver's delayed ACK").
 #[test]
 fn a_connection_open_before_its_ingress_limit_gets_the_short_delayed_ack() {
+    require_root!();
     let root = TestRoot::new("delack");
     let app = root.make("app");
     let path = app.path().display().to_string();
@@ -54,6 +54,7 @@ fn a_connection_open_before_its_ingress_limit_gets_the_short_delayed_ack() {
 
 #[test]
 fn limits_hold_through_kill_9_are_adopted_on_restart_and_detach_removes_them() {
+    require_root!();
     let root = TestRoot::new("life");
     let app = root.make("app");
     let path = app.path().display().to_string();
@@ -102,6 +103,7 @@ fn limits_hold_through_kill_9_are_adopted_on_restart_and_detach_removes_them() {
 /// counts the daemon adds in: the counters must hold what was sent.
 #[test]
 fn a_cgroup_attached_again_after_a_detach_starts_afresh() {
+    require_root!();
     let root = TestRoot::new("again");
     let app = root.make("app");
     let path = app.path().display().to_string();
@@ -154,6 +156,7 @@ fn a_cgroup_attached_again_after_a_detach_starts_afresh() {
 /// changes would eat the limit of every pod sending beside them.
 #[test]
 fn a_cgroup_keeps_its_rate_while_other_cgroups_limits_change() {
+    require_root!();
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     let root = TestRoot::new("others");
@@ -198,6 +201,7 @@ fn a_cgroup_keeps_its_rate_while_other_cgroups_limits_change() {
 /// starting: it starts those afresh and keeps every limit.
 #[test]
 fn a_restart_over_state_maps_of_another_layout_starts_them_afresh() {
+    require_root!();
     let root = TestRoot::new("layout");
     let old = root.make("old");
     let new = root.make("new");
@@ -260,6 +264,7 @@ fn a_restart_over_state_maps_of_another_layout_starts_them_afresh() {
 /// sockets' state here, so the buckets and their counters carry on.
 #[test]
 fn a_restart_over_a_socket_map_of_another_size_starts_only_it_afresh() {
+    require_root!();
     // values larger than this build's (so its programs would load with it)
     restart_over_another_socket_map("sockmap", "__u64[13]", 104);
 }
@@ -270,6 +275,7 @@ fn a_restart_over_a_socket_map_of_another_size_starts_only_it_afresh() {
 /// its own.
 #[test]
 fn a_restart_over_a_socket_map_of_another_layout_of_the_same_size_starts_only_it_afresh() {
+    require_root!();
     restart_over_another_socket_map("socklayout", "__u64[6]", 48);
 }
 
@@ -332,6 +338,7 @@ fn restart_over_another_socket_map(name: &str, value_type: &str, value_size: u32
 /// restart.
 #[test]
 fn an_upgraded_attachment_takes_its_limit_again_under_this_build() {
+    require_root!();
     use std::net::SocketAddr;
 
     use podshaper_netlab::traffic::{self, Until};
@@ -462,6 +469,7 @@ fn pin_another_socket_map(daemon: &TestDaemon, name: &str, value_type: &str) -> 
 /// socket of another limited cgroup, in the same state, keeps its cap.
 #[test]
 fn a_socket_paced_by_an_older_build_and_idle_since_is_unpaced_at_detach() {
+    require_root!();
     use std::net::{SocketAddr, TcpListener};
 
     use podshaper_netlab::traffic::{self, Until};
@@ -608,6 +616,7 @@ fn program_of_link(pin: &std::path::Path) -> String {
 
 #[test]
 fn an_attachment_made_by_another_build_moves_to_this_builds_programs() {
+    require_root!();
     let root = TestRoot::new("upgrade");
     let pod = root.make("pod");
     let mut daemon = TestDaemon::start(&root.path, &[]);
@@ -660,6 +669,7 @@ fn an_attachment_made_by_another_build_moves_to_this_builds_programs() {
 
 #[test]
 fn a_normal_shutdown_keeps_limits_and_gone_cgroups_are_cleaned_up() {
+    require_root!();
     let root = TestRoot::new("stale");
     let a = root.make("a");
     let b = root.make("b");
@@ -703,6 +713,7 @@ fn a_normal_shutdown_keeps_limits_and_gone_cgroups_are_cleaned_up() {
 
 #[test]
 fn requests_outside_the_cgroup_root_or_malformed_are_refused() {
+    require_root!();
     let root = TestRoot::new("confine");
     let inside = root.make("inside");
     let outside = TestRoot::new("outside");
@@ -772,6 +783,7 @@ fn requests_outside_the_cgroup_root_or_malformed_are_refused() {
 
 #[test]
 fn pod_uids_resolve_for_both_cgroup_drivers_and_every_qos_class() {
+    require_root!();
     let root = TestRoot::new("pods");
     let daemon = TestDaemon::start(&root.path, &[]);
     let uids = [
@@ -829,6 +841,7 @@ fn pod_uids_resolve_for_both_cgroup_drivers_and_every_qos_class() {
 /// as they come.
 #[test]
 fn limits_for_a_pod_whose_cgroup_is_still_to_come_hold_from_its_creation() {
+    require_root!();
     let root = TestRoot::new("waiting");
     let daemon = TestDaemon::start(&root.path, &[]);
     let uid = "21111111-2222-4333-8444-555555555501";
@@ -915,6 +928,7 @@ fn limits_for_a_pod_whose_cgroup_is_still_to_come_hold_from_its_creation() {
 
 #[test]
 fn the_cli_names_what_is_wrong_in_one_line() {
+    require_root!();
     let root = TestRoot::new("cli");
     let daemon = TestDaemon::start(&root.path, &[]);
     let out = common::podshaper()
@@ -969,6 +983,7 @@ fn the_cli_names_what_is_wrong_in_one_line() {
 
 #[test]
 fn metrics_and_health_are_served() {
+    require_root!();
     let root = TestRoot::new("metrics");
     let port = unique_port();
     let addr = format!("127.0.0.1:{port}");
@@ -1012,6 +1027,7 @@ fn http_get(addr: &str, path: &str) -> String {
 
 #[test]
 fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
+    require_root!();
     let root = TestRoot::new("tls");
     let dir = std::env::temp_dir().join(format!("podshaper-test-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tls dir");
@@ -1109,6 +1125,7 @@ fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
 
 #[test]
 fn custom_programs_are_refused_unless_allowed_and_must_be_cgroup_programs() {
+    require_root!();
     let root = TestRoot::new("custom");
     let app = root.make("app").path().display().to_string();
     let dir = std::env::temp_dir().join(format!("podshaper-test-custom-{}", std::process::id()));
@@ -1167,6 +1184,7 @@ impl Drop for Cleanup {
 
 #[test]
 fn a_nul_byte_or_a_missing_target_is_refused_over_the_api() {
+    require_root!();
     use podshaper_api::pb;
     let root = TestRoot::new("nul");
     let app = root.make("app").path().display().to_string();
@@ -1225,6 +1243,7 @@ fn a_nul_byte_or_a_missing_target_is_refused_over_the_api() {
 
 #[test]
 fn the_daemon_benchmark_runs_and_leaks_nothing() {
+    require_root!();
     // its traffic phase measures a rate, and would disturb another's
     let mut command = common::podshaper();
     command.args([
@@ -1261,6 +1280,7 @@ fn the_daemon_benchmark_runs_and_leaks_nothing() {
 
 #[test]
 fn limits_change_and_lift_on_a_connection_that_stays_open() {
+    require_root!();
     use std::net::{SocketAddr, TcpListener};
     use std::sync::atomic::Ordering;
     use std::time::Duration;

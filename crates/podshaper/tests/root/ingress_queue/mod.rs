@@ -6,8 +6,6 @@
 //! reached only 0.66-0.78 of the limit through the cgroup policer alone
 //! (until session 11 shortened the receiver's delayed ACK: 0.95-0.98 now).
 
-mod common;
-
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -15,8 +13,9 @@ use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::daemon::{TestDaemon, TestRoot};
-use common::{
+use crate::common;
+use crate::common::daemon::{TestDaemon, TestRoot};
+use crate::common::{
     assert_fair, assert_ratio, has_ingress_queue, measure_flows, measure_flows_on, ChildGuard,
     Flow, Limiter,
 };
@@ -93,6 +92,7 @@ fn pod_process(pod: &Cgroup, ns: &str) -> ChildGuard {
 
 #[test]
 fn the_daemon_queues_a_pods_ingress_changes_it_live_and_removes_it() {
+    require_root!();
     let root = TestRoot::new("queue");
     let pod = root.make("pod");
     let host_pod = root.make("hostnet");
@@ -272,6 +272,7 @@ impl Drop for FailingTc {
 /// not every second.
 #[test]
 fn a_queue_that_failed_to_install_is_tried_again() {
+    require_root!();
     let root = TestRoot::new("queue-retry");
     let pod = root.make("pod");
     let lab = NetnsPair::create("qr").unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
@@ -326,6 +327,7 @@ fn a_queue_that_failed_to_install_is_tried_again() {
 /// the old rate with no limit asked for.
 #[test]
 fn a_queue_that_failed_to_go_is_taken_away_later() {
+    require_root!();
     let root = TestRoot::new("queue-gone");
     let pod = root.make("pod");
     let lab = NetnsPair::create("qg").unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
@@ -462,41 +464,49 @@ fn queued_ecn_ingress_is_not_marked(rate: &str, bits: f64, flows: usize) {
 
 #[test]
 fn queued_ecn_ingress_10m_eight_flows_is_not_marked() {
+    require_root!();
     queued_ecn_ingress_is_not_marked("10M", 10e6, 8);
 }
 
 #[test]
 fn queued_ecn_ingress_1g_one_flow_is_not_marked() {
+    require_root!();
     queued_ecn_ingress_is_not_marked("1G", 1e9, 1);
 }
 
 #[test]
 fn queued_ingress_10m_one_flow() {
+    require_root!();
     queued_ingress("10M", 10e6, 1);
 }
 
 #[test]
 fn queued_ingress_10m_eight_flows() {
+    require_root!();
     queued_ingress("10M", 10e6, 8);
 }
 
 #[test]
 fn queued_ingress_100m_one_flow() {
+    require_root!();
     queued_ingress("100M", 100e6, 1);
 }
 
 #[test]
 fn queued_ingress_100m_eight_flows() {
+    require_root!();
     queued_ingress("100M", 100e6, 8);
 }
 
 #[test]
 fn queued_ingress_1g_one_flow() {
+    require_root!();
     queued_ingress("1G", 1e9, 1);
 }
 
 #[test]
 fn queued_ingress_1g_eight_flows() {
+    require_root!();
     queued_ingress("1G", 1e9, 8);
 }
 
@@ -507,11 +517,13 @@ fn queued_ingress_1g_eight_flows() {
 /// gave it 1.01-1.04.
 #[test]
 fn queued_bbr_ingress_100m_one_flow() {
+    require_root!();
     queued_ingress_with("100M", 100e6, 1, false, "bbr");
 }
 
 #[test]
 fn queued_bbr_ingress_1g_one_flow() {
+    require_root!();
     queued_ingress_with("1G", 1e9, 1, false, "bbr");
 }
 
@@ -567,6 +579,7 @@ const UNCLAMPED_AT_LEAST: u64 = 64 * 1024;
 /// would hold the connection to a FIFO's worth per round trip for its life.
 #[test]
 fn a_receive_window_follows_the_ingress_limit_and_is_given_back() {
+    require_root!();
     let root = TestRoot::new("rwnd");
     let app = root.make("app");
     let path = app.path().display().to_string();
@@ -615,6 +628,7 @@ fn a_receive_window_follows_the_ingress_limit_and_is_given_back() {
 /// hold the sender to the rate (docs/shaping.md).
 #[test]
 fn a_receive_window_is_not_clamped_without_a_queue_in_front() {
+    require_root!();
     let root = TestRoot::new("rwnd-policer");
     let app = root.make("app");
     let path = app.path().display().to_string();
@@ -633,6 +647,7 @@ fn a_receive_window_is_not_clamped_without_a_queue_in_front() {
 /// connections keep the windows the kernel gives them.
 #[test]
 fn a_daemon_restarted_without_queues_leaves_windows_unclamped() {
+    require_root!();
     let root = TestRoot::new("rwnd-restart");
     let app = root.make("app");
     let path = app.path().display().to_string();
@@ -750,6 +765,7 @@ fn send_from(from: SocketAddrV4, to: SocketAddrV4, bytes: usize) -> io::Result<(
 /// windows sized to one FIFO, overflowed it).
 #[test]
 fn a_connection_from_an_ended_ones_port_gets_a_fifo_of_its_own() {
+    require_root!();
     const BYTES: usize = 1 << 20;
     let root = TestRoot::new("reuse");
     let app = root.make("app");
