@@ -3,7 +3,7 @@
 //! between two network namespaces. `podshaper run` puts no queue in front of
 //! ingress (its command runs in the host's namespace, as a hostNetwork pod
 //! does): the ingress cells here measure the cgroup policer alone;
-//! tests/ingress_queue.rs measures the queue the daemon adds for pods with a
+//! tests/root/ingress_queue measures the queue the daemon adds for pods with a
 //! namespace of their own (cubic, 10M-1G, 1 and 8 flows, 0.90-1.05). The bounds carry slack for a shared 2-core
 //! machine; the benchmark (`podshaper bench`, docs/benchmarks.md) reports the
 //! exact figures beside tc tbf's.
@@ -99,8 +99,8 @@ fn tcp(
     // all want more (0.997-1.000 in the bench); the ingress policer alone
     // lets a flow within its fair part borrow and takes the pass after a
     // drop from one over it, which holds senders that back off on loss
-    // (BBR does not: 0.79-0.91 here; tests/ingress_queue.rs checks the
-    // queue's fairness)
+    // (BBR does not: 0.79-0.91 here; tests/root/ingress_queue/rates.rs
+    // checks the queue's fairness)
     if flows > 1 && egress {
         assert_fair(&what, &got.flow_bytes, flows, 0.90);
     } else if flows > 1 && cc == "cubic" {

@@ -309,7 +309,7 @@ fn both_directions_on_open_udp_flows() {
 /// A hostNetwork pod's open connections (the node's namespace, loopback).
 /// Its ingress has the policer alone (no queue), whose seconds swing
 /// around the limit (0.86-1.11, run 1.000, four flows at 100M): as for
-/// flows that start under it (tests/accuracy.rs).
+/// flows that start under it (tests/root/accuracy.rs).
 #[test]
 fn open_tcp_connections_in_the_nodes_namespace() {
     require_root!();

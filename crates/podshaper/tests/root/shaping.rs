@@ -46,7 +46,7 @@ fn tcp_ingress() -> Flow {
 fn tcp_ingress_one_flow_at_50m() {
     require_root!();
     // A BBR sender: one cubic flow against the policer is the known gap,
-    // asserted with its own bound in tests/accuracy.rs (0.56 here in CI).
+    // asserted with its own bound in tests/root/accuracy.rs (0.56 here in CI).
     let flow = Flow {
         cc: "bbr",
         ..tcp_ingress()
