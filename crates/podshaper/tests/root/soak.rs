@@ -4,9 +4,9 @@
 //! limits need, and once those are removed, what it held before.
 //!
 //! `PODSHAPER_SOAK_SECS` sets the length (default 20 s, what CI runs; the
-//! 30-minute run is reported in docs/reliability.md). In a module of its own,
-//! whose test runs beside no other module's (main.rs): it counts every BPF
-//! object on the machine.
+//! 30-minute run is reported in docs/design/reliability.md). In a module of
+//! its own, whose test runs beside no other module's (main.rs): it counts
+//! every BPF object on the machine.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};

@@ -15,7 +15,7 @@ use crate::common::{assert_ratio, measure_with, unique_port, Flow, Limiter};
 /// limit (the sockops program). Through the policer alone (a hostNetwork
 /// pod's ingress; the queue is off here) one cubic flow that kept the
 /// kernel's delayed ACK got 0.57-0.73 of 1G (three runs; 0.94-0.98 with it;
-/// docs/shaping.md, "The receiver's delayed ACK").
+/// docs/design/ingress.md, "The receiver's delayed ACK").
 #[test]
 fn a_connection_open_before_its_ingress_limit_gets_the_short_delayed_ack() {
     require_root!();

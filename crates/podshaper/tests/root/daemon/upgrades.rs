@@ -26,8 +26,8 @@ fn a_restart_over_state_maps_of_another_layout_starts_them_afresh() {
     daemon.kill9();
 
     // another version's `cgroup_states`, pinned where the daemon keeps its
-    // own, and the maps older builds pinned: the `states` hash (until
-    // session 9) and the per-CPU `counters` (until session 8)
+    // own, and two maps older builds pinned whose contents this build keeps
+    // in `cgroup_states`: the `states` hash and the per-CPU `counters`
     let bytes = common::compiled_bpf(
         "old_states",
         "struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16); \
@@ -74,8 +74,8 @@ fn a_restart_over_state_maps_of_another_layout_starts_them_afresh() {
 /// A pinned state map of another size is started afresh even where this
 /// build's programs would load with it: aya reuses a pinned map as it is,
 /// and a program that reads less of a value than the map holds verifies, so
-/// a layout that shrank (session 14's socket state, 72 to 56 bytes) would
-/// have been read under the new one. Only its group starts afresh: the
+/// a layout that shrank (a socket state of 72 bytes where this build's has
+/// 56) would be read under the new one. Only its group starts afresh: the
 /// sockets' state here, so the buckets and their counters carry on.
 #[test]
 fn a_restart_over_a_socket_map_of_another_size_starts_only_it_afresh() {
@@ -145,9 +145,9 @@ fn restart_over_another_socket_map(name: &str, value_type: &str, value_size: u32
 /// build's programs. The daemon moves the limit's version when it loads, but
 /// the older build's programs stay attached until it moves each attachment,
 /// and a packet in between has the older program take the new version with
-/// its own reading of the limit (here: another ingress window length, as
-/// session 15 changed it from 256 KiB at the rate to 1 MiB), which this
-/// build's programs then kept until the cgroup's next limit change. An
+/// its own reading of the limit (here: another ingress window length, such
+/// as 256 KiB at the rate where this build's is 1 MiB), which this build's
+/// programs would otherwise keep until the cgroup's next limit change. An
 /// older build's ingress program stands in (on every packet it takes the
 /// version and writes a window of its own), while traffic runs through the
 /// restart.
@@ -159,7 +159,7 @@ fn an_upgraded_attachment_takes_its_limit_again_under_this_build() {
     use podshaper_netlab::traffic::{self, Until};
     use podshaper_netlab::NetnsPair;
 
-    #[expect(deprecated, reason = "the shaper's own map type (shaper.rs)")]
+    #[expect(deprecated, reason = "the shaper's own map type (shaper/mod.rs)")]
     type States = aya::maps::CgroupStorage<aya::maps::MapData, podshaper_shaper::abi::State>;
     const BPF_F_LOCK: u64 = 4;
     const INGRESS: u32 = 0;

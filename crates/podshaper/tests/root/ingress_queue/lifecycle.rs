@@ -199,9 +199,9 @@ impl Drop for FailingTc {
 }
 
 /// A queue that could not be built (tc failed) is tried again by the
-/// daemon's sweep, not given up on (until session 13 the failed namespace
-/// was recorded as done: the pod had only the policer until its limit
-/// changed), and no more often than the backoff allows (1, 2, 4, 8 s...):
+/// daemon's sweep, not given up on (a failed namespace recorded as done
+/// would leave the pod with only the policer until its limit changed), and
+/// no more often than the backoff allows (1, 2, 4, 8 s...):
 /// a queue that keeps failing costs its tc runs and a warning now and then,
 /// not every second.
 #[test]

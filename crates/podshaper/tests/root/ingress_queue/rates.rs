@@ -61,7 +61,7 @@ fn queued_ingress_with(
     // program's clamp, and a first window of the senders' own first
     // flight), so the queue loses nothing: cubic senders resent 1-6% of
     // their segments at 10M and 100M without them, 0.00% with them
-    // (docs/shaping.md).
+    // (docs/design/ingress.md).
     let ((retrans_0, out_0), (retrans_1, out_1)) = sent_before
         .zip(sent_after)
         .unwrap_or_else(|| panic!("no TCP counters in {}", lab.b()));
@@ -90,11 +90,12 @@ fn queued_ingress_with(
 }
 
 /// ECN-capable senders into a queued pod: the queue holds the rate, so the
-/// policer behind it has no reason to mark them. Its bucket used to sit just
-/// under half full behind the queue (the queue's burst and the CPUs' slices
-/// ahead of it), where it marks: 98-99% of the packets were marked CE and
-/// the flows got 0.953-0.957 of 10M, 0.963 of 1G, with 3-7 ms of added
-/// round trip (`podshaper bench --ecn true`). Now 0-2% are marked.
+/// policer behind it has no reason to mark them: 0-2% are marked. With the
+/// queue's htb burst half the limit's and the policer's marking level not
+/// counting the CPUs' slices, its bucket sat just under half full behind
+/// the queue, where it marks: 98-99% of the packets were marked CE and the
+/// flows got 0.953-0.957 of 10M, 0.963 of 1G, with 3-7 ms of added round
+/// trip (`podshaper bench --ecn true`).
 fn queued_ecn_ingress_is_not_marked(rate: &str, bits: f64, flows: usize) {
     let (packets, marked) = queued_ingress_with(rate, bits, flows, true, "cubic");
     assert!(packets > 0, "no ingress packets counted");
@@ -154,8 +155,8 @@ fn queued_ingress_1g_eight_flows() {
     queued_ingress("1G", 1e9, 8);
 }
 
-/// One BBR flow into a queued pod. Until session 17 each flow's FIFO held
-/// 0.5 ms at the rate: BBR's probes overflowed it, and its policer
+/// One BBR flow into a queued pod. Each flow's FIFO holds 10 ms at the
+/// rate because with 0.5 ms BBR's probes overflowed it, and its policer
 /// detection then held the flow at what got through: 0.02-0.03 of 100M,
 /// 0.2-0.3 of 1G (`podshaper bench --cc bbr`), where the policer alone
 /// gave it 1.01-1.04.

@@ -109,7 +109,7 @@ fn a_receive_window_follows_the_ingress_limit_and_is_given_back() {
 /// Through the policer alone (`--ingress-queue false`: no queue in front of
 /// the pod) a receiving socket's window is left to the kernel: there is no
 /// FIFO for it to fit, and the policer delays nothing, so no window would
-/// hold the sender to the rate (docs/shaping.md).
+/// hold the sender to the rate (docs/design/ingress.md).
 #[test]
 fn a_receive_window_is_not_clamped_without_a_queue_in_front() {
     require_root!();
