@@ -245,8 +245,8 @@ fn install_here(
 /// limit each second (runs 0.996-0.998, five runs) where they read
 /// 0.84-0.94 without it; four at 10M read runs of 0.969-0.996 (eight runs)
 /// against 0.987-0.993 (three), the windows offered being tighter
-/// (`cargo test -p podshaper --test open_connections -- --nocapture
-/// ingress`). A window shrinks only where the clamp or the socket's free
+/// (`cargo test -p podshaper --test root -- --nocapture
+/// open_connections::ingress`). A window shrinks only where the clamp or the socket's free
 /// buffer space is below what it offered. The sysctl is not one the kubelet
 /// lets a pod set, so a queue's removal puts it back to the kernel's 0.
 fn shrink_windows(on: bool) {

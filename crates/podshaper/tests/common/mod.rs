@@ -184,7 +184,7 @@ impl Flow {
             offered: 0,
             seconds: 6.0,
             skip: 1.5,
-            // Linux's default; the BBR cells of tests/accuracy.rs say so
+            // Linux's default; the BBR cells of tests/root/accuracy.rs say so
             cc: "cubic",
             ecn: false,
             after_ingress_queue: false,

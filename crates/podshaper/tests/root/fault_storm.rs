@@ -1,17 +1,17 @@
 //! kill -9 of the daemon in the middle of a storm of attaches, updates and
 //! detaches: after each restart no cgroup is half attached, and once all is
-//! detached the kernel holds exactly what it held before. In its own test
-//! binary, as one test: it counts every BPF program, map and link on the
-//! machine, which tests running beside it would change.
-
-mod common;
+//! detached the kernel holds exactly what it held before. In a module of
+//! its own, whose test runs beside no other module's (main.rs), as one test:
+//! it counts every BPF program, map and link on the machine, which tests
+//! running beside it would change.
 
 use std::fs;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::daemon::{TestDaemon, TestRoot};
+use crate::common;
+use crate::common::daemon::{TestDaemon, TestRoot};
 use podshaper_api::pb;
 
 /// Attaches, updates and detaches random cgroups from `clients` connections
@@ -118,6 +118,7 @@ fn assert_consistent(daemon: &TestDaemon) {
 
 #[test]
 fn daemon_killed_during_an_attach_storm_leaves_nothing_half_made_or_leaked() {
+    require_root!();
     let before = common::settled_kernel_objects();
     let root = TestRoot::new("storm");
     let cgroups: Vec<String> = (0..40)

@@ -1,13 +1,11 @@
 //! `podshaper run` as a command: exit status, signals, cleanup, bad input.
 
-mod common;
-
 use std::path::Path;
 use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{podshaper, ChildGuard};
+use crate::common::{podshaper, ChildGuard};
 
 /// The cgroup2 mount, read the way podshaper reads it.
 fn cgroup2_mount() -> String {
@@ -24,6 +22,7 @@ fn cgroup2_mount() -> String {
 
 #[test]
 fn passes_the_exit_status_through_and_removes_its_cgroup() {
+    require_root!();
     let out = podshaper()
         .args([
             "run",
@@ -57,6 +56,7 @@ fn passes_the_exit_status_through_and_removes_its_cgroup() {
 
 #[test]
 fn a_command_killed_by_a_signal_exits_128_plus_the_signal() {
+    require_root!();
     let out = podshaper()
         .args(["run", "--ingress", "1M", "--", "sh", "-c", "kill -KILL $$"])
         .output()
@@ -66,6 +66,7 @@ fn a_command_killed_by_a_signal_exits_128_plus_the_signal() {
 
 #[test]
 fn sigterm_stops_the_command_and_cleans_up() {
+    require_root!();
     let child = ChildGuard::spawn(
         podshaper()
             .args([
@@ -116,6 +117,7 @@ fn sigterm_stops_the_command_and_cleans_up() {
 
 #[test]
 fn malformed_rates_exit_nonzero_with_one_line_naming_the_value() {
+    require_root!();
     for bad in [
         "10x", "-5M", "0", "2P", "1e99", "ten", "10 M", "10m", "", "1.2.3M", "10MM",
     ] {
@@ -154,6 +156,7 @@ fn assert_refused(args: &[&str], expected: &str) {
 
 #[test]
 fn malformed_bursts_and_missing_limits_are_refused() {
+    require_root!();
     assert_refused(
         &[
             "run",

@@ -3,14 +3,12 @@
 //! between two network namespaces. `podshaper run` puts no queue in front of
 //! ingress (its command runs in the host's namespace, as a hostNetwork pod
 //! does): the ingress cells here measure the cgroup policer alone;
-//! tests/ingress_queue.rs measures the queue the daemon adds for pods with a
+//! tests/root/ingress_queue measures the queue the daemon adds for pods with a
 //! namespace of their own (cubic, 10M-1G, 1 and 8 flows, 0.90-1.05). The bounds carry slack for a shared 2-core
 //! machine; the benchmark (`podshaper bench`, docs/benchmarks.md) reports the
 //! exact figures beside tc tbf's.
 
-mod common;
-
-use common::{assert_fair, assert_ratio, measure, measure_flows, Flow, Limiter};
+use crate::common::{assert_fair, assert_ratio, measure, measure_flows, Flow, Limiter};
 
 /// Achieved/target bounds.
 const EGRESS: (f64, f64) = (0.90, 1.05);
@@ -102,8 +100,8 @@ fn tcp(
     // all want more (0.997-1.000 in the bench); the ingress policer alone
     // lets a flow within its fair part borrow and takes the pass after a
     // drop from one over it, which holds senders that back off on loss
-    // (BBR does not: 0.79-0.91 here; tests/ingress_queue.rs checks the
-    // queue's fairness)
+    // (BBR does not: 0.79-0.91 here; tests/root/ingress_queue/rates.rs
+    // checks the queue's fairness)
     if flows > 1 && egress {
         assert_fair(&what, &got.flow_bytes, flows, 0.90);
     } else if flows > 1 && cc == "cubic" {
@@ -121,6 +119,7 @@ macro_rules! tcp_cases {
         $(
             #[test]
             fn $name() {
+                require_root!();
                 tcp($sender, $arg, $rate, $bits, $flows, $egress, $bounds);
             }
         )*
@@ -161,6 +160,7 @@ tcp_cases! {
 /// (docs/design/egress.md).
 #[test]
 fn tcp_egress_bulk_flow_beside_light_bursty_flows_keeps_its_part() {
+    require_root!();
     let (light, light_rate) = (8, 400_000);
     let flow = Flow {
         light,
@@ -212,6 +212,7 @@ const UDP_RATES: [(&str, f64); 3] = [("10M", 10e6), ("100M", 100e6), ("1G", 1e9)
 
 #[test]
 fn udp_egress_10m_100m_1g() {
+    require_root!();
     for (rate, bits) in UDP_RATES {
         udp("--egress", rate, bits, true);
     }
@@ -219,6 +220,7 @@ fn udp_egress_10m_100m_1g() {
 
 #[test]
 fn udp_ingress_10m_100m_1g() {
+    require_root!();
     for (rate, bits) in UDP_RATES {
         udp("--ingress", rate, bits, false);
     }

@@ -1,18 +1,18 @@
 //! Real traffic through a limited cgroup, between two network namespaces
 //! joined by a veth pair, with `podshaper run` applying the limit.
 
-mod common;
-
-use common::{assert_ratio, measure, Flow};
+use crate::common::{assert_ratio, measure, Flow};
 
 #[test]
 fn tcp_egress_one_flow_at_100mbit() {
+    require_root!();
     let rate = measure(&["--egress", "100mbit"], &Flow::tcp(true));
     assert_ratio("TCP egress 100mbit", rate, 100e6, 0.90, 1.05);
 }
 
 #[test]
 fn tcp_egress_eight_flows_share_200m() {
+    require_root!();
     let flow = Flow {
         flows: 8,
         ..Flow::tcp(true)
@@ -23,6 +23,7 @@ fn tcp_egress_eight_flows_share_200m() {
 
 #[test]
 fn tcp_egress_over_ipv6() {
+    require_root!();
     let flow = Flow {
         v6: true,
         ..Flow::tcp(true)
@@ -43,8 +44,9 @@ fn tcp_ingress() -> Flow {
 
 #[test]
 fn tcp_ingress_one_flow_at_50m() {
+    require_root!();
     // A BBR sender: one cubic flow against the policer is the known gap,
-    // asserted with its own bound in tests/accuracy.rs (0.56 here in CI).
+    // asserted with its own bound in tests/root/accuracy.rs (0.56 here in CI).
     let flow = Flow {
         cc: "bbr",
         ..tcp_ingress()
@@ -55,6 +57,7 @@ fn tcp_ingress_one_flow_at_50m() {
 
 #[test]
 fn udp_egress_offered_at_four_times_the_limit() {
+    require_root!();
     let rate = measure(&["--egress", "40M"], &Flow::udp(true, 160_000_000));
     // payload of 1400-byte datagrams; the limit counts IP packets (1428 bytes)
     assert_ratio("UDP egress 40M offered 160M", rate, 40e6, 0.90, 1.05);
@@ -62,12 +65,14 @@ fn udp_egress_offered_at_four_times_the_limit() {
 
 #[test]
 fn udp_ingress_offered_at_four_times_the_limit() {
+    require_root!();
     let rate = measure(&["--ingress", "40M"], &Flow::udp(false, 160_000_000));
     assert_ratio("UDP ingress 40M offered 160M", rate, 40e6, 0.90, 1.05);
 }
 
 #[test]
 fn an_unlimited_direction_is_left_alone() {
+    require_root!();
     // Only ingress is limited: egress must run far above that limit.
     let rate = measure(&["--ingress", "10M"], &Flow::tcp(true));
     assert!(
@@ -78,6 +83,7 @@ fn an_unlimited_direction_is_left_alone() {
 
 #[test]
 fn tcp_egress_in_the_host_network_namespace() {
+    require_root!();
     // A hostNetwork pod: no namespace of its own, traffic over loopback.
     let flow = Flow {
         host: true,
@@ -89,6 +95,7 @@ fn tcp_egress_in_the_host_network_namespace() {
 
 #[test]
 fn tcp_ingress_in_the_host_network_namespace() {
+    require_root!();
     let flow = Flow {
         host: true,
         ..tcp_ingress()

@@ -4,18 +4,18 @@
 //! limits need, and once those are removed, what it held before.
 //!
 //! `PODSHAPER_SOAK_SECS` sets the length (default 20 s, what CI runs; the
-//! 30-minute run is reported in docs/design/reliability.md). In its own test binary:
-//! it counts every BPF object on the machine.
-
-mod common;
+//! 30-minute run is reported in docs/design/reliability.md). In a module of
+//! its own, whose test runs beside no other module's (main.rs): it counts
+//! every BPF object on the machine.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::daemon::{TestDaemon, TestRoot};
-use common::{podshaper, rss_kib, unique_port};
+use crate::common;
+use crate::common::daemon::{TestDaemon, TestRoot};
+use crate::common::{podshaper, rss_kib, unique_port};
 use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::{Meter, NetnsPair};
 
@@ -49,6 +49,7 @@ fn listed(daemon: &TestDaemon) -> Model {
 
 #[test]
 fn soak_random_operations_and_traffic() {
+    require_root!();
     let seconds: u64 = std::env::var("PODSHAPER_SOAK_SECS")
         .ok()
         .and_then(|v| v.parse().ok())

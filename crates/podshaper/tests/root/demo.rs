@@ -1,12 +1,13 @@
-//! `podshaper demo` end to end. In its own test binary: its unlimited phase
-//! saturates the CPUs, which would disturb the rate tests running beside it.
+//! `podshaper demo` end to end. In a module of its own, whose test runs
+//! beside no other module's (main.rs): its unlimited phase saturates the
+//! CPUs, which would disturb the rate tests running beside it.
 
-mod common;
-
-use common::podshaper;
+use crate::common;
+use crate::common::podshaper;
 
 #[test]
 fn demo_shows_unlimited_limited_and_changed_rates_and_cleans_up() {
+    require_root!();
     let before = netns_list();
     let mut command = podshaper();
     command.args([

@@ -1,10 +1,12 @@
-//! `podshaper bench` end to end, on a small matrix. In its own test binary:
-//! it measures rates, which other tests running beside it would disturb.
+//! `podshaper bench` end to end, on a small matrix. In a module of its own,
+//! whose tests run beside no other module's (main.rs): it measures rates,
+//! which other tests running beside it would disturb.
 
-mod common;
+use crate::common;
 
 #[test]
 fn bench_compares_podshaper_with_tbf_and_no_limit() {
+    require_root!();
     let dir = std::env::temp_dir().join(format!("podshaper-test-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let plot = dir.join("change.png");
@@ -147,6 +149,7 @@ fn bench_compares_podshaper_with_tbf_and_no_limit() {
 /// controller, run and demo took them: the bench went on to its end.
 #[test]
 fn bench_stops_on_sigterm_and_removes_what_it_made() {
+    require_root!();
     let _turn = common::traffic_turn();
     let mut command = common::podshaper();
     command
@@ -225,6 +228,7 @@ fn bench_stops_on_sigterm_and_removes_what_it_made() {
 /// time is reported. The pin the bench made for it is gone afterwards.
 #[test]
 fn bench_measures_the_nodes_queue_for_host_network_pods() {
+    require_root!();
     let (report, pid) = one_ingress_cell(&["--ingress-queue", "false", "--host-queue", "true"]);
     assert_eq!(report["host_queue"], true, "{report}");
     let cell = &report["cells"][0];
@@ -256,6 +260,7 @@ fn bench_measures_the_nodes_queue_for_host_network_pods() {
 /// program, and its run time is reported beside the shaper's.
 #[test]
 fn bench_reports_the_ingress_queues_classifier() {
+    require_root!();
     let (report, _) = one_ingress_cell(&[]);
     let cell = &report["cells"][0];
     let ratio = cell["achieved_ratio"].as_f64().unwrap_or(0.0);
@@ -281,6 +286,7 @@ fn bench_reports_the_ingress_queues_classifier() {
 /// before anything is built, naming both flags.
 #[test]
 fn bench_refuses_a_warmup_that_leaves_nothing_to_measure() {
+    require_root!();
     let out = common::podshaper()
         .args(["bench", "--seconds", "3", "--warmup", "3"])
         .output()

@@ -9,14 +9,12 @@
 //! segments and shared the limit with Jain's index 0.72-0.84
 //! (docs/design/ingress.md).
 
-mod common;
-
 use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::daemon::{TestDaemon, TestRoot};
-use common::{
+use crate::common::daemon::{TestDaemon, TestRoot};
+use crate::common::{
     assert_fair, assert_ratio, has_host_queue, measure_flows_on, ChildGuard, Flow, Limiter,
 };
 use podshaper_netlab::netns::{netns_path, tcp_segments, NetnsPair};
@@ -93,6 +91,7 @@ fn wait_until(what: &str, seconds: u64, check: impl Fn() -> bool) {
 
 #[test]
 fn a_host_network_pods_ingress_waits_in_the_nodes_queue_until_its_last_limit_goes() {
+    require_root!();
     let root = TestRoot::new("hostq");
     let pod = root.make("pod");
     let container = root.make("pod/container");

@@ -1,10 +1,10 @@
-//! Attach/detach cycles leave the kernel as they found it. In its own test
-//! binary, as one test: it counts every BPF program, map and link on the
-//! machine, which other tests running beside it would change.
+//! Attach/detach cycles leave the kernel as they found it. In a module of
+//! its own, whose test runs beside no other module's (main.rs), as one test:
+//! it counts every BPF program, map and link on the machine, which other
+//! tests running beside it would change.
 
-mod common;
-
-use common::daemon::{TestDaemon, TestRoot};
+use crate::common;
+use crate::common::daemon::{TestDaemon, TestRoot};
 use podshaper_api::pb;
 
 fn attach_request(cgroup: &str, egress_bits: u64) -> pb::AttachRequest {
@@ -24,6 +24,7 @@ fn attach_request(cgroup: &str, egress_bits: u64) -> pb::AttachRequest {
 
 #[test]
 fn attach_detach_cycles_and_concurrent_clients_leak_nothing() {
+    require_root!();
     let root = TestRoot::new("cycles");
     let cgroups: Vec<String> = (0..100)
         .map(|i| root.make(&format!("c{i}")).path().display().to_string())

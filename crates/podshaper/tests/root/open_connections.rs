@@ -7,16 +7,15 @@
 //! that start under the limit; four and sixteen flows at 10M and the
 //! hostNetwork policer have wider bounds (each says why).
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::daemon::{TestDaemon, TestRoot};
-use common::{traffic_turn, unique_port, ChildGuard, Proto};
+use crate::common;
+use crate::common::daemon::{TestDaemon, TestRoot};
+use crate::common::{traffic_turn, unique_port, ChildGuard, Proto};
 use podshaper_netlab::meter::Seconds;
 use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::{Meter, NetnsPair};
@@ -244,16 +243,19 @@ fn tcp_cells(egress: bool, rate: &'static str, bits: f64, flows: &[usize]) -> Ve
 
 #[test]
 fn egress_10m_on_open_tcp_connections() {
+    require_root!();
     check(&tcp_cells(true, "10M", 10e6, &[1, 4, 16]), bounds_for);
 }
 
 #[test]
 fn egress_100m_on_open_tcp_connections() {
+    require_root!();
     check(&tcp_cells(true, "100M", 100e6, &[1, 4, 16]), bounds_for);
 }
 
 #[test]
 fn egress_1g_on_open_tcp_connections() {
+    require_root!();
     check(&tcp_cells(true, "1G", 1e9, &[1, 4, 16]), bounds_for);
 }
 
@@ -261,16 +263,19 @@ fn egress_1g_on_open_tcp_connections() {
 /// longest).
 #[test]
 fn ingress_10m_on_open_tcp_connections() {
+    require_root!();
     check(&tcp_cells(false, "10M", 10e6, &[1, 4]), bounds_for);
 }
 
 #[test]
 fn ingress_100m_on_open_tcp_connections() {
+    require_root!();
     check(&tcp_cells(false, "100M", 100e6, &[1, 4]), bounds_for);
 }
 
 #[test]
 fn ingress_1g_on_open_tcp_connections() {
+    require_root!();
     check(&tcp_cells(false, "1G", 1e9, &[1, 4]), bounds_for);
 }
 
@@ -282,6 +287,7 @@ fn ingress_1g_on_open_tcp_connections() {
 /// read 0.84-0.94 of the limit.
 #[test]
 fn ingress_on_16_open_tcp_connections() {
+    require_root!();
     let cells = [("10M", 10e6), ("100M", 100e6), ("1G", 1e9)]
         .map(|(rate, bits)| Cell::tcp(false, rate, bits, 16));
     check(&cells, bounds_for);
@@ -292,6 +298,7 @@ fn ingress_on_16_open_tcp_connections() {
 /// 4x the limit.
 #[test]
 fn both_directions_on_open_udp_flows() {
+    require_root!();
     let cells = [true, false].map(|egress| Cell {
         proto: Proto::Udp,
         ..Cell::tcp(egress, "100M", 100e6, 1)
@@ -302,9 +309,10 @@ fn both_directions_on_open_udp_flows() {
 /// A hostNetwork pod's open connections (the node's namespace, loopback).
 /// Its ingress has the policer alone (no queue), whose seconds swing
 /// around the limit (0.86-1.11, run 1.000, four flows at 100M): as for
-/// flows that start under it (tests/accuracy.rs).
+/// flows that start under it (tests/root/accuracy.rs).
 #[test]
 fn open_tcp_connections_in_the_nodes_namespace() {
+    require_root!();
     let host = |egress| Cell {
         host: true,
         ..Cell::tcp(egress, "100M", 100e6, 4)
@@ -318,6 +326,7 @@ fn open_tcp_connections_in_the_nodes_namespace() {
 /// run on: each time they are held to it.
 #[test]
 fn open_connections_stay_limited_through_a_restart_and_a_limit_added_again() {
+    require_root!();
     let root = TestRoot::new("open-again");
     let mut daemon = TestDaemon::start(&root.path, &[]);
     let cgroup = root.make("pod/app");

@@ -1,15 +1,14 @@
 //! Faults under a running daemon: pins removed by hand, a socket flooded with
 //! garbage and with clients that never finish. Run as root.
 
-mod common;
-
 use std::fs;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::daemon::{TestDaemon, TestRoot};
+use crate::common;
+use crate::common::daemon::{TestDaemon, TestRoot};
 
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -21,6 +20,7 @@ fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 
 #[test]
 fn pins_removed_under_the_daemon_are_put_back() {
+    require_root!();
     let root = TestRoot::new("pins");
     let cg = root.make("pod");
     let mut daemon = TestDaemon::start(&root.path, &[]);
@@ -69,6 +69,7 @@ fn pins_removed_under_the_daemon_are_put_back() {
 
 #[test]
 fn garbage_and_stalled_clients_do_not_stall_the_daemon() {
+    require_root!();
     let root = TestRoot::new("flood");
     let cg = root.make("pod");
     let daemon = TestDaemon::start(&root.path, &[]);
