@@ -28,17 +28,8 @@ readonly GUEST_TIMEOUT=900
 WORK=$(mktemp -d /var/tmp/podshaper-kernels.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 
-install_packages() {
-  local missing=() p
-  for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-  fi
-}
+# shellcheck source=scripts/lib/packages.sh
+source "$REPO/scripts/lib/packages.sh"
 
 podshaper_binary() {
   if [ -n "${PODSHAPER_BIN:-}" ]; then
@@ -228,7 +219,7 @@ table() {
 }
 
 main() {
-  install_packages
+  install_missing_packages "${PACKAGES[@]}" >/dev/null
   local binary results=() failed=0 pkg kdir line log
   binary=$(podshaper_binary)
   local logs=${PODSHAPER_KERNELS_LOG:-$WORK/logs}

@@ -91,6 +91,8 @@ warn() { echo "kube-node: warning: $*" >&2; }
 kubectl_admin() { kubectl --kubeconfig "$KUBECONFIG_ADMIN" --cache-dir "$STATE/kubectl-cache" "$@"; }
 
 # The steps, one file per part of the node (scripts/kube-node/).
+# shellcheck source=scripts/lib/packages.sh
+source "$REPO/scripts/lib/packages.sh"
 # shellcheck source=scripts/kube-node/processes.sh
 source "$REPO/scripts/kube-node/processes.sh"
 # shellcheck source=scripts/kube-node/host.sh

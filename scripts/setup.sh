@@ -4,16 +4,10 @@
 set -euo pipefail
 
 packages=(clang clang-format llvm libbpf-dev protobuf-compiler iproute2 iperf3 jq etcd-server fonts-dejavu-core)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "setup: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+# shellcheck source=scripts/lib/packages.sh
+source "$(dirname "$0")/lib/packages.sh"
+installed=$(install_missing_packages "${packages[@]}")
+[ -z "$installed" ] || echo "setup: installed $installed"
 
 # Pins live in bpffs, which is not mounted at boot on every machine.
 if ! mountpoint -q /sys/fs/bpf; then
@@ -24,8 +18,6 @@ fi
 # source and cached outside the repository (about 5 minutes the first time).
 bash "$(dirname "$0")/kube-build.sh" >/dev/null
 # kubectl applies deploy/ in those tests; Debian's (1.20) matches the server.
-if ! command -v kubectl >/dev/null; then
-  apt-get install -y -q --no-install-recommends kubernetes-client
-fi
+command -v kubectl >/dev/null || install_missing_packages kubernetes-client >/dev/null
 
 command -v cargo >/dev/null || { echo "setup: cargo (Rust) is not installed" >&2; exit 1; }

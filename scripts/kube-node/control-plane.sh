@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Sourced by scripts/kube-node.sh: etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
+# Sourced by scripts/kube-node.sh: etcd, kube-apiserver, kube-controller-
+# manager, kube-scheduler.
 # Uses the settings and helpers (step, die, warn) defined there.
 
 start_etcd() {

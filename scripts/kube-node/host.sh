@@ -1,18 +1,13 @@
 # shellcheck shell=bash
-# Sourced by scripts/kube-node.sh: what the node needs on the host: packages, the Kubernetes and podshaper binaries, the host settings `up` records and `down` restores, bpffs shared.
+# Sourced by scripts/kube-node.sh: what the node needs on the host: packages,
+# the Kubernetes and podshaper binaries, the host settings `up` records and
+# `down` restores, bpffs shared.
 # Uses the settings and helpers (step, die, warn) defined there.
 
 install_packages() {
-  local missing=() p
-  for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    step "packages: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  local installed
+  installed=$(install_missing_packages "${PACKAGES[@]}")
+  [ -z "$installed" ] || step "packages: installed $installed"
   command -v kubectl >/dev/null || die "kubectl is not installed"
   step "packages: present"
 }

@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Sourced by scripts/kube-node.sh: the kubelet, kube-proxy, and waiting for the node to be Ready.
+# Sourced by scripts/kube-node.sh: the kubelet, kube-proxy, and waiting for
+# the node to be Ready.
 # Uses the settings and helpers (step, die, warn) defined there.
 
 # The node runs no cluster DNS, and the host's name server is outside the

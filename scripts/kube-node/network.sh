@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Sourced by scripts/kube-node.sh: the node's address, the forwarding guard and the CNI bridge's configuration.
+# Sourced by scripts/kube-node.sh: the node's address, the forwarding guard
+# and the CNI bridge's configuration.
 # Uses the settings and helpers (step, die, warn) defined there.
 
 # The node's address on an interface of its own, and a route that sends the

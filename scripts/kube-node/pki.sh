@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Sourced by scripts/kube-node.sh: the CA, the components' certificates and the kubeconfigs.
+# Sourced by scripts/kube-node.sh: the CA, the components' certificates and
+# the kubeconfigs.
 # Uses the settings and helpers (step, die, warn) defined there.
 
 make_ca() {

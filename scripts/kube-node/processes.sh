@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Sourced by scripts/kube-node.sh: waiting for a condition, and the node's processes: started detached, found by pid file, stopped.
+# Sourced by scripts/kube-node.sh: waiting for a condition, and the node's
+# processes: started detached, found by pid file, stopped.
 # Uses the settings and helpers (step, die, warn) defined there.
 
 # wait_for WHAT SECONDS LOG COMMAND...: polls COMMAND until it succeeds; on

@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use podshaper_netlab::meter::flow_bytes_since;
 use podshaper_netlab::netns::netns_path;
 use podshaper_netlab::traffic::{self, Until};
+use podshaper_netlab::window::{self, ReceiverReport};
 use podshaper_netlab::{Meter, NetnsPair};
 
 pub mod daemon;
@@ -335,25 +335,20 @@ pub fn measure_flows_on(lab: &NetnsPair, limiter: &Limiter<'_>, flow: &Flow) -> 
         };
         thread::sleep(Duration::from_millis(200));
         let child = ChildGuard::spawn(&mut cmd);
-        let start = Instant::now();
-        thread::sleep(Duration::from_secs_f64(flow.skip));
-        let (first, first_flows) = (meter.read(), meter.flow_bytes());
-        while start.elapsed() < total - Duration::from_millis(100) {
-            thread::sleep(Duration::from_millis(20));
-        }
-        let (last, last_flows) = (meter.read(), meter.flow_bytes());
+        // the sender's run, less a little for its last writes in flight
+        let sending = Until::after(total - Duration::from_millis(100));
+        let measured = window::measure(&meter, Duration::from_secs_f64(flow.skip), &sending);
         let out = child.wait_output();
         until.stop.store(true, Ordering::Relaxed);
         let _ = sink.join();
-        let flow_bytes = flow_bytes_since(&first_flows, &last_flows);
         assert!(
             out.status.success(),
             "podshaper run failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         Received {
-            bits_per_second: last.bits_per_sec_since(&first),
-            flow_bytes,
+            bits_per_second: measured.bits_per_sec(),
+            flow_bytes: measured.flow_bytes,
             window_clamps: Vec::new(),
         }
     } else {
@@ -393,20 +388,14 @@ pub fn measure_flows_on(lab: &NetnsPair, limiter: &Limiter<'_>, flow: &Flow) -> 
             "podshaper run failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let report: serde_json::Value = match serde_json::from_slice(&out.stdout) {
-            Ok(v) => v,
+        let report: ReceiverReport = match serde_json::from_slice(&out.stdout) {
+            Ok(r) => r,
             Err(e) => panic!("bad report {:?}: {e}", String::from_utf8_lossy(&out.stdout)),
         };
         Received {
-            bits_per_second: report["bits_per_second"].as_f64().unwrap_or(0.0),
-            flow_bytes: report["flow_bytes_measured"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
-                .unwrap_or_default(),
-            window_clamps: report["window_clamps"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
-                .unwrap_or_default(),
+            bits_per_second: report.bits_per_second,
+            flow_bytes: report.flow_bytes_measured,
+            window_clamps: report.window_clamps,
         }
     }
 }

@@ -103,19 +103,25 @@ pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 pub fn ensure_installed() {
     let deploy = repo_path("deploy").display().to_string();
     kubectl_ok(&["apply", "-k", &deploy]);
+    wait_rollout("180s");
+    wait_for(
+        "the daemon answers on the node's socket",
+        Duration::from_secs(60),
+        || podshaper(&["list", "-o", "json"]).status.success(),
+    );
+}
+
+/// Waits (`kubectl rollout status`, at most `timeout`, e.g. "120s") until
+/// the DaemonSet's pods run its current template.
+pub fn wait_rollout(timeout: &str) {
     kubectl_ok(&[
         "-n",
         SYSTEM_NAMESPACE,
         "rollout",
         "status",
         "daemonset/podshaper",
-        "--timeout=180s",
+        &format!("--timeout={timeout}"),
     ]);
-    wait_for(
-        "the daemon answers on the node's socket",
-        Duration::from_secs(60),
-        || podshaper(&["list", "-o", "json"]).status.success(),
-    );
 }
 
 /// The DaemonSet's pod (there is one node).

@@ -8,10 +8,22 @@ use std::time::{Duration, Instant};
 use crate::cluster::{
     daemon_entry, daemon_list, daemon_pod, ensure_installed, exclusive, iperf_client,
     iperf_intervals, iperf_server, kubectl, kubectl_ok, mbit, podshaper, repo_path, wait_for,
-    PodSpec, TestNamespace, PINS, SYSTEM_NAMESPACE,
+    wait_rollout, PodSpec, TestNamespace, PINS, SYSTEM_NAMESPACE,
 };
 use crate::common::traffic_turn;
 use crate::{cluster, common, mean, EGRESS, INGRESS, PORT};
+
+/// Starts a pod named "idle" in `ns` that sends nothing, with 10M each way;
+/// its UID, once it runs.
+fn idle_pod_limited_both_ways(ns: &TestNamespace) -> String {
+    ns.create(
+        &PodSpec::new("idle", "exec sleep 3600")
+            .annotate(EGRESS, "10M")
+            .annotate(INGRESS, "10M"),
+    );
+    ns.wait_running("idle");
+    ns.uid("idle")
+}
 
 /// A deleted pod's pins go with it.
 #[test]
@@ -19,13 +31,7 @@ fn a_deleted_pods_pins_are_gone() {
     let _turn = exclusive();
     ensure_installed();
     let ns = TestNamespace::new("delete");
-    ns.create(
-        &PodSpec::new("idle", "exec sleep 3600")
-            .annotate(EGRESS, "10M")
-            .annotate(INGRESS, "10M"),
-    );
-    ns.wait_running("idle");
-    let uid = ns.uid("idle");
+    let uid = idle_pod_limited_both_ways(&ns);
     let mut id = 0;
     wait_for("the pod limited", Duration::from_secs(30), || {
         id = daemon_entry(&uid)
@@ -81,14 +87,7 @@ fn a_daemonset_rollout_keeps_the_limit_of_a_sending_pod() {
             &format!("daemon={image}"),
             &format!("controller={image}"),
         ]);
-        kubectl_ok(&[
-            "-n",
-            SYSTEM_NAMESPACE,
-            "rollout",
-            "status",
-            "daemonset/podshaper",
-            "--timeout=120s",
-        ]);
+        wait_rollout("120s");
     };
     let rolled = Instant::now();
     set_image("podshaper:0.1.0-next");
@@ -191,13 +190,7 @@ fn an_uninstall_leaves_no_program_link_pin_or_queue() {
     let _turn = exclusive();
     ensure_installed();
     let ns = TestNamespace::new("uninstall");
-    ns.create(
-        &PodSpec::new("idle", "exec sleep 3600")
-            .annotate(EGRESS, "10M")
-            .annotate(INGRESS, "10M"),
-    );
-    ns.wait_running("idle");
-    let uid = ns.uid("idle");
+    let uid = idle_pod_limited_both_ways(&ns);
     wait_for("the pod's queue", Duration::from_secs(30), || {
         daemon_entry(&uid).is_some_and(|e| e["ingress_mode"] == "queue")
     });

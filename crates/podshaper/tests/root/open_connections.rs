@@ -18,6 +18,7 @@ use crate::common::daemon::{TestDaemon, TestRoot};
 use crate::common::{traffic_turn, unique_port, ChildGuard, Proto};
 use podshaper_netlab::meter::Seconds;
 use podshaper_netlab::traffic::{self, Until};
+use podshaper_netlab::window::ReceiverReport;
 use podshaper_netlab::{Meter, NetnsPair};
 
 /// Seconds of traffic before the attach, and after it.
@@ -167,14 +168,8 @@ fn seconds_after_attach(
             "receiver failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
-        let all: Vec<f64> = report["per_second_bits"]
-            .as_array()
-            .expect("per_second_bits")
-            .iter()
-            .filter_map(|v| v.as_f64())
-            .collect();
-        all[BEFORE as usize..].to_vec()
+        let report: ReceiverReport = serde_json::from_slice(&out.stdout).expect("report");
+        report.per_second_bits[BEFORE as usize..].to_vec()
     }
 }
 
