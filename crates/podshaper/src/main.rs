@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 mod cli;
 mod signals;
@@ -15,8 +15,25 @@ mod signals;
     about = "Bandwidth limits for pods and cgroups, enforced with eBPF"
 )]
 struct Args {
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object a line) for log collectors.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        env = "PODSHAPER_LOG_FORMAT",
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,6 +67,10 @@ enum Command {
         #[command(flatten)]
         args: cli::bench::BenchArgs,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions(cli::reference::CompletionsArgs),
+    /// Print the manual page (or write one per command with --dir).
+    Man(cli::reference::ManArgs),
     /// Traffic source and sink used by the demo, the benchmark and the tests.
     #[command(hide = true, subcommand)]
     Traffic(cli::traffic::TrafficCommand),
@@ -75,6 +96,7 @@ fn main() -> ExitCode {
         } else {
             "warn"
         },
+        args.log_format,
     );
     // Commands that leave nothing behind end on a signal as any program
     // does; the others decide what a signal means.
@@ -98,6 +120,10 @@ fn main() -> ExitCode {
             command: None,
             args,
         } => cli::bench::run(args, signals.stop_flag("bench")),
+        Command::Completions(a) => {
+            plain(signals).and_then(|()| cli::reference::completions(a, Args::command()))
+        }
+        Command::Man(a) => plain(signals).and_then(|()| cli::reference::man(a, Args::command())),
         Command::Traffic(c) => plain(signals).and_then(|()| cli::traffic::run(c)),
     };
     match result {
@@ -112,15 +138,59 @@ fn fail(e: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_tracing(default: &str) {
+fn init_tracing(default: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("PODSHAPER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    // colours only for a terminal: a log file or journald gets plain text
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        // one JSON object a line: time, level, target, the event's fields
+        LogFormat::Json => fmt.json().with_current_span(false).init(),
+        // colours only for a terminal: a log file or journald gets plain text
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_and_the_manual_name_every_command() {
+        let mut bash = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Args::command(),
+            "podshaper",
+            &mut bash,
+        );
+        let bash = String::from_utf8_lossy(&bash);
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Args::command())
+            .render(&mut man)
+            .expect("the manual renders");
+        let man = String::from_utf8_lossy(&man);
+        for command in [
+            "attach",
+            "detach",
+            "status",
+            "list",
+            "run",
+            "daemon",
+            "controller",
+        ] {
+            assert!(bash.contains(command), "bash completions lack {command}");
+            assert!(man.contains(command), "the manual lacks {command}");
+        }
+        assert!(bash.contains("--log-format"));
+    }
 }

@@ -8,5 +8,6 @@ pub mod daemon;
 pub mod demo;
 pub mod doctor;
 pub mod limits;
+pub mod reference;
 pub mod run;
 pub mod traffic;

@@ -181,3 +181,46 @@ fn malformed_bursts_and_missing_limits_are_refused() {
         "cannot start",
     );
 }
+
+/// `--log-format json` (and PODSHAPER_LOG_FORMAT) writes each log line as
+/// one JSON object, for a log collector; a command's own error stays one
+/// line of text.
+#[test]
+fn a_json_log_format_writes_one_object_a_line() {
+    require_root!();
+    let out = podshaper()
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--egress",
+            "10M",
+            "--",
+            "true",
+        ])
+        .env("PODSHAPER_LOG", "debug")
+        .output()
+        .expect("run podshaper");
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty(), "no log line at debug");
+    for line in lines {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object: {line:?}: {e}"));
+        assert!(
+            event["level"].is_string() && event["fields"].is_object(),
+            "{line}"
+        );
+    }
+    let refused = podshaper()
+        .args(["run", "--egress", "fast", "--", "true"])
+        .env("PODSHAPER_LOG_FORMAT", "json")
+        .output()
+        .expect("run podshaper");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).starts_with("podshaper: "),
+        "{refused:?}"
+    );
+}
