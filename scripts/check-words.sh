@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fails if a tracked file speaks of how or when the project was built rather
-# than of what it is: the word "session" (as in "session 12", "this
-# session", "until session 18") or a work date such as 2026-11-28. Docs and
+# than of what it is: the word "session" (with a number after it, or "this"
+# or "last" before it) or a work date of the form YYYY-MM-DD. Docs and
 # comments say what the code does and why, in the present tense; how a
 # design came to be goes in docs/decisions/ and in the git history.
 #
@@ -21,8 +21,8 @@ cd "$(dirname "$0")/.."
 
 self=scripts/check-words.sh
 # "session" or "sessions" as a word, in any case: every form of work history
-# ("session 12", "session 12's run", "this session", "last session", "until
-# session 18") contains it.
+# (the word with a number, "this" or "last" before it, "until" and a
+# number) contains it.
 session='\bsessions?\b'
 # a date of the form YYYY-MM-DD in this century and the next
 date='\b20[0-9]{2}-[01][0-9]-[0-3][0-9]\b'
