@@ -84,6 +84,9 @@ struct ps_bucket {
 	 * the rate in force and not yet settled: tokens out of the bucket but
 	 * not yet spent, at most. The ingress mark counts them in the level */
 	__u64 lent;
+	/* egress: 1 while the first steering window of a limit put on sockets
+	 * already sending runs (steer_share, "opening") */
+	__u64 opening;
 };
 
 /*

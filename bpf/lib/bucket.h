@@ -95,6 +95,8 @@ static __always_inline void configure(struct ps_bucket *b, __u64 rate, __u64 bur
 		b->window_start_ns = now;
 		b->window_bytes = 0;
 		b->share = first_share && first_share < rate ? first_share : rate;
+		/* sockets already sending: their first window steers nothing */
+		b->opening = first_share != 0;
 	}
 	b->rate = rate;
 	b->burst = burst;

@@ -49,6 +49,7 @@ static __always_inline void steer_share(struct ps_bucket *b, __u64 now)
 	__u64 span = now - b->window_start_ns;
 	__u64 measured, ratio, next, floor, cap;
 	__s64 offered;
+	int keep = 0;
 
 	if (span < b->window_ns)
 		return;
@@ -59,11 +60,33 @@ static __always_inline void steer_share(struct ps_bucket *b, __u64 now)
 	 * a few 64 KiB GSO packets) settles the aggregate on the rate.
 	 */
 	offered = (__s64)b->window_bytes + (((__s64)(b->burst >> 1) - b->tokens) >> INTEGRAL_SHIFT);
+	/*
+	 * The first window of a limit put on sockets already sending is their
+	 * way down to it: paced at the limit until their first packet under
+	 * it, each sends a TSO packet as large as the window it grew unlimited
+	 * allows, and those over the bucket pass with a notification until
+	 * their windows come down to the clamp. Steered on that, the share
+	 * fell by a quarter and the flows paid the bucket's deficit back over
+	 * the next 1.5 s (16 flows at 10M: 0.80-0.95 of the limit in the first
+	 * two seconds after the attach). So that window may raise the share
+	 * (fewer of the sockets the senders iterator counted send) but not
+	 * lower it, and the bucket's level starts at the half the steering
+	 * keeps it at.
+	 */
+	if (b->opening) {
+		b->opening = 0;
+		offered = (__s64)b->window_bytes;
+		if (b->tokens < (__s64)(b->burst >> 1))
+			b->tokens = (__s64)(b->burst >> 1);
+		keep = (__u64)offered * NSEC_PER_SEC / span >= b->rate;
+	}
 	measured = offered > 0 ? (__u64)offered * NSEC_PER_SEC / span : 0;
 	b->window_bytes = 0;
 	b->top_flow_rate = b->window_top_bytes * NSEC_PER_SEC / span;
 	b->window_top_bytes = 0;
 	start_window(b, now);
+	if (keep)
+		return;
 
 	if (measured == 0) {
 		ratio = SHARE_MAX_GROWTH;

@@ -78,6 +78,8 @@ pub struct Bucket {
     pub top_flow_rate: u64,
     /// slices CPUs hold, not yet settled
     pub lent: u64,
+    /// the first steering window of a limit put on open senders runs
+    pub opening: u64,
 }
 
 /// `struct ps_state`: the value of the `cgroup_states` map, one per
@@ -135,7 +137,7 @@ mod tests {
         assert_eq!(offset_of!(DirCounters, packets), 8);
         assert_eq!(offset_of!(DirCounters, dropped), 16);
         assert_eq!(offset_of!(DirCounters, marked), 24);
-        assert_eq!(size_of::<Bucket>(), 160);
+        assert_eq!(size_of::<Bucket>(), 168);
         assert_eq!(offset_of!(Bucket, tokens), 24);
         assert_eq!(offset_of!(Bucket, share), 72);
         assert_eq!(offset_of!(Bucket, counters), 88);
@@ -144,7 +146,7 @@ mod tests {
         assert_eq!(offset_of!(Bucket, lent), 152);
         assert_eq!(offset_of!(State, limit_version), 8);
         assert_eq!(offset_of!(State, bucket), 24);
-        assert_eq!(size_of::<State>(), 184);
+        assert_eq!(size_of::<State>(), 192);
         assert_eq!(offset_of!(Credit, bytes), 32);
         assert_eq!(offset_of!(Credit, marked), 48);
         assert_eq!(offset_of!(Credit, window_seq), 72);
@@ -236,7 +238,8 @@ mod tests {
                 "__u64 window_flows",
                 "__u64 flows",
                 "__u64 top_flow_rate",
-                "__u64 lent"
+                "__u64 lent",
+                "__u64 opening"
             ]
         );
         assert!(header.contains("__s64 tokens;"));

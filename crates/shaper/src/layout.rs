@@ -229,7 +229,7 @@ mod tests {
         );
         assert!(sockets.contains("rcv_window_kib@368 u16;}"), "{sockets}");
         let states = object_value_layout(&object, &btf, "cgroup_states").expect("cgroup_states");
-        assert!(states.starts_with("struct184{lock@0 struct4{"), "{states}");
+        assert!(states.starts_with("struct192{lock@0 struct4{"), "{states}");
         assert!(states.contains("tokens@192 s64;"), "{states}");
         assert!(
             states.contains("counters@704 struct32{bytes@0 u64;packets@64 u64;"),
