@@ -62,8 +62,10 @@ pub fn cpu_times() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
-/// `tc qdisc add|change` of the tbf the CNI bandwidth plugin builds on veth0:
-/// burst = rate/250 (at least 16 KiB), latency 25 ms.
+/// `tc qdisc add|change` of a tbf on veth0 with the CNI bandwidth plugin's
+/// latency, 25 ms, and a burst of rate/250 (4 ms at the rate, at least
+/// 16 KiB); the plugin itself takes the burst the runtime passes
+/// (containerd: 2^32-1 bits).
 pub fn tbf_args(verb: &'static str, rate: Rate) -> Vec<String> {
     let burst = (rate.bits_per_sec() / 250 / 8).max(16 * 1024);
     ["qdisc", verb, "dev", "veth0", "root", "tbf", "rate"]

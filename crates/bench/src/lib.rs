@@ -3,8 +3,8 @@
 //! [`Report`] as a table or as JSON; `podshaper bench daemon` does the same
 //! with [`daemon::run`], and `podshaper demo` with [`demo::run`].
 //!
-//! - [`matrix`]: podshaper against tc tbf (as the CNI bandwidth plugin
-//!   configures it) and against no limit, side by side, on a veth pair
+//! - [`matrix`]: podshaper against tc tbf (on the veth, with the CNI
+//!   bandwidth plugin's latency) and against no limit, side by side, on a veth pair
 //!   between two network namespaces;
 //! - [`change`]: how long a halved limit takes to hold;
 //! - [`open`]: a limit put on flows already running;

@@ -13,7 +13,8 @@ use crate::error::{BenchError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mechanism {
     Podshaper,
-    /// tc tbf, as the CNI bandwidth plugin configures it
+    /// tc tbf on the veth, with the CNI bandwidth plugin's latency
+    /// ([`crate::lab::tbf_args`])
     Tbf,
     /// no limit: what the lab carries
     Unlimited,

@@ -285,7 +285,7 @@ fn other_shapers(cni_conf_dir: &Path) -> Vec<Check> {
         out.push(check(
             Level::Warn,
             "Cilium bandwidth",
-            "Cilium's bandwidth manager is on (cilium_throttle is pinned): it also enforces kubernetes.io/egress-bandwidth; turn it off (bandwidthManager.enabled=false) or leave the annotation to one of them",
+            "Cilium's bandwidth manager is on (cilium_throttle is pinned): it also enforces kubernetes.io/egress-bandwidth, and kubernetes.io/ingress-bandwidth in the releases that read it; turn it off (bandwidthManager.enabled=false) or leave each annotation to one of them",
         ));
     }
     let tbf = iproute::qdiscs()
