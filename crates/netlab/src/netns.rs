@@ -191,18 +191,29 @@ pub fn enter(name: &str) -> Result<(), NetnsError> {
     setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| enter_error(std::io::Error::from(e)))
 }
 
-/// The MAC address of `veth0` in namespace `ns`.
+/// The MAC address of `veth0` in namespace `ns` (`ip -json link show`).
 fn mac(ns: &str) -> Result<String, NetnsError> {
-    let args = ["-n", ns, "-o", "link", "show", "veth0"];
+    let args = ["-json", "-n", ns, "link", "show", "veth0"];
     let out = ip_output(&args)?;
-    out.split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .map(str::to_string)
-        .ok_or_else(|| NetnsError::Ip {
-            args: args.join(" "),
-            stderr: format!("no link/ether address in {out:?}"),
-        })
+    link_address(&out).ok_or_else(|| NetnsError::Ip {
+        args: args.join(" "),
+        stderr: format!("no link address in {out:?}"),
+    })
+}
+
+/// One interface of `ip -json link show`, as far as the lab reads it.
+#[derive(serde::Deserialize)]
+struct Link {
+    address: Option<String>,
+}
+
+/// The address of the one interface in `ip -json link show DEV` output.
+fn link_address(json: &str) -> Option<String> {
+    serde_json::from_str::<Vec<Link>>(json)
+        .ok()?
+        .into_iter()
+        .next()?
+        .address
 }
 
 /// The host's list of congestion controls a network namespace may choose.
@@ -262,4 +273,21 @@ pub fn tcp_segments(ns: &str) -> Option<(u64, u64)> {
             .ok()
     };
     Some((get("RetransSegs")?, get("OutSegs")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_links_address_from_ip_json() {
+        // iproute2 6.1's `ip -json -n NS link show veth0`, copied from this machine
+        let json = r#"[{"ifindex":3,"link":"veth1","ifname":"veth0","flags":["BROADCAST","MULTICAST","M-DOWN"],"mtu":1500,"qdisc":"noop","operstate":"DOWN","linkmode":"DEFAULT","group":"default","txqlen":1000,"link_type":"ether","address":"3e:d3:1a:58:f1:bb","broadcast":"ff:ff:ff:ff:ff:ff"}]"#;
+        assert_eq!(link_address(json).as_deref(), Some("3e:d3:1a:58:f1:bb"));
+        assert_eq!(link_address("[]"), None);
+        assert_eq!(
+            link_address("3: veth0@if2: <BROADCAST> link/ether 3e:d3:1a:58:f1:bb"),
+            None
+        );
+    }
 }

@@ -32,10 +32,11 @@ use aya::programs::ProgramInfo;
 pub use crate::iproute::Interface;
 
 use crate::abi::{HOST_SLOT_STRIDE, QUEUE_MAJOR};
-use crate::ingress_queue::{flow_filter, is_pod_interface, queue_classes, ClassIds, QueueError};
+use crate::ingress_queue::{is_pod_interface, queue_classes, ClassIds, QueueError};
 use crate::iproute::{self, Verb};
 use crate::limits::DirectionLimit;
 use crate::netns;
+use crate::tc_json::Filter;
 
 /// The ifb device in the node's namespace.
 pub const HOST_IFB_NAME: &str = "podshaper-host";
@@ -234,18 +235,18 @@ fn redirect_here(
 }
 
 /// Whether an interface's ingress has our filter, and if so its program id
-/// and handle (None if tc's output does not show them). A tc that fails is an error, never "no filter" (see
-/// ingress_queue's `redirects_to_ifb`).
+/// and handle (None if `tc -json` does not show them). A tc that fails is
+/// an error, never "no filter" (see ingress_queue's `redirects_to_ifb`).
 #[allow(clippy::type_complexity)]
 fn classifies(dev: &str) -> Result<Option<Option<(u32, String)>>, QueueError> {
     if !iproute::has_ingress_qdisc(dev)? {
         return Ok(None);
     }
-    let show = iproute::ingress_filters_at(dev, FILTER_PREF)?;
-    if !show.contains(HOST_IFB_NAME) {
+    let filters = iproute::ingress_filters_at(dev, FILTER_PREF)?;
+    if !filters.iter().any(|f| f.redirects_to(HOST_IFB_NAME)) {
         return Ok(None);
     }
-    Ok(Some(flow_filter(&show)))
+    Ok(Some(filters.iter().find_map(Filter::bpf_program)))
 }
 
 /// The interfaces of the calling thread's namespace, with their indexes

@@ -30,6 +30,7 @@ use crate::abi::{
 use crate::iproute::{self, HtbClass, Verb};
 use crate::limits::DirectionLimit;
 use crate::netns;
+use crate::tc_json::{self, Filter};
 
 /// The ifb device in each queued pod's namespace.
 pub const IFB_NAME: &str = "podshaper-ifb";
@@ -108,6 +109,27 @@ pub enum QueueError {
     },
     #[error("`{command}` failed: {stderr}")]
     Command { command: String, stderr: String },
+    #[error("`{command}` printed what is not the JSON it prints")]
+    Json {
+        command: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot list the network interfaces")]
+    Interfaces(#[source] io::Error),
+    #[error("no network interface {name}")]
+    Interface {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read {what} of {dev} through rtnetlink")]
+    Netlink {
+        what: &'static str,
+        dev: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("the flow classifier's pin path {0} cannot be passed to tc (it must be UTF-8, without spaces)")]
     ClassifierPath(String),
     #[error("the queue holds the limit, but its flow classifier (program {program}) is an older daemon's and was not replaced")]
@@ -270,8 +292,8 @@ fn shrink_windows(on: bool) {
 /// (the queue still holds the rate) and the error says so, so that the
 /// caller tries again later.
 fn replace_older_classifier(classifier: &str, pinned: u32) -> Result<(), QueueError> {
-    let show = iproute::queue_filters_at(IFB_NAME, FLOW_FILTER_PREF).ok();
-    let Some((id, handle)) = show.as_deref().and_then(flow_filter) else {
+    let filters = iproute::queue_filters_at(IFB_NAME, FLOW_FILTER_PREF).ok();
+    let Some((id, handle)) = filters.iter().flatten().find_map(Filter::bpf_program) else {
         return Ok(());
     };
     if id == pinned {
@@ -291,16 +313,13 @@ fn replace_older_classifier(classifier: &str, pinned: u32) -> Result<(), QueueEr
     Ok(())
 }
 
-/// The program id and handle of the bpf filter in `tc filter show` output
-/// (`... bpf chain 0 handle 0x1 flow_class:[*fsobj] not_in_hw id 12386 ...`).
-pub fn flow_filter(show: &str) -> Option<(u32, String)> {
-    let words: Vec<&str> = show.split_whitespace().collect();
-    let after = |key: &str| words.windows(2).find(|w| w[0] == key).map(|w| w[1]);
-    let handle = after("handle")?;
-    if !handle.starts_with("0x") || !handle[2..].chars().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    Some((after("id")?.parse().ok()?, handle.to_string()))
+/// The program id and handle of the bpf filter in `tc -json filter show`
+/// output (None without one, or for output that is not tc's JSON).
+pub fn flow_filter(json: &str) -> Option<(u32, String)> {
+    tc_json::filters(json)
+        .ok()?
+        .iter()
+        .find_map(Filter::bpf_program)
 }
 
 /// The htb classes and FIFOs for `limit` (`verb`: add or change). Under the
@@ -407,7 +426,9 @@ fn redirects_to_ifb(dev: &str) -> Result<bool, QueueError> {
     if !iproute::has_ingress_qdisc(dev)? {
         return Ok(false);
     }
-    Ok(iproute::ingress_filters(dev)?.contains(IFB_NAME))
+    Ok(iproute::ingress_filters(dev)?
+        .iter()
+        .any(|f| f.redirects_to(IFB_NAME)))
 }
 
 /// Interfaces whose received traffic goes through the queue: all but
@@ -425,21 +446,10 @@ pub(crate) fn is_pod_interface(name: &str) -> bool {
 
 /// The network interfaces of the calling thread's namespace.
 pub(crate) fn interfaces() -> Result<Vec<String>, QueueError> {
-    const NET_DEV: &str = "/proc/thread-self/net/dev";
-    let table = fs::read_to_string(NET_DEV).map_err(|source| QueueError::Read {
-        path: NET_DEV,
-        source,
-    })?;
-    Ok(parse_net_dev(&table))
-}
-
-fn parse_net_dev(table: &str) -> Vec<String> {
-    table
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(name, _)| name.trim().to_string())
-        .collect()
+    Ok(iproute::links()?
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect())
 }
 
 #[cfg(test)]
@@ -447,12 +457,6 @@ mod tests {
     use podshaper_rate::Rate;
 
     use super::*;
-
-    #[test]
-    fn reads_interface_names() {
-        let table = "Inter-|   Receive |  Transmit\n face |bytes packets\n    lo: 0 0\n  eth0: 1 2\nveth-x@if3: 5\n";
-        assert_eq!(parse_net_dev(table), ["lo", "eth0", "veth-x@if3"]);
-    }
 
     #[test]
     fn leaves_odd_interface_names_alone() {
@@ -503,14 +507,22 @@ mod tests {
 
     #[test]
     fn reads_the_flow_filters_program_and_handle() {
-        // iproute2 6.1's `tc filter show ... prio 3` of the filter the queue
-        // gets (copied from this machine)
-        let show = "filter protocol all bpf chain 0 \n\
-            filter protocol all bpf chain 0 handle 0x1 flow_class:[*fsobj] not_in_hw id 12386 name podshaper_flow_ tag 6da783f917437ba5 jited \n";
+        // iproute2 6.1's `tc -json filter show ... prio 3` of the filter the
+        // queue gets (copied from this machine)
+        let show = r#"[{"protocol":"all","kind":"bpf","chain":0},{"protocol":"all","kind":"bpf","chain":0,"options":{"handle":"0x1","bpf_name":"flow_class:[*fsobj]","not_in_hw":true,"prog":{"id":12386,"name":"podshaper_flow_","tag":"6da783f917437ba5","jited":1}}}]"#;
         assert_eq!(flow_filter(show), Some((12386, "0x1".to_string())));
         // nothing to replace: no filter, or output tc never prints
-        assert_eq!(flow_filter("filter protocol all bpf chain 0 \n"), None);
-        assert_eq!(flow_filter("handle 1;rm id 41"), None);
-        assert_eq!(flow_filter("handle 0x1 id x41"), None);
+        assert_eq!(
+            flow_filter(r#"[{"protocol":"all","kind":"bpf","chain":0}]"#),
+            None
+        );
+        assert_eq!(
+            flow_filter("filter protocol all bpf chain 0 handle 0x1 id 41"),
+            None
+        );
+        assert_eq!(
+            flow_filter(r#"[{"kind":"bpf","options":{"handle":"1;rm","prog":{"id":41}}}]"#),
+            None
+        );
     }
 }

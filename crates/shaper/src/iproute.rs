@@ -6,13 +6,18 @@
 //!
 //! The htb queues are built and changed with `tc -batch` (one process for
 //! the dozens of classes and FIFOs of a queue): the `*_line` functions
-//! write a batch's lines and [`batch`] runs them.
+//! write a batch's lines and [`batch`] runs them. What is there is read as
+//! `tc -json` prints it (crate::tc_json), classes through rtnetlink
+//! (crate::tc_classes), interfaces with if_nameindex(3): never from tc's or
+//! ip's text.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use crate::abi::QUEUE_MAJOR;
 use crate::ingress_queue::QueueError;
+use crate::tc_classes;
+use crate::tc_json::{self, Filter, Qdisc};
 
 /// Whether a batch line adds a class or FIFO or changes one in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,21 +60,14 @@ pub(crate) fn delete_link(name: &str) -> Result<(), QueueError> {
 }
 
 /// The interfaces, with their indexes (a name can come back on another
-/// interface, as veths of pods do).
+/// interface, as veths of pods do), from if_nameindex(3) (nix), which asks
+/// the kernel over a netlink socket of the calling thread's namespace.
 pub(crate) fn links() -> Result<Vec<Interface>, QueueError> {
-    Ok(parse_links(&output("ip", &["-o", "link", "show"])?))
-}
-
-/// `ip -o link show`: "2: eth0: <...", "5: veth0@if4: <...".
-fn parse_links(text: &str) -> Vec<Interface> {
-    text.lines()
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, ": ");
-            let index = parts.next()?.trim().parse().ok()?;
-            let name = parts.next()?.split('@').next()?.trim().to_string();
-            Some((index, name))
-        })
-        .collect()
+    let links = nix::net::if_::if_nameindex().map_err(|e| QueueError::Interfaces(e.into()))?;
+    Ok(links
+        .iter()
+        .map(|i| (i.index(), i.name().to_string_lossy().into_owned()))
+        .collect())
 }
 
 // ---- tc: an interface's ingress
@@ -78,8 +76,8 @@ fn parse_links(text: &str) -> Vec<Interface> {
 /// "no": a removal would then take the device a redirect points at away
 /// with the redirect still in place.
 pub(crate) fn has_ingress_qdisc(dev: &str) -> Result<bool, QueueError> {
-    let qdiscs = tc(&format!("qdisc show dev {dev}"))?;
-    Ok(qdiscs.split_whitespace().any(|w| w == INGRESS_HANDLE))
+    let qdiscs = tc_json(&format!("qdisc show dev {dev}"), tc_json::qdiscs)?;
+    Ok(qdiscs.iter().any(|q| q.handle == INGRESS_HANDLE))
 }
 
 /// Puts an ingress qdisc on `dev`. It fails if one is there already (ours
@@ -100,17 +98,20 @@ fn delete_ingress_qdisc(dev: &str) -> Result<(), QueueError> {
     .map(drop)
 }
 
-/// The filters on `dev`'s ingress, as `tc filter show` prints them (an
-/// error if it has no ingress qdisc).
-pub(crate) fn ingress_filters(dev: &str) -> Result<String, QueueError> {
-    tc(&format!("filter show dev {dev} parent {INGRESS_HANDLE}"))
+/// The filters on `dev`'s ingress (an error if it has no ingress qdisc).
+pub(crate) fn ingress_filters(dev: &str) -> Result<Vec<Filter>, QueueError> {
+    tc_json(
+        &format!("filter show dev {dev} parent {INGRESS_HANDLE}"),
+        tc_json::filters,
+    )
 }
 
 /// The filters at preference `pref` on `dev`'s ingress.
-pub(crate) fn ingress_filters_at(dev: &str, pref: &str) -> Result<String, QueueError> {
-    tc(&format!(
-        "filter show dev {dev} parent {INGRESS_HANDLE} pref {pref}"
-    ))
+pub(crate) fn ingress_filters_at(dev: &str, pref: &str) -> Result<Vec<Filter>, QueueError> {
+    tc_json(
+        &format!("filter show dev {dev} parent {INGRESS_HANDLE} pref {pref}"),
+        tc_json::filters,
+    )
 }
 
 /// Deletes the filters at preference `pref` on `dev`'s ingress, and the
@@ -120,7 +121,7 @@ pub(crate) fn remove_ingress_filter(dev: &str, pref: &str) -> Result<(), QueueEr
     tc(&format!(
         "filter del dev {dev} parent {INGRESS_HANDLE} pref {pref}"
     ))?;
-    if ingress_filters(dev).is_ok_and(|f| f.trim().is_empty()) {
+    if ingress_filters(dev).is_ok_and(|f| f.is_empty()) {
         let _ = delete_ingress_qdisc(dev);
     }
     Ok(())
@@ -266,10 +267,11 @@ pub(crate) fn classifier_filter_line(dev: &str, prio: u32, classifier: &str) -> 
 }
 
 /// The filters at preference `prio` on the queue's root on `dev`.
-pub(crate) fn queue_filters_at(dev: &str, prio: u32) -> Result<String, QueueError> {
-    tc(&format!(
-        "filter show dev {dev} parent {QUEUE_MAJOR:x}: prio {prio}"
-    ))
+pub(crate) fn queue_filters_at(dev: &str, prio: u32) -> Result<Vec<Filter>, QueueError> {
+    tc_json(
+        &format!("filter show dev {dev} parent {QUEUE_MAJOR:x}: prio {prio}"),
+        tc_json::filters,
+    )
 }
 
 /// Puts the program pinned at `classifier` in place of that of the filter
@@ -286,12 +288,13 @@ pub(crate) fn replace_classifier_filter(
     )])
 }
 
-/// Whether the queue on `dev` has the class `minor`.
+/// Whether the queue on `dev` has the class `minor` (read through
+/// rtnetlink: crate::tc_classes).
 pub(crate) fn has_class(dev: &str, minor: u32) -> Result<bool, QueueError> {
-    let show = tc(&format!(
-        "class show dev {dev} classid {QUEUE_MAJOR:x}:{minor:x}"
-    ))?;
-    Ok(!show.trim().is_empty())
+    let (Ok(major), Ok(minor)) = (u16::try_from(QUEUE_MAJOR), u16::try_from(minor)) else {
+        return Ok(false);
+    };
+    Ok(tc_classes::class_handles(dev)?.contains(&(major, minor)))
 }
 
 /// Deletes the class `minor` of the queue on `dev`.
@@ -336,10 +339,9 @@ pub fn try_queue_parts() -> Vec<(&'static str, Result<(), QueueError>)> {
     ]
 }
 
-/// Every qdisc of the calling thread's network namespace, as
-/// `tc qdisc show` prints them.
-pub fn qdiscs() -> Result<String, QueueError> {
-    output("tc", &["qdisc", "show"])
+/// Every qdisc of the calling thread's network namespace.
+pub fn qdiscs() -> Result<Vec<Qdisc>, QueueError> {
+    tc_json("qdisc show", tc_json::qdiscs)
 }
 
 // ---- running them
@@ -349,6 +351,19 @@ pub fn qdiscs() -> Result<String, QueueError> {
 /// which admits none.
 fn tc(command: &str) -> Result<String, QueueError> {
     output("tc", &command.split_whitespace().collect::<Vec<_>>())
+}
+
+/// One `tc -json` command (words split as in [`tc`]), its output read by
+/// `read` (a crate::tc_json function).
+fn tc_json<T>(
+    command: &str,
+    read: fn(&str) -> Result<T, serde_json::Error>,
+) -> Result<T, QueueError> {
+    let json = tc(&format!("-json {command}"))?;
+    read(&json).map_err(|source| QueueError::Json {
+        command: format!("tc -json {command}"),
+        source,
+    })
 }
 
 fn run(program: &'static str, args: &[&str]) -> Result<(), QueueError> {
@@ -405,20 +420,93 @@ pub(crate) fn batch(lines: &[String]) -> Result<(), QueueError> {
 mod tests {
     use super::*;
 
+    /// Runs `f` on a thread of a network namespace of its own, which goes
+    /// with the thread (and everything made in it). None where this process
+    /// may not make one (no CAP_SYS_ADMIN): the test then says so and passes.
+    fn in_new_namespace<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        std::thread::spawn(move || {
+            match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+                Ok(()) => Some(f()),
+                Err(e) => {
+                    eprintln!("skipped: cannot make a network namespace ({e}); run as root");
+                    None
+                }
+            }
+        })
+        .join()
+        .expect("the test's thread")
+    }
+
     #[test]
-    fn reads_interfaces_and_their_indexes() {
-        let text = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue\n\
-                    5: veth0@if4: <BROADCAST,MULTICAST,UP> mtu 1500\n\
-                    7: podshaper-host: <BROADCAST,NOARP,UP,LOWER_UP> mtu 1500\n";
-        assert_eq!(
-            parse_links(text),
-            [
-                (1, "lo".to_string()),
-                (5, "veth0".to_string()),
-                (7, "podshaper-host".to_string())
-            ]
-        );
-        assert!(parse_links("garbage\n: x\n").is_empty());
+    fn reads_interfaces_qdiscs_filters_and_classes_from_the_kernel() {
+        in_new_namespace(|| {
+            let ifb = "psq-test-ifb";
+            assert_eq!(links().expect("links"), [(1, "lo".to_string())]);
+            add_ifb(ifb).expect("ifb");
+            set_up(ifb).expect("up");
+            let have = links().expect("links");
+            assert!(have.iter().any(|(i, n)| n == ifb && *i > 1), "{have:?}");
+
+            // a pod queue's htb root, classes and FIFOs, as the queue builds
+            // them (one batch), at 10 Mbit/s
+            let ids = crate::ingress_queue::ClassIds::offset(0);
+            let limit = crate::DirectionLimit::new(
+                "10M".parse::<podshaper_rate::Rate>().expect("rate"),
+                None,
+            );
+            let mut lines = vec![htb_root_line(ifb, None)];
+            lines.extend(crate::ingress_queue::queue_classes(
+                ifb,
+                &ids,
+                Verb::Add,
+                &limit,
+            ));
+            batch(&lines).expect("the queue's classes");
+            for minor in [ids.root, ids.small, ids.bulk]
+                .into_iter()
+                .chain(ids.flow_classes())
+            {
+                assert!(has_class(ifb, minor).expect("classes"), "{minor:x}");
+            }
+            let class = HtbClass {
+                id: 0x1000,
+                parent: 0,
+                assured: 125_000,
+                ceil: 125_000,
+                burst: 16_384,
+                cburst: 16_384,
+                prio: 0,
+                quantum: 1_514,
+            };
+            assert!(!has_class(ifb, 0x1000).expect("classes"));
+            batch(&[htb_class_line(Verb::Add, ifb, &class)]).expect("class");
+            assert!(has_class(ifb, 0x1000).expect("classes"));
+            assert!(!has_class(ifb, 0x1001).expect("classes"));
+            assert!(!has_class(ifb, 0x1_0001).expect("beyond 16 bits"));
+            assert!(has_class("psq-no-such-dev", 0x1).is_err());
+            let all = qdiscs().expect("qdiscs");
+            assert!(
+                all.iter()
+                    .any(|q| q.kind == "htb" && q.handle == "1:" && q.dev.as_deref() == Some(ifb)),
+                "{all:?}"
+            );
+
+            // an ingress redirect to the ifb, and its removal with the qdisc
+            assert!(!has_ingress_qdisc("lo").expect("qdiscs of lo"));
+            add_ingress_qdisc("lo").expect("ingress");
+            assert!(has_ingress_qdisc("lo").expect("qdiscs of lo"));
+            assert!(ingress_filters("lo").expect("filters").is_empty());
+            add_redirect_all("lo", "49", ifb).expect("redirect");
+            for filters in [ingress_filters("lo"), ingress_filters_at("lo", "49")] {
+                let filters = filters.expect("filters");
+                assert!(filters.iter().any(|f| f.redirects_to(ifb)), "{filters:?}");
+                assert!(filters.iter().all(|f| f.bpf_program().is_none()));
+            }
+            assert!(ingress_filters_at("lo", "50").expect("filters").is_empty());
+            remove_ingress_filter("lo", "49").expect("removal");
+            assert!(!has_ingress_qdisc("lo").expect("qdiscs of lo"));
+            assert!(has_ingress_qdisc("psq-no-such-dev").is_err());
+        });
     }
 
     #[test]

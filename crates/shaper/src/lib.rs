@@ -18,6 +18,8 @@ pub mod netns;
 pub mod node;
 mod problems;
 pub mod shaper;
+mod tc_classes;
+pub mod tc_json;
 
 pub use cgroup::{cgroup2_mount, Cgroup, CgroupError, TransientCgroup};
 pub use confine::{CgroupRoot, ConfineError};

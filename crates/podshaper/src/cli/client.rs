@@ -5,14 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use podshaper_api::pb;
 use podshaper_api::{ClientTlsFiles, DaemonAddress, ShaperClient};
-use podshaper_rate::{human_decimal, ByteSize, Rate};
-use serde_json::json;
 use tonic::transport::Channel;
 
 use super::limits::LimitArgs;
+use super::status_output::{rate_text, render, Output};
 
 /// How to reach the daemon.
 #[derive(Debug, Clone, Args)]
@@ -54,13 +53,6 @@ pub struct OptionalTarget {
     pod_uid: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, ValueEnum)]
-pub enum Output {
-    #[default]
-    Table,
-    Json,
-}
-
 #[derive(Debug, Args)]
 pub struct AttachArgs {
     #[command(flatten)]
@@ -91,6 +83,8 @@ pub struct DetachArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     target: OptionalTarget,
+    /// table for people; json or yaml: one document, an array of each
+    /// cgroup's fields.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Output,
     #[command(flatten)]
@@ -99,6 +93,8 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    /// table for people; json or yaml: one document, an array of each
+    /// cgroup's fields.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: Output,
     #[command(flatten)]
@@ -226,12 +222,12 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
         })?],
         None => list_all(&args.connection)?,
     };
-    print_statuses(&statuses, args.output);
+    print!("{}", render(&statuses, args.output)?);
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn list(args: ListArgs) -> Result<ExitCode> {
-    print_statuses(&list_all(&args.connection)?, args.output);
+    print!("{}", render(&list_all(&args.connection)?, args.output)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -253,122 +249,4 @@ fn describe(s: &pb::CgroupStatus) -> String {
         rate_text(s.egress.as_ref()),
         rate_text(s.ingress.as_ref())
     )
-}
-
-fn rate_text(d: Option<&pb::DirectionLimit>) -> String {
-    match d.and_then(|d| Rate::from_bits_per_sec(d.bits_per_second).ok()) {
-        Some(r) => r.to_string(),
-        None => "unlimited".into(),
-    }
-}
-
-fn print_statuses(statuses: &[pb::CgroupStatus], output: Output) {
-    match output {
-        Output::Json => {
-            let docs: Vec<_> = statuses.iter().map(status_json).collect();
-            println!("{}", serde_json::Value::Array(docs));
-        }
-        Output::Table => print_table(statuses),
-    }
-}
-
-/// The JSON document DESIGN.md fixes: field names are a contract.
-pub fn status_json(s: &pb::CgroupStatus) -> serde_json::Value {
-    let e = s.egress_counters.unwrap_or_default();
-    let i = s.ingress_counters.unwrap_or_default();
-    let egress_burst = s.egress.map(|d| d.burst_bytes);
-    let ingress_burst = s.ingress.map(|d| d.burst_bytes);
-    let some = |v: &str| (!v.is_empty()).then(|| v.to_string());
-    json!({
-        "cgroup": s.cgroup,
-        "cgroup_id": s.cgroup_id,
-        "pod_uid": s.pod_uid,
-        "pod_namespace": some(&s.pod_namespace),
-        "pod_name": some(&s.pod_name),
-        "waiting": s.waiting,
-        "ingress_mode": some(&s.ingress_mode),
-        "problems": s.problems,
-        "egress_bps": s.egress.map(|d| d.bits_per_second),
-        "ingress_bps": s.ingress.map(|d| d.bits_per_second),
-        "burst_bytes": egress_burst.or(ingress_burst),
-        "egress_burst_bytes": egress_burst,
-        "ingress_burst_bytes": ingress_burst,
-        "counters": {
-            "egress_bytes": e.bytes,
-            "egress_packets": e.packets,
-            "egress_dropped": e.dropped,
-            "egress_marked": e.marked,
-            "ingress_bytes": i.bytes,
-            "ingress_packets": i.packets,
-            "ingress_dropped": i.dropped,
-            "ingress_marked": i.marked,
-        }
-    })
-}
-
-fn print_table(statuses: &[pb::CgroupStatus]) {
-    let rows: Vec<[String; 7]> = statuses
-        .iter()
-        .map(|s| {
-            let e = s.egress_counters.unwrap_or_default();
-            let i = s.ingress_counters.unwrap_or_default();
-            let burst = s
-                .egress
-                .or(s.ingress)
-                .and_then(|d| ByteSize::from_bytes(d.burst_bytes).ok());
-            let pod = match (s.pod_name.as_str(), s.pod_uid.as_deref()) {
-                ("", None) => "-".into(),
-                ("", Some(uid)) => uid.to_string(),
-                (name, _) => format!("{}/{name}", s.pod_namespace),
-            };
-            let ingress = match s.ingress_mode.as_str() {
-                "" => rate_text(s.ingress.as_ref()),
-                mode => format!("{} ({mode})", rate_text(s.ingress.as_ref())),
-            };
-            [
-                match s.waiting {
-                    true => "(waiting for the pod's cgroup)".into(),
-                    false => s.cgroup.clone(),
-                },
-                pod,
-                rate_text(s.egress.as_ref()),
-                ingress,
-                burst.map_or("-".into(), |b| b.to_string()),
-                format!("{}B / {}B", human_decimal(e.bytes), human_decimal(i.bytes)),
-                format!("{} / {}", e.dropped + i.dropped, e.marked + i.marked),
-            ]
-        })
-        .collect();
-    let header = [
-        "CGROUP",
-        "POD",
-        "EGRESS",
-        "INGRESS",
-        "BURST",
-        "SENT / RECEIVED",
-        "DROPPED / MARKED",
-    ];
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    println!("{}", line(header.to_vec()));
-    for (r, s) in rows.iter().zip(statuses) {
-        println!("{}", line(r.iter().map(String::as_str).collect()));
-        for problem in &s.problems {
-            println!("  ! {problem}");
-        }
-    }
 }

@@ -13,6 +13,7 @@ use anyhow::Result;
 use clap::Args;
 use podshaper_shaper::ingress_queue::QueueError;
 use podshaper_shaper::{iproute, is_bpffs, netns, CgroupRoot, Shaper};
+use serde::Deserialize;
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
@@ -262,13 +263,7 @@ fn other_shapers(cni_conf_dir: &Path) -> Vec<Check> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| {
-            fs::read_to_string(e.path()).is_ok_and(|c| {
-                c.split_whitespace()
-                    .collect::<String>()
-                    .contains("\"type\":\"bandwidth\"")
-            })
-        })
+        .filter(|e| fs::read_to_string(e.path()).is_ok_and(|c| has_cni_plugin(&c, "bandwidth")))
         .map(|e| e.path().display().to_string())
         .collect();
     if !bandwidth_plugin.is_empty() {
@@ -289,7 +284,7 @@ fn other_shapers(cni_conf_dir: &Path) -> Vec<Check> {
         ));
     }
     let tbf = iproute::qdiscs()
-        .map(|shown| shown.lines().filter(|l| l.starts_with("qdisc tbf")).count())
+        .map(|qdiscs| qdiscs.iter().filter(|q| q.kind == "tbf").count())
         .unwrap_or(0);
     if tbf > 0 {
         out.push(check(
@@ -306,4 +301,53 @@ fn other_shapers(cni_conf_dir: &Path) -> Vec<Check> {
         ));
     }
     out
+}
+
+/// A CNI network configuration (`.conf`) or list (`.conflist`), as far as
+/// the doctor reads it: the plugins' types.
+#[derive(Debug, Default, Deserialize)]
+struct CniConfig {
+    #[serde(default, rename = "type")]
+    plugin: Option<String>,
+    #[serde(default)]
+    plugins: Vec<CniConfig>,
+}
+
+/// Whether the CNI configuration `json` runs the plugin `plugin` (false for
+/// a file that is not one).
+fn has_cni_plugin(json: &str, plugin: &str) -> bool {
+    fn runs(config: &CniConfig, plugin: &str) -> bool {
+        config.plugin.as_deref() == Some(plugin) || config.plugins.iter().any(|p| runs(p, plugin))
+    }
+    serde_json::from_str::<CniConfig>(json).is_ok_and(|c| runs(&c, plugin))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_bandwidth_plugin_in_a_cni_list_or_configuration() {
+        let list = r#"{"cniVersion": "0.4.0", "name": "k8s", "plugins": [
+            {"type": "bridge", "bridge": "cni0", "ipam": {"type": "host-local"}},
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+            {"type": "bandwidth", "capabilities": {"bandwidth": true}}]}"#;
+        assert!(has_cni_plugin(list, "bandwidth"));
+        assert!(has_cni_plugin(list, "portmap"));
+        // the IPAM plugin's type is no plugin of the chain's
+        assert!(!has_cni_plugin(list, "host-local"));
+        assert!(has_cni_plugin(
+            r#"{"name": "x", "type": "bandwidth"}"#,
+            "bandwidth"
+        ));
+        assert!(!has_cni_plugin(
+            r#"{"name": "x", "type": "bridge"}"#,
+            "bandwidth"
+        ));
+        assert!(!has_cni_plugin(
+            r#"{"note": "\"type\":\"bandwidth\""}"#,
+            "bandwidth"
+        ));
+        assert!(!has_cni_plugin("type: bandwidth", "bandwidth"));
+    }
 }

@@ -10,4 +10,5 @@ pub mod doctor;
 pub mod limits;
 pub mod reference;
 pub mod run;
+pub mod status_output;
 pub mod traffic;

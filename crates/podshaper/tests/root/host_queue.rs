@@ -61,7 +61,10 @@ fn sent_bytes(class: &str) -> u64 {
 
 /// The program of the classifying filter on an interface's ingress.
 fn filter_program(ns: &str, dev: &str) -> Option<u32> {
-    let show = in_ns(ns, &["tc", "filter", "show", "dev", dev, "ingress"]);
+    let show = in_ns(
+        ns,
+        &["tc", "-json", "filter", "show", "dev", dev, "ingress"],
+    );
     flow_filter(&show).map(|(id, _)| id)
 }
 

@@ -1,6 +1,7 @@
 //! Requests the daemon refuses (outside its cgroup root, malformed, a NUL
 //! byte, a missing target, custom programs not allowed), the CLI's one-line
-//! errors, and the daemon benchmark over the API.
+//! errors, `status` and `list` in JSON and YAML, and the daemon benchmark
+//! over the API.
 
 use super::{stderr_of, Cleanup};
 use crate::common;
@@ -129,6 +130,39 @@ fn the_cli_names_what_is_wrong_in_one_line() {
         table.contains(&app) && table.contains("250Mbit/s") && table.contains("1Gbit/s"),
         "{table}"
     );
+}
+
+#[test]
+fn status_and_list_print_the_same_document_in_json_and_yaml() {
+    require_root!();
+    let root = TestRoot::new("yaml");
+    let daemon = TestDaemon::start(&root.path, &[]);
+    let app = root.make("app").path().display().to_string();
+    daemon.ok(&["attach", "--cgroup", &app, "--egress", "10M"]);
+    let parse = |args: &[&str]| -> serde_json::Value {
+        let out = daemon.ok(args);
+        match args.last() {
+            Some(&"yaml") => yaml_serde::from_str(&out)
+                .unwrap_or_else(|e| panic!("podshaper {args:?} is no YAML ({e}): {out}")),
+            _ => serde_json::from_str(&out)
+                .unwrap_or_else(|e| panic!("podshaper {args:?} is no JSON ({e}): {out}")),
+        }
+    };
+    let json = parse(&["list", "-o", "json"]);
+    assert_eq!(parse(&["list", "-o", "yaml"]), json);
+    let status = parse(&["status", "--cgroup", &app, "-o", "yaml"]);
+    assert_eq!(status, parse(&["status", "--cgroup", &app, "-o", "json"]));
+    assert_eq!(status, json, "one cgroup is limited");
+    let entry = &status[0];
+    assert_eq!(entry["cgroup"], app.as_str(), "{entry}");
+    assert_eq!(entry["egress_bps"], 10_000_000, "{entry}");
+    assert_eq!(entry["ingress_bps"], serde_json::Value::Null, "{entry}");
+    assert_eq!(entry["pod_uid"], serde_json::Value::Null, "{entry}");
+    assert!(
+        entry["cgroup_id"].as_u64().is_some_and(|id| id > 0),
+        "{entry}"
+    );
+    assert!(entry["counters"]["egress_bytes"].is_u64(), "{entry}");
 }
 
 #[test]

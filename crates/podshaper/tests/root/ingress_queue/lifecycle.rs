@@ -18,7 +18,7 @@ fn flow_filter_program(ns: &str) -> Option<u32> {
     let show = stdout(&in_ns(
         Some(ns),
         &[
-            "tc", "filter", "show", "dev", IFB_NAME, "parent", "1:", "prio", "3",
+            "tc", "-json", "filter", "show", "dev", IFB_NAME, "parent", "1:", "prio", "3",
         ],
     ));
     flow_filter(&show).map(|(program, _handle)| program)
