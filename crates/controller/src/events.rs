@@ -6,6 +6,7 @@
 //! is published once per cause, not every pass.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,10 +27,45 @@ pub struct Events {
     client: kube::Client,
     reporter: Reporter,
     metrics: Arc<Metrics>,
-    /// Per pod UID, the invalid annotations already reported.
-    reported: Mutex<HashMap<String, HashSet<Invalid>>>,
-    /// Per pod UID, the other causes already reported.
-    warned: Mutex<HashMap<String, HashSet<Cause>>>,
+    /// The invalid annotations already reported.
+    reported: Reported<Invalid>,
+    /// The other causes already reported.
+    warned: Reported<Cause>,
+}
+
+/// Per pod UID, the causes already reported: each is published once while
+/// it lasts.
+struct Reported<K>(Mutex<HashMap<String, HashSet<K>>>);
+
+impl<K: Eq + Hash> Reported<K> {
+    fn new() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+
+    /// Whether `cause` is new for the pod (and remembers it).
+    fn fresh(&self, uid: &str, cause: K) -> bool {
+        match self.0.lock() {
+            Ok(mut r) => r.entry(uid.to_string()).or_default().insert(cause),
+            Err(_) => true,
+        }
+    }
+
+    /// Keeps the pod's causes for which `keep` holds: the others are over,
+    /// and reported again should they return.
+    fn keep(&self, uid: &str, keep: impl Fn(&K) -> bool) {
+        if let Ok(mut r) = self.0.lock() {
+            if let Some(set) = r.get_mut(uid) {
+                set.retain(|c| keep(c));
+            }
+        }
+    }
+
+    /// Forgets pods that are not in `live`.
+    fn retain(&self, live: &HashSet<String>) {
+        if let Ok(mut r) = self.0.lock() {
+            r.retain(|uid, _| live.contains(uid));
+        }
+    }
 }
 
 /// A Warning's cause, reported once while it lasts.
@@ -51,8 +87,8 @@ impl Events {
             client,
             reporter,
             metrics,
-            reported: Mutex::new(HashMap::new()),
-            warned: Mutex::new(HashMap::new()),
+            reported: Reported::new(),
+            warned: Reported::new(),
         }
     }
 
@@ -67,14 +103,7 @@ impl Events {
 
     /// Reports `invalid` for the pod unless it was reported already.
     pub fn invalid(&self, uid: &str, pod: &ObjectReference, invalid: &Invalid) {
-        let fresh = match self.reported.lock() {
-            Ok(mut r) => r
-                .entry(uid.to_string())
-                .or_default()
-                .insert(invalid.clone()),
-            Err(_) => true,
-        };
-        if !fresh {
+        if !self.reported.fresh(uid, invalid.clone()) {
             return;
         }
         tracing::warn!(pod = ?pod.name, %invalid, "invalid bandwidth annotation; the limit in force stays");
@@ -96,7 +125,7 @@ impl Events {
         waited: Duration,
         expected: &[String],
     ) {
-        if !self.fresh(uid, Cause::CgroupNotFound) {
+        if !self.warned.fresh(uid, Cause::CgroupNotFound) {
             return;
         }
         tracing::warn!(pod = ?pod.name, waited_s = waited.as_secs(), ?expected, "the pod's cgroup has not appeared; its limits are held until it does");
@@ -112,7 +141,7 @@ impl Events {
     /// Reports that the daemon refused the pod's limits, with its reason,
     /// unless that reason was reported already.
     pub fn refused(&self, uid: &str, pod: &ObjectReference, limits: &Enforced, reason: &str) {
-        if !self.fresh(uid, Cause::Refused(reason.to_string())) {
+        if !self.warned.fresh(uid, Cause::Refused(reason.to_string())) {
             return;
         }
         let note = format!(
@@ -126,38 +155,18 @@ impl Events {
     /// The cause is over (the cgroup appeared, the limits were taken): a
     /// later return of it is reported again.
     pub fn resolved(&self, uid: &str, cause: impl Fn(&Cause) -> bool) {
-        if let Ok(mut w) = self.warned.lock() {
-            if let Some(set) = w.get_mut(uid) {
-                set.retain(|c| !cause(c));
-            }
-        }
-    }
-
-    /// Whether `cause` is new for the pod (and remembers it).
-    fn fresh(&self, uid: &str, cause: Cause) -> bool {
-        match self.warned.lock() {
-            Ok(mut w) => w.entry(uid.to_string()).or_default().insert(cause),
-            Err(_) => true,
-        }
+        self.warned.keep(uid, |c| !cause(c));
     }
 
     /// Forgets what was reported for pods that are not in `live`.
     pub fn retain(&self, live: &HashSet<String>) {
-        if let Ok(mut r) = self.reported.lock() {
-            r.retain(|uid, _| live.contains(uid));
-        }
-        if let Ok(mut w) = self.warned.lock() {
-            w.retain(|uid, _| live.contains(uid));
-        }
+        self.reported.retain(live);
+        self.warned.retain(live);
     }
 
     /// Forgets a pod's reports whose annotation no longer has that value.
     pub fn retain_current(&self, uid: &str, current: &[&Invalid]) {
-        if let Ok(mut r) = self.reported.lock() {
-            if let Some(set) = r.get_mut(uid) {
-                set.retain(|i| current.contains(&i));
-            }
-        }
+        self.reported.keep(uid, |i| current.contains(&i));
     }
 
     fn publish(
@@ -197,5 +206,38 @@ fn describe(d: Option<podshaper_api::pb::DirectionLimit>) -> String {
             human_decimal(d.bits_per_second),
             d.burst_bytes
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_is_reported_once_while_it_lasts() {
+        let r: Reported<Cause> = Reported::new();
+        assert!(r.fresh("a", Cause::CgroupNotFound));
+        assert!(!r.fresh("a", Cause::CgroupNotFound), "a second pass");
+        assert!(r.fresh("b", Cause::CgroupNotFound), "another pod");
+        assert!(r.fresh("a", Cause::Refused("nested".into())));
+        assert!(
+            r.fresh("a", Cause::Refused("outside".into())),
+            "another reason"
+        );
+        assert!(!r.fresh("a", Cause::Refused("nested".into())));
+        // the cgroup appeared: the refusals stay reported
+        r.keep("a", |c| *c != Cause::CgroupNotFound);
+        assert!(!r.fresh("a", Cause::Refused("nested".into())));
+        assert!(r.fresh("a", Cause::CgroupNotFound), "it returned");
+    }
+
+    #[test]
+    fn a_gone_pod_is_forgotten() {
+        let r: Reported<Cause> = Reported::new();
+        assert!(r.fresh("a", Cause::CgroupNotFound));
+        assert!(r.fresh("b", Cause::CgroupNotFound));
+        r.retain(&HashSet::from(["b".to_string()]));
+        assert!(r.fresh("a", Cause::CgroupNotFound));
+        assert!(!r.fresh("b", Cause::CgroupNotFound));
     }
 }
