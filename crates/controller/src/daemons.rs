@@ -25,6 +25,8 @@ pub struct Daemons {
     target: DaemonTarget,
     nodes: Option<Api<Node>>,
     clients: Mutex<HashMap<String, ShaperClient<Channel>>>,
+    /// Cluster mode: each node's daemon address, once found.
+    addresses: std::sync::Mutex<HashMap<String, DaemonAddress>>,
 }
 
 impl Daemons {
@@ -37,6 +39,21 @@ impl Daemons {
             target,
             nodes,
             clients: Mutex::new(HashMap::new()),
+            addresses: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The address of `node`'s daemon, or an empty string while it is
+    /// not known (cluster mode, before the Node was read).
+    pub fn address_of(&self, node: &str) -> String {
+        match &self.target {
+            DaemonTarget::Local(a) => a.to_string(),
+            DaemonTarget::PerNode { .. } => self
+                .addresses
+                .lock()
+                .ok()
+                .and_then(|a| a.get(node).map(ToString::to_string))
+                .unwrap_or_default(),
         }
     }
 
@@ -48,7 +65,11 @@ impl Daemons {
         let (address, tls) = match &self.target {
             DaemonTarget::Local(a) => (a.clone(), None),
             DaemonTarget::PerNode { port, tls } => {
-                (self.node_address(node, *port).await?, Some(tls))
+                let address = self.node_address(node, *port).await?;
+                if let Ok(mut a) = self.addresses.lock() {
+                    a.insert(node.to_string(), address.clone());
+                }
+                (address, Some(tls))
             }
         };
         let client = connect(&address, tls)

@@ -7,7 +7,11 @@
 pub mod annotations;
 pub mod daemons;
 pub mod events;
+pub mod layout;
 pub mod lease;
+pub mod metrics;
+mod pass;
+mod pending;
 pub mod plan;
 mod sync;
 
@@ -37,4 +41,10 @@ pub enum Error {
     NoNodeApi,
     #[error("the pod watch ended")]
     WatchEnded,
+    #[error("cannot serve metrics on {addr}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -4,24 +4,25 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Resource, ResourceExt};
-use podshaper_api::pb;
+use kube::ResourceExt;
+use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, Instant};
 
-use crate::annotations::PodBandwidth;
 use crate::daemons::{DaemonTarget, Daemons};
 use crate::events::Events;
 use crate::lease::{Leadership, LeaseConfig};
-use crate::plan::{plan, Enforced, PodWant, Step};
+use crate::metrics::{ErrorKind, Metrics};
+use crate::pending::Pending;
 use crate::Error;
 
 #[derive(Debug, Clone)]
@@ -38,10 +39,15 @@ pub struct Config {
     pub lease: Option<LeaseConfig>,
     /// This controller's name in Events.
     pub instance: String,
+    /// How long a pod's limits may wait for its cgroup before a
+    /// CgroupNotFound Warning.
+    pub cgroup_warning: Duration,
+    /// Serve /metrics, /healthz and /readyz here.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// How long one daemon call may take before the node is retried later.
-const DAEMON_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DAEMON_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Nodes synced at once in cluster mode.
 const CONCURRENT_NODES: usize = 16;
 
@@ -52,17 +58,20 @@ struct Dirty {
     nodes: HashSet<String>,
 }
 
-struct Controller {
-    config: Config,
-    pods: Store<Pod>,
-    daemons: Daemons,
-    events: Events,
+pub(crate) struct Controller {
+    pub(crate) config: Config,
+    pub(crate) pods: Store<Pod>,
+    pub(crate) daemons: Daemons,
+    pub(crate) events: Events,
+    pub(crate) metrics: Arc<Metrics>,
     nodes_api: Api<Node>,
     dirty: Mutex<Dirty>,
     wake: Notify,
     /// Pods whose limits a daemon holds until their cgroup appears: their
     /// BandwidthLimited event waits until the limits are in force.
-    unannounced: Mutex<HashSet<String>>,
+    pub(crate) unannounced: Mutex<HashSet<String>>,
+    /// Changes not yet seen through, and pods waiting for their cgroup.
+    pub(crate) pending: Mutex<Pending>,
 }
 
 /// Runs until `shutdown` completes. Limits stay in force when it returns.
@@ -72,15 +81,28 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let (pods, writer) = reflector::store::<Pod>();
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    // bound before anything else, so that a taken port fails the start
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
     let controller = Arc::new(Controller {
         daemons: Daemons::new(config.daemons.clone(), client.clone()),
-        events: Events::new(client.clone(), config.instance.clone()),
+        events: Events::new(client.clone(), config.instance.clone(), metrics.clone()),
+        metrics: metrics.clone(),
         nodes_api: Api::all(client.clone()),
         pods,
         config,
         dirty: Mutex::new(Dirty::default()),
         wake: Notify::new(),
         unannounced: Mutex::new(HashSet::new()),
+        pending: Mutex::new(Pending::default()),
     });
     let leadership = controller
         .config
@@ -89,6 +111,22 @@ pub async fn run(
         .map(|l| Arc::new(Leadership::new(client.clone(), l)));
 
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(listener) = metrics_listener {
+        let addr = listener.local_addr().ok();
+        tracing::info!(?addr, "serving metrics");
+        let ready: podshaper_telemetry::Readiness = Arc::new(move || {
+            let ready = metrics.is_ready();
+            Box::pin(async move { ready })
+        });
+        tasks.spawn(async move {
+            // stopped with the other tasks
+            if let Err(e) =
+                podshaper_telemetry::serve(listener, registry, ready, std::future::pending()).await
+            {
+                tracing::error!(error = %podshaper_api::error_chain(&e), "metrics server stopped");
+            }
+        });
+    }
     tasks.spawn(watch_pods(controller.clone(), client, writer));
     if let Some(l) = &leadership {
         let l = l.clone();
@@ -133,7 +171,13 @@ async fn watch_pods(
     loop {
         match stream.try_next().await {
             Ok(Some(watcher::Event::Apply(pod) | watcher::Event::Delete(pod))) => {
-                controller.mark(node_of(&pod, controller.config.node.as_deref()));
+                let node = node_of(&pod, controller.config.node.as_deref());
+                if let (Some(uid), Some(node), Ok(mut p)) =
+                    (pod.uid(), node.as_deref(), controller.pending.lock())
+                {
+                    p.changed(&uid, node, Instant::now().into_std());
+                }
+                controller.mark(node);
             }
             Ok(Some(watcher::Event::InitDone)) => controller.mark_all(),
             Ok(Some(_)) => {}
@@ -142,12 +186,15 @@ async fn watch_pods(
                 return;
             }
             // The backoff retries; the cache keeps the last known pods meanwhile.
-            Err(e) => tracing::warn!(error = %e, "pod watch failed; retrying"),
+            Err(e) => {
+                controller.metrics.error(ErrorKind::Watch);
+                tracing::warn!(error = %e, "pod watch failed; retrying");
+            }
         }
     }
 }
 
-fn node_of(pod: &Pod, local: Option<&str>) -> Option<String> {
+pub(crate) fn node_of(pod: &Pod, local: Option<&str>) -> Option<String> {
     local
         .map(str::to_string)
         .or_else(|| pod.spec.as_ref().and_then(|s| s.node_name.clone()))
@@ -199,6 +246,8 @@ impl Controller {
                 }
             }
             if leadership.as_ref().is_some_and(|l| !l.is_leader()) {
+                // a replica on standby, its cache filled, is ready to take over
+                self.metrics.set_ready();
                 continue;
             }
             let nodes = self.take_dirty().await;
@@ -210,6 +259,9 @@ impl Controller {
                 .buffer_unordered(CONCURRENT_NODES)
                 .collect()
                 .await;
+            if outcomes.iter().all(|(_, o)| o.is_ok()) {
+                self.metrics.set_ready();
+            }
             for (node, outcome) in outcomes {
                 match outcome {
                     Ok(false) => {
@@ -246,7 +298,10 @@ impl Controller {
                     nodes.extend(self.pods.state().iter().filter_map(|p| node_of(p, None)));
                     match self.nodes_api.list(&ListParams::default()).await {
                         Ok(list) => nodes.extend(list.items.iter().map(|n| n.name_any())),
-                        Err(e) => tracing::warn!(error = %e, "cannot list nodes"),
+                        Err(e) => {
+                            self.metrics.error(ErrorKind::NodeList);
+                            tracing::warn!(error = %e, "cannot list nodes");
+                        }
                     }
                 }
             }
@@ -257,174 +312,11 @@ impl Controller {
     fn forget_gone_pods(&self) {
         let live: HashSet<String> = self.pods.state().iter().filter_map(|p| p.uid()).collect();
         self.events.retain(&live);
+        if let Ok(mut p) = self.pending.lock() {
+            p.retain(&live);
+        }
         if let Ok(mut u) = self.unannounced.lock() {
             u.retain(|uid| live.contains(uid));
         }
     }
-
-    /// Brings one node in line. `Ok(true)`: some pod's cgroup is not there
-    /// yet, try again soon.
-    async fn sync_node(&self, node: &str) -> Result<bool, Error> {
-        let local = self.config.node.as_deref();
-        let pods: Vec<(PodWant, ObjectReference)> = self
-            .pods
-            .state()
-            .iter()
-            .filter(|p| node_of(p, local).as_deref() == Some(node))
-            .filter(|p| !is_finished(p))
-            .filter_map(|p| want(p))
-            .collect();
-        let daemon_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::Daemon {
-            node: node.to_string(),
-            source,
-        };
-        let mut client = self.daemons.client(node).await?;
-        let list = timeout(DAEMON_CALL_TIMEOUT, client.list(pb::ListRequest {}))
-            .await
-            .map_err(|e| daemon_error(Box::new(e)))?
-            .map_err(|e| daemon_error(Box::new(e)))?
-            .into_inner();
-        let enforced: HashMap<String, Enforced> = list
-            .cgroups
-            .iter()
-            // an empty path: a gone cgroup whose pins the daemon is removing,
-            // unless the daemon holds the limits for a cgroup still to come
-            .filter(|c| !c.cgroup.is_empty() || c.waiting)
-            .filter_map(|c| Some((c.pod_uid.clone()?, Enforced::from_status(c))))
-            .collect();
-        // a pod still waiting for its cgroup: look again soon (a daemon
-        // restarted meanwhile has forgotten it, and is told again)
-        let mut pending = list.cgroups.iter().any(|c| c.waiting);
-
-        for (pod, reference) in &pods {
-            let invalid: Vec<_> = pod.bandwidth.invalid().collect();
-            self.events.retain_current(&pod.uid, &invalid);
-            for i in invalid {
-                self.events.invalid(&pod.uid, reference, i);
-            }
-        }
-
-        let wants: Vec<PodWant> = pods.iter().map(|(p, _)| p.clone()).collect();
-        let references: HashMap<&str, &ObjectReference> =
-            pods.iter().map(|(p, r)| (p.uid.as_str(), r)).collect();
-        self.announce_attached(&list.cgroups, &references);
-        for step in plan(&wants, &enforced) {
-            match step {
-                Step::Apply {
-                    uid,
-                    namespace,
-                    name,
-                    limits,
-                } => {
-                    let request = pb::AttachRequest {
-                        target: Some(pod_target(&uid)),
-                        egress: limits.egress,
-                        ingress: limits.ingress,
-                        custom_program: Vec::new(),
-                        pod_namespace: namespace.clone(),
-                        pod_name: name.clone(),
-                        wait_for_cgroup: true,
-                    };
-                    match timeout(DAEMON_CALL_TIMEOUT, client.attach(request)).await {
-                        Ok(Ok(r)) if r.get_ref().waiting => {
-                            // The kubelet has not made the pod's cgroup yet:
-                            // the daemon attaches the moment it does.
-                            tracing::debug!(%node, pod = %format!("{namespace}/{name}"), "limits held by the daemon until the pod's cgroup appears");
-                            if let Ok(mut u) = self.unannounced.lock() {
-                                u.insert(uid.clone());
-                            }
-                            pending = true;
-                        }
-                        Ok(Ok(_)) => {
-                            tracing::info!(%node, pod = %format!("{namespace}/{name}"), ?limits.egress, ?limits.ingress, "limits in force");
-                            if let Some(r) = references.get(uid.as_str()) {
-                                self.events.limited(r, &limits);
-                            }
-                        }
-                        Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
-                            // The kubelet has not made the pod's cgroup yet.
-                            tracing::debug!(%node, pod = %format!("{namespace}/{name}"), "pod cgroup not there yet");
-                            pending = true;
-                        }
-                        Ok(Err(s)) if s.code() == tonic::Code::Unavailable => {
-                            return Err(daemon_error(Box::new(s)));
-                        }
-                        Ok(Err(s)) => {
-                            tracing::warn!(%node, pod = %format!("{namespace}/{name}"), error = %s.message(), "daemon refused the limits");
-                            pending = true;
-                        }
-                        Err(e) => return Err(daemon_error(Box::new(e))),
-                    }
-                }
-                Step::Remove { uid } => {
-                    let request = pb::DetachRequest {
-                        target: Some(pod_target(&uid)),
-                    };
-                    match timeout(DAEMON_CALL_TIMEOUT, client.detach(request)).await {
-                        Ok(Ok(_)) => tracing::info!(%node, pod_uid = %uid, "limits removed"),
-                        // Cgroup already gone: the daemon removes its pins itself.
-                        Ok(Err(s)) if s.code() == tonic::Code::NotFound => {}
-                        Ok(Err(s)) => {
-                            tracing::warn!(%node, pod_uid = %uid, error = %s.message(), "daemon did not remove the limits");
-                            pending = true;
-                        }
-                        Err(e) => return Err(daemon_error(Box::new(e))),
-                    }
-                }
-            }
-        }
-        Ok(pending)
-    }
-
-    /// BandwidthLimited for the pods whose held limits came into force.
-    fn announce_attached(
-        &self,
-        statuses: &[pb::CgroupStatus],
-        references: &HashMap<&str, &ObjectReference>,
-    ) {
-        let Ok(mut unannounced) = self.unannounced.lock() else {
-            return;
-        };
-        for s in statuses
-            .iter()
-            .filter(|s| !s.waiting && !s.cgroup.is_empty())
-        {
-            let Some(uid) = s.pod_uid.as_deref() else {
-                continue;
-            };
-            if unannounced.remove(uid) {
-                if let Some(r) = references.get(uid) {
-                    self.events.limited(r, &Enforced::from_status(s));
-                }
-            }
-        }
-    }
-}
-
-fn pod_target(uid: &str) -> pb::Target {
-    pb::Target {
-        target: Some(pb::target::Target::PodUid(uid.to_string())),
-    }
-}
-
-/// Succeeded and Failed pods have no running processes (and soon no cgroup).
-fn is_finished(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
-}
-
-fn want(pod: &Pod) -> Option<(PodWant, ObjectReference)> {
-    let uid = pod.uid()?;
-    let bandwidth = PodBandwidth::from_annotations(pod.annotations());
-    Some((
-        PodWant {
-            uid,
-            namespace: pod.namespace().unwrap_or_default(),
-            name: pod.name_any(),
-            bandwidth,
-        },
-        pod.object_ref(&()),
-    ))
 }

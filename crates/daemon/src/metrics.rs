@@ -7,11 +7,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use axum::extract::State as AxumState;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use podshaper_shaper::{CgroupStatus, DirectionCounters};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -137,50 +132,20 @@ pub async fn serve(
     registry.register_collector(Box::new(ShaperCollector {
         state: state.clone(),
     }));
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .with_state((Arc::new(registry), state));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
+    let ready: podshaper_telemetry::Readiness = Arc::new(move || {
+        let state = state.clone();
+        Box::pin(async move { ready(&state).await })
+    });
+    podshaper_telemetry::serve(listener, registry, ready, stop)
         .await
-        .context("the metrics server failed")
+        .context("cannot serve metrics")
 }
 
-type AppState = (Arc<Registry>, Arc<State>);
-
-/// Encodes the registry on a thread of the blocking pool: reading the
-/// cgroups locks the node (crate::service::State::blocking says why).
-async fn metrics(AxumState((registry, _)): AxumState<AppState>) -> impl IntoResponse {
-    let encoded = tokio::task::spawn_blocking(move || {
-        let mut body = String::new();
-        prometheus_client::encoding::text::encode(&mut body, &registry).map(|()| body)
-    })
-    .await;
-    match encoded {
-        Ok(Ok(body)) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
-        Ok(Err(_)) | Err(_) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response()
-        }
-    }
-}
-
-/// Ready while the node state can be read (the shaper is loaded and usable).
-async fn ready(AxumState((_, state)): AxumState<AppState>) -> impl IntoResponse {
+/// Ready while the node state can be read (the shaper is loaded and usable),
+/// on a thread of the blocking pool (crate::service::State::blocking says why).
+async fn ready(state: &Arc<State>) -> bool {
     let readable = state
         .blocking(|state| matches!(state.node.lock(), Ok(node) if node.list().is_ok()))
         .await;
-    match readable {
-        Ok(true) => (StatusCode::OK, "ready\n"),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-    }
+    matches!(readable, Ok(true))
 }

@@ -1,6 +1,7 @@
 //! `podshaper controller`: watches Pods and tells the daemons what to do.
 //! The work is in podshaper-controller.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -53,6 +54,13 @@ pub struct ControllerArgs {
     /// This controller's name in the Lease and in Events (default: $POD_NAME, else the host name).
     #[arg(long, value_name = "NAME", env = "POD_NAME")]
     identity: Option<String>,
+    /// Warn on the pod (a CgroupNotFound Event) when its limits have waited
+    /// this long for the kubelet to make its cgroup (seconds).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    cgroup_warning: u64,
+    /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz) here.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 pub fn run(args: ControllerArgs, signals: Signals) -> Result<ExitCode> {
@@ -100,6 +108,8 @@ pub fn run(args: ControllerArgs, signals: Signals) -> Result<ExitCode> {
         retry: Duration::from_millis(500),
         lease,
         instance: identity,
+        cgroup_warning: Duration::from_secs(args.cgroup_warning),
+        metrics_addr: args.metrics_addr,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -555,3 +555,24 @@ pub fn assert_no_bpf_leak(before: (usize, usize, usize), what: &str) {
         thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `GET path` from an HTTP server on `addr` (ADDR:PORT): the status code
+/// and the whole answer (headers and body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read");
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("{path}: not an HTTP answer: {answer}"));
+    (status, answer)
+}

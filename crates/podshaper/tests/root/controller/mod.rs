@@ -5,6 +5,7 @@
 
 mod annotations;
 mod cluster;
+mod observability;
 mod restarts;
 
 use std::fs;
@@ -28,12 +29,19 @@ struct SimNode {
     root: TestRoot,
     daemon: TestDaemon,
     controller: Option<ChildGuard>,
+    /// the controller's arguments beyond those every test gives
+    controller_args: Vec<String>,
     log: PathBuf,
     kubeconfig: PathBuf,
 }
 
 impl SimNode {
     fn start(api: &ApiServer, name: &str) -> Self {
+        Self::start_with(api, name, &[])
+    }
+
+    /// A node whose controller is given `controller_args` too.
+    fn start_with(api: &ApiServer, name: &str, controller_args: &[&str]) -> Self {
         let root = TestRoot::new(name);
         let daemon = TestDaemon::start(&root.path, &[]);
         let mut node = Self {
@@ -43,6 +51,7 @@ impl SimNode {
             root,
             daemon,
             controller: None,
+            controller_args: controller_args.iter().map(|a| a.to_string()).collect(),
         };
         node.start_controller();
         node
@@ -59,6 +68,7 @@ impl SimNode {
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(["--daemon", &self.daemon.address()])
+            .args(&self.controller_args)
             .env("PODSHAPER_LOG", "info,podshaper_controller=debug")
             .stdout(Stdio::null())
             .stderr(log);

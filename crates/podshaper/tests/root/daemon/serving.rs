@@ -1,9 +1,6 @@
 //! What the daemon serves beside its API: metrics and health over HTTP, and
 //! the API over mutual TLS.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
 use super::{stderr_of, Cleanup};
 use crate::common;
 use crate::common::daemon::{TestDaemon, TestRoot};
@@ -41,16 +38,9 @@ fn metrics_and_health_are_served() {
 }
 
 fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read");
-    assert!(body.starts_with("HTTP/1.1 200"), "{path}: {body}");
-    body
+    let (status, answer) = common::http_get(addr, path);
+    assert_eq!(status, 200, "{path}: {answer}");
+    answer
 }
 
 #[test]
