@@ -143,7 +143,11 @@ fn seconds_after_attach(
         drop(source);
         until.stop.store(true, Ordering::Relaxed);
         let _ = sink.join();
-        seconds.bits_per_second().get(attached_in..).unwrap_or_default().to_vec()
+        seconds
+            .bits_per_second()
+            .get(attached_in..)
+            .unwrap_or_default()
+            .to_vec()
     } else {
         // the limited side receives and reports its seconds; we send
         cmd.args(["--skip", "0", "--listen"])
@@ -174,7 +178,11 @@ fn seconds_after_attach(
             String::from_utf8_lossy(&out.stderr)
         );
         let report: ReceiverReport = serde_json::from_slice(&out.stdout).expect("report");
-        report.per_second_bits.get(attached_in..).unwrap_or_default().to_vec()
+        report
+            .per_second_bits
+            .get(attached_in..)
+            .unwrap_or_default()
+            .to_vec()
     }
 }
 
@@ -225,9 +233,10 @@ const EACH_SECOND: (f64, f64) = (0.95, 1.05);
 const THE_RUN: (f64, f64) = (0.97, 1.02);
 
 /// Four and sixteen flows at 10M (2.5 and 0.625 Mbit/s each): a second
-/// after the attach reads down to 0.91 of the limit in some runs (egress
-/// x16 0.944; ingress x16 0.910 and 0.943, run 0.967; ingress x4 0.955, run
-/// 0.969, one run in eight), the others 0.97-1.01.
+/// after the attach reads down to 0.90 of the limit in some runs (egress
+/// x16: the second checked first 0.899-1.000 over fifteen runs, twelve of
+/// them 0.96 or more; ingress x16 0.910 and 0.943, run 0.967; ingress x4
+/// 0.931-0.955, run 0.969-0.971), the others 0.96-1.03.
 const MANY_AT_10M_SECOND: (f64, f64) = (0.90, 1.05);
 const MANY_AT_10M_RUN: (f64, f64) = (0.95, 1.02);
 
