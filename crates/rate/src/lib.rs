@@ -13,8 +13,10 @@ use std::fmt;
 use std::str::FromStr;
 
 mod number;
+pub mod quantity;
 
 use number::Decimal;
+use quantity::{parse_quantity, QuantityError};
 
 /// The kubelet's lower bound for the bandwidth annotations: 1k bit/s.
 pub const MIN_RATE_BITS: u64 = 1_000;
@@ -27,6 +29,7 @@ pub const MAX_BURST_BYTES: u64 = 1 << 30;
 /// The default burst never goes below this: a few GSO packets.
 pub const DEFAULT_MIN_BURST_BYTES: u64 = 128 * 1024;
 
+const MILLI_HINT: &str = " ('m' means milli in a Kubernetes quantity; did you mean 'M'?)";
 const RATE_FORMS: &str = "a Kubernetes quantity in bit/s (10M, 1G, 500k, 2Mi) or a tc rate \
                           (10mbit, 1gbit, 500kbit, 10mbps)";
 const SIZE_FORMS: &str = "a size in bytes (65536, 64Ki, 1Mi, 100k, 64kb, 1mb)";
@@ -49,6 +52,14 @@ pub enum ParseError {
     MalformedSize { value: String, reason: String },
     #[error("size {value:?} is {actual} bytes, outside the accepted range 4Ki..=1Gi bytes")]
     SizeOutOfBounds { value: String, actual: String },
+    #[error(
+        "invalid quantity {value:?}: {source} (Kubernetes' resource.ParseQuantity refuses it)"
+    )]
+    MalformedQuantity {
+        value: String,
+        #[source]
+        source: QuantityError,
+    },
 }
 
 /// A bandwidth in bits per second, within the kubelet's bounds.
@@ -66,6 +77,27 @@ impl Rate {
             });
         }
         Ok(Self(bits))
+    }
+
+    /// A rate from a Kubernetes quantity of bit/s, read exactly as the
+    /// kubelet reads the `kubernetes.io/*-bandwidth` annotations:
+    /// `resource.ParseQuantity`, then `Value()` (a fraction rounds up), then
+    /// its bounds (1k..=1P). No whitespace, no tc units; see [`quantity`].
+    pub fn from_kubernetes(input: &str) -> Result<Self, ParseError> {
+        let value = parse_quantity(input)
+            .map_err(|source| ParseError::MalformedQuantity {
+                value: input.to_string(),
+                source,
+            })?
+            .value();
+        match u64::try_from(value) {
+            Ok(bits) if (MIN_RATE_BITS..=MAX_RATE_BITS).contains(&bits) => Ok(Self(bits)),
+            _ => Err(ParseError::RateOutOfBounds {
+                value: input.to_string(),
+                actual: value.to_string(),
+                hint: if input.ends_with('m') { MILLI_HINT } else { "" },
+            }),
+        }
     }
 
     pub fn bits_per_sec(self) -> u64 {
@@ -111,7 +143,6 @@ impl FromStr for Rate {
 
 /// Bits per second per unit, and a hint for units that are easy to confuse.
 fn rate_unit(unit: &str) -> Option<(Multiplier, &'static str)> {
-    const MILLI_HINT: &str = " ('m' means milli in a Kubernetes quantity; did you mean 'M'?)";
     // Kubernetes quantities are case sensitive: M is mega, m is milli.
     let quantity = match unit {
         "" => Some(Multiplier::whole(1)),
@@ -178,6 +209,25 @@ impl ByteSize {
             });
         }
         Ok(Self(bytes))
+    }
+
+    /// A size from a Kubernetes quantity of bytes (the
+    /// `podshaper.io/*-burst` annotations): `resource.ParseQuantity`, then
+    /// `Value()` (a fraction rounds up), then the burst bounds (4Ki..=1Gi).
+    pub fn from_kubernetes(input: &str) -> Result<Self, ParseError> {
+        let value = parse_quantity(input)
+            .map_err(|source| ParseError::MalformedQuantity {
+                value: input.to_string(),
+                source,
+            })?
+            .value();
+        match u64::try_from(value) {
+            Ok(bytes) if (MIN_BURST_BYTES..=MAX_BURST_BYTES).contains(&bytes) => Ok(Self(bytes)),
+            _ => Err(ParseError::SizeOutOfBounds {
+                value: input.to_string(),
+                actual: value.to_string(),
+            }),
+        }
     }
 
     pub fn bytes(self) -> u64 {
