@@ -41,6 +41,6 @@ kube_source() {
 
 # kube_go ARGS...: runs go in the source's GOPATH, offline.
 kube_go() {
-  GO111MODULE=off GOPATH=$KUBE_SOURCE_GOPATH GOPROXY=off GOFLAGS= \
+  GO111MODULE=off GOPATH=$KUBE_SOURCE_GOPATH GOPROXY=off GOFLAGS='' \
     GOCACHE=${KUBE_SOURCE_GOPATH%/gopath}/gocache go "$@"
 }

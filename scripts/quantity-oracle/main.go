@@ -6,9 +6,9 @@
 // Each stdin line is one input, hex-encoded (so that any bytes, newlines
 // included, can be asked). Each stdout line is one answer:
 //
-//	ok <Value()> <String()>   ParseQuantity accepted; Value() as the kubelet reads it
-//	err                       ParseQuantity refused
-//	badhex                    the line was not hex
+//	ok <Value()>   ParseQuantity accepted; Value() as the kubelet reads it
+//	err            ParseQuantity refused
+//	badhex         the line was not hex
 package main
 
 import (
@@ -36,7 +36,7 @@ func main() {
 			fmt.Fprintln(out, "err")
 			continue
 		}
-		fmt.Fprintf(out, "ok %d %s\n", q.Value(), q.String())
+		fmt.Fprintf(out, "ok %d\n", q.Value())
 	}
 	if err := in.Err(); err != nil {
 		fmt.Fprintln(os.Stderr, "quantity-oracle:", err)

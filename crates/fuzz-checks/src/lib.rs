@@ -4,6 +4,8 @@
 //! found interesting stays a regression test. Each function panics only when
 //! a property is broken.
 
+pub mod quantity_inputs;
+
 use std::path::Path;
 use std::sync::OnceLock;
 
