@@ -176,6 +176,25 @@ impl Quantity {
         }
     }
 
+    /// The exact value rounded up to a whole number, when it is not
+    /// negative and fits in a u64 (no wrapping around: what the CLI uses).
+    pub fn ceil_u64(&self) -> Option<u64> {
+        match &self.amount {
+            Amount::Int64 { value: 0, .. } => Some(0),
+            _ if self.negative => None,
+            Amount::Int64 { value, scale } if *scale >= 0 => u64::try_from(*value)
+                .ok()?
+                .checked_mul(10u64.checked_pow(scale.unsigned_abs())?),
+            Amount::Int64 { value, scale } => Some(
+                u64::try_from(*value)
+                    .ok()?
+                    .div_ceil(10u64.pow(scale.unsigned_abs())),
+            ),
+            Amount::Capped => None,
+            Amount::Dec { .. } => u64::try_from(self.amount.ceil_at(0).exact?).ok(),
+        }
+    }
+
     /// The exact value as a plain decimal (`-0.001`, `1024`), or None when
     /// it would have more than `max_digits` digits.
     pub fn exact(&self, max_digits: usize) -> Option<String> {

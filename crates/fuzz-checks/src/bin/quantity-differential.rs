@@ -5,7 +5,9 @@
 //! Sends the edge cases and COUNT generated strings to the oracle, compares
 //! for each the verdict (accepted or refused), `Value()`, and so the
 //! bandwidth annotation's verdict under the kubelet's bounds, and stops at the
-//! first string where they differ.
+//! first string where they differ. It also checks the CLI's RATE against
+//! Go: where both accept, the same bit/s; where only the kubelet accepts, a
+//! value that is in bounds only because `Value()` wrapped around.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -28,6 +30,9 @@ struct Args {
     /// Seed of the generator (default: from the clock; printed either way).
     #[arg(long)]
     seed: Option<u64>,
+    /// Print each string the kubelet accepts only because Value() wrapped around.
+    #[arg(long)]
+    show_wrapped: bool,
 }
 
 fn hex(s: &str) -> String {
@@ -62,7 +67,7 @@ fn main() -> Result<()> {
         r
     });
     let mut answers = BufReader::new(stdout).lines();
-    let (mut accepted, mut in_bounds) = (0usize, 0usize);
+    let (mut accepted, mut in_bounds, mut wrapped) = (0usize, 0usize, 0usize);
     for (checked, input) in inputs.iter().enumerate() {
         let answer = answers
             .next()
@@ -90,6 +95,27 @@ fn main() -> Result<()> {
                 hex(input)
             );
         }
+        let cli = input.parse::<Rate>().ok().map(|r| r.bits_per_sec() as i64);
+        match (cli, go) {
+            (Some(c), Some(g)) if c != g => bail!(
+                "the CLI reads {input:?} (hex {}) as {c} bit/s, Go's Value() is {g}",
+                hex(input)
+            ),
+            (None, Some(_)) if go_bandwidth.is_some() => {
+                let exact = parse_quantity(input).ok().and_then(|q| q.ceil_u64());
+                if exact.is_some_and(|v| (MIN_RATE_BITS..=MAX_RATE_BITS).contains(&v)) {
+                    bail!(
+                        "the CLI refuses {input:?} (hex {}), which the kubelet accepts",
+                        hex(input)
+                    );
+                }
+                wrapped += 1;
+                if args.show_wrapped {
+                    eprintln!("wrapped around: {input:?} -> {go:?}");
+                }
+            }
+            _ => {}
+        }
         accepted += usize::from(go.is_some());
         in_bounds += usize::from(go_bandwidth.is_some());
     }
@@ -100,8 +126,8 @@ fn main() -> Result<()> {
     oracle.wait().context("waiting for the oracle")?;
     println!(
         "quantity-differential: {} inputs ({} edge cases, {} generated, seed {seed}) agree with Go's \
-         ParseQuantity: {accepted} accepted ({in_bounds} within the kubelet's 1k..=1P), {} refused, \
-         in {:.1} s",
+         ParseQuantity: {accepted} accepted ({in_bounds} within the kubelet's 1k..=1P, {wrapped} of \
+         them only after Value() wrapped around, which the CLI refuses), {} refused, in {:.1} s",
         inputs.len(),
         EDGE_CASES.len(),
         args.count,
