@@ -86,7 +86,7 @@ pub fn split(input: &str) -> Result<(Decimal, &str), NumberError> {
                 .find(|(_, c)| !c.is_ascii_digit())
                 .map_or(rest.len(), |(n, _)| n);
             let exponent: i32 = rest[..end].parse().map_err(|_| NumberError::BadExponent)?;
-            if exponent.abs() > MAX_EXPONENT {
+            if exponent.unsigned_abs() > MAX_EXPONENT.unsigned_abs() {
                 return Err(NumberError::BadExponent);
             }
             exp10 += exponent;

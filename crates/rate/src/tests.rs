@@ -162,6 +162,7 @@ fn malformed_rates_are_refused_with_the_value_named() {
         "inf",
         "10\0M",
         "10M\n10M",
+        "1e-2147483648mbit",
     ];
     assert!(malformed.len() >= 30);
     for bad in malformed {

@@ -28,10 +28,9 @@ pub struct LimitArgs {
     /// Bucket depth in bytes, e.g. 256Ki, 1Mi (default: 25 ms at the rate, at least 128Ki).
     ///
     /// SIZE is in bytes, 4Ki to 1Gi: a Kubernetes quantity (256Ki, 1Mi, 100k)
-    /// or a tc size (64kb and 64K are 64 KiB, 1mb, 1500b; 64k is the quantity,
-    /// 64000 bytes), surrounding
-    /// whitespace allowed; the podshaper.io/*-burst annotations take only
-    /// the quantity.
+    /// or a tc size (64kb and 64K are 64 KiB, 1mb, 1500b; 64k is the
+    /// quantity, 64000 bytes), surrounding whitespace allowed; the
+    /// podshaper.io/*-burst annotations take only the quantity.
     #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub burst: Option<String>,
 }
