@@ -31,6 +31,6 @@ if [ ! -x "$oracle" ]; then
 fi
 
 cd "$repo"
-cargo build -q -p podshaper-fuzz-checks --bin quantity-differential
+cargo build -q -p podshaper-fuzz-checks --example quantity-differential
 target=${CARGO_TARGET_DIR:-$repo/target}
-RUST_BACKTRACE=0 "$target/debug/quantity-differential" --oracle "$oracle" --count "$count" ${seed:+--seed "$seed"}
+RUST_BACKTRACE=0 "$target/debug/examples/quantity-differential" --oracle "$oracle" --count "$count" ${seed:+--seed "$seed"}
