@@ -207,7 +207,7 @@ impl Quantity {
             Amount::Capped => (i64::MAX.to_string().into_bytes(), 0),
             Amount::Dec { .. } => {
                 let nano = self.amount.ceil_at(-NANO);
-                let digits = nano.digits?;
+                let digits = nano.digits.filter(|d| d.len() <= max_digits + 9)?;
                 (digits.iter().map(|d| d + b'0').collect(), i64::from(NANO))
             }
         };

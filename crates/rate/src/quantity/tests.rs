@@ -71,3 +71,14 @@ fn huge_exponents_answer_at_once() {
     assert_eq!(value("1e-2147483648"), 0);
     assert_eq!(value("1e-2000000000"), 1);
 }
+
+#[test]
+fn exact_values_are_plain_decimals_up_to_a_length() {
+    let exact = |s: &str| parse_quantity(s).ok().and_then(|q| q.exact(40));
+    assert_eq!(exact("1.5Ki").as_deref(), Some("1536"));
+    assert_eq!(exact("0.00000012345").as_deref(), Some("0.000000124"));
+    assert_eq!(exact("-10m").as_deref(), Some("-0.01"));
+    assert_eq!(exact("9Ei").as_deref(), Some("9223372036854775807"));
+    assert_eq!(exact(&"9".repeat(41)), None);
+    assert_eq!(exact("1e41"), None);
+}
