@@ -3,6 +3,11 @@
 //! The annotations are those kubelet, the CNI bandwidth plugin and Cilium read
 //! (`kubernetes.io/{egress,ingress}-bandwidth`, bits per second as quantities),
 //! plus podshaper's bursts (`podshaper.io/{egress,ingress}-burst`, bytes).
+//! Values are read exactly as the kubelet reads the bandwidth annotations:
+//! apimachinery's `resource.ParseQuantity`, then `Value()`, then the bounds
+//! ([`Rate::from_kubernetes`]), so a pod the kubelet and the CNI bandwidth
+//! plugin would refuse is refused here too, and the reverse. The CLI's extras
+//! (surrounding whitespace, tc units such as `10mbit`) are not accepted here.
 
 use std::collections::BTreeMap;
 
@@ -98,7 +103,7 @@ fn direction(
         // A burst without a rate limits nothing.
         return Direction::Absent;
     };
-    let rate = match rate_value.trim().parse::<Rate>() {
+    let rate = match Rate::from_kubernetes(rate_value) {
         Ok(r) => r,
         Err(e) => {
             return Direction::Invalid(Invalid {
@@ -110,7 +115,7 @@ fn direction(
     };
     let burst = match annotations.get(burst_key) {
         None => None,
-        Some(v) => match v.trim().parse::<ByteSize>() {
+        Some(v) => match ByteSize::from_kubernetes(v) {
             Ok(b) => Some(b),
             Err(e) => {
                 return Direction::Invalid(Invalid {
@@ -196,6 +201,31 @@ mod tests {
             .map(|i| i.to_string())
             .unwrap_or_default();
         assert!(text.contains("1k") && text.contains("1P"), "{text}");
+    }
+
+    #[test]
+    fn values_follow_kubernetes_parse_quantity_not_the_cli() {
+        // what ParseQuantity refuses (whitespace, tc units, an exponent
+        // before a suffix) and what the kubelet's bounds refuse (512 bit/s)
+        for value in [" 10M", "10M ", "10mbit", "10mbps", "1e3M", "10 M", "0.5Ki"] {
+            let p = parse(&[(EGRESS_BANDWIDTH, value)]);
+            assert_eq!(p.invalid().count(), 1, "{value:?}");
+        }
+        // what it accepts, valued as Value() does (a fraction rounds up)
+        for (value, bits) in [
+            ("1.5M", 1_500_000),
+            ("1000.1", 1_001),
+            ("1e6", 1_000_000),
+            ("+1.G", 1_000_000_000),
+        ] {
+            let p = parse(&[(INGRESS_BANDWIDTH, value)]);
+            assert_eq!(limit(&p.ingress), (bits, None), "{value:?}");
+        }
+        // bursts are quantities of bytes, read the same way
+        let p = parse(&[(EGRESS_BANDWIDTH, "10M"), (EGRESS_BURST, "64kb")]);
+        assert_eq!(p.invalid().count(), 1);
+        let p = parse(&[(EGRESS_BANDWIDTH, "10M"), (EGRESS_BURST, "64Ki")]);
+        assert_eq!(limit(&p.egress), (10_000_000, Some(64 * 1024)));
     }
 
     #[test]

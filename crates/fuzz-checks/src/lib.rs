@@ -4,6 +4,8 @@
 //! found interesting stays a regression test. Each function panics only when
 //! a property is broken.
 
+pub mod quantity_inputs;
+
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -16,11 +18,23 @@ use podshaper_shaper::CgroupRoot;
 use prost::Message;
 
 /// Rates and sizes: never a panic; anything accepted is within the bounds
-/// and reads back the same from its exact form.
+/// and reads back the same from its exact form; the annotations' strict
+/// reading (Kubernetes' ParseQuantity) accepts only in-bounds values, and the
+/// CLI's reading agrees with it wherever both accept.
 pub fn rate(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    let strict = Rate::from_kubernetes(text).ok();
+    if let Some(r) = strict {
+        assert!((MIN_RATE_BITS..=MAX_RATE_BITS).contains(&r.bits_per_sec()));
+        if let Ok(cli) = text.parse::<Rate>() {
+            assert_eq!(cli, r, "{text:?}");
+        }
+    }
+    if let Ok(b) = ByteSize::from_kubernetes(text) {
+        assert!((MIN_BURST_BYTES..=MAX_BURST_BYTES).contains(&b.bytes()));
+    }
     if let Ok(r) = text.parse::<Rate>() {
         let bits = r.bits_per_sec();
         assert!(

@@ -1,20 +1,26 @@
 //! Rates and sizes as operators write them.
 //!
-//! A [`Rate`] is a bandwidth in **bits per second**, written either as a
-//! Kubernetes quantity (what the `kubernetes.io/*-bandwidth` annotations hold:
-//! `10M`, `1G`, `500k`, `2Mi`, `1.5e6`) or in tc's units (`10mbit`, `1gbit`,
-//! `500kbit`, `10mbps` = 10 megabytes per second). Bounds are the kubelet's:
-//! at least `1k`, at most `1P` bit/s.
+//! A [`Rate`] is a bandwidth in **bits per second**; bounds are the
+//! kubelet's: at least `1k`, at most `1P` bit/s. A [`ByteSize`] is a burst in
+//! **bytes**, 4Ki to 1Gi.
 //!
-//! A [`ByteSize`] is a burst in **bytes**, written as a Kubernetes quantity
-//! (`64Ki`, `1Mi`, `100k`) or in tc's size units (`64kb` = 64 KiB, `1mb`).
+//! Two readings:
+//! - [`Rate::from_kubernetes`] and [`ByteSize::from_kubernetes`], for the
+//!   annotations: exactly what the kubelet does ([`quantity`]:
+//!   `resource.ParseQuantity`, then `Value()`, then the bounds).
+//! - `str::parse` ([`FromStr`]), for the CLI: the same quantities valued
+//!   exactly (never wrapped around the int64 range), plus tc's units (`10mbit`,
+//!   `1gbit`, `10mbps` = 10 megabytes per second; sizes `64kb` = 64 KiB, `1mb`)
+//!   and surrounding whitespace.
 
 use std::fmt;
 use std::str::FromStr;
 
 mod number;
+pub mod quantity;
 
 use number::Decimal;
+use quantity::{parse_quantity, QuantityError};
 
 /// The kubelet's lower bound for the bandwidth annotations: 1k bit/s.
 pub const MIN_RATE_BITS: u64 = 1_000;
@@ -27,6 +33,7 @@ pub const MAX_BURST_BYTES: u64 = 1 << 30;
 /// The default burst never goes below this: a few GSO packets.
 pub const DEFAULT_MIN_BURST_BYTES: u64 = 128 * 1024;
 
+const MILLI_HINT: &str = " ('m' means milli in a Kubernetes quantity; did you mean 'M'?)";
 const RATE_FORMS: &str = "a Kubernetes quantity in bit/s (10M, 1G, 500k, 2Mi) or a tc rate \
                           (10mbit, 1gbit, 500kbit, 10mbps)";
 const SIZE_FORMS: &str = "a size in bytes (65536, 64Ki, 1Mi, 100k, 64kb, 1mb)";
@@ -49,6 +56,14 @@ pub enum ParseError {
     MalformedSize { value: String, reason: String },
     #[error("size {value:?} is {actual} bytes, outside the accepted range 4Ki..=1Gi bytes")]
     SizeOutOfBounds { value: String, actual: String },
+    #[error(
+        "invalid quantity {value:?}: {source} (Kubernetes' resource.ParseQuantity refuses it)"
+    )]
+    MalformedQuantity {
+        value: String,
+        #[source]
+        source: QuantityError,
+    },
 }
 
 /// A bandwidth in bits per second, within the kubelet's bounds.
@@ -66,6 +81,27 @@ impl Rate {
             });
         }
         Ok(Self(bits))
+    }
+
+    /// A rate from a Kubernetes quantity of bit/s, read exactly as the
+    /// kubelet reads the `kubernetes.io/*-bandwidth` annotations:
+    /// `resource.ParseQuantity`, then `Value()` (a fraction rounds up), then
+    /// its bounds (1k..=1P). No whitespace, no tc units; see [`quantity`].
+    pub fn from_kubernetes(input: &str) -> Result<Self, ParseError> {
+        let value = parse_quantity(input)
+            .map_err(|source| ParseError::MalformedQuantity {
+                value: input.to_string(),
+                source,
+            })?
+            .value();
+        match u64::try_from(value) {
+            Ok(bits) if (MIN_RATE_BITS..=MAX_RATE_BITS).contains(&bits) => Ok(Self(bits)),
+            _ => Err(ParseError::RateOutOfBounds {
+                value: input.to_string(),
+                actual: value.to_string(),
+                hint: if input.ends_with('m') { MILLI_HINT } else { "" },
+            }),
+        }
     }
 
     pub fn bits_per_sec(self) -> u64 {
@@ -89,51 +125,42 @@ impl Rate {
 impl FromStr for Rate {
     type Err = ParseError;
 
+    /// The CLI's RATE: a Kubernetes quantity as `resource.ParseQuantity`
+    /// reads it, valued exactly (rounded up, never wrapped around), or a tc
+    /// rate (`10mbit`, `10mbps` = bytes); surrounding whitespace is ignored.
     fn from_str(input: &str) -> Result<Self, ParseError> {
+        let text = input.trim();
+        if let Ok(q) = parse_quantity(text) {
+            return match q.ceil_u64() {
+                Some(b) if (MIN_RATE_BITS..=MAX_RATE_BITS).contains(&b) => Ok(Rate(b)),
+                _ => Err(ParseError::RateOutOfBounds {
+                    value: input.to_string(),
+                    actual: q.exact(40).unwrap_or_else(|| "more than 40 digits".into()),
+                    hint: if text.ends_with('m') { MILLI_HINT } else { "" },
+                }),
+            };
+        }
         let malformed = |reason: String| ParseError::MalformedRate {
             value: input.to_string(),
             reason,
         };
-        let (number, unit) = number::split(input).map_err(|e| malformed(e.to_string()))?;
-        let (multiplier, hint) =
-            rate_unit(unit).ok_or_else(|| malformed(format!("unknown unit {unit:?}")))?;
+        let (number, unit) = number::split(text).map_err(|e| malformed(e.to_string()))?;
+        let multiplier =
+            tc_rate_unit(unit).ok_or_else(|| malformed(format!("unknown unit {unit:?}")))?;
         let bits = number.times(multiplier);
-        match bits.whole() {
+        match bits.ceil() {
             Some(b) if (MIN_RATE_BITS..=MAX_RATE_BITS).contains(&b) => Ok(Rate(b)),
             _ => Err(ParseError::RateOutOfBounds {
                 value: input.to_string(),
                 actual: bits.to_string(),
-                hint,
+                hint: "",
             }),
         }
     }
 }
 
-/// Bits per second per unit, and a hint for units that are easy to confuse.
-fn rate_unit(unit: &str) -> Option<(Multiplier, &'static str)> {
-    const MILLI_HINT: &str = " ('m' means milli in a Kubernetes quantity; did you mean 'M'?)";
-    // Kubernetes quantities are case sensitive: M is mega, m is milli.
-    let quantity = match unit {
-        "" => Some(Multiplier::whole(1)),
-        "m" => return Some((Multiplier::milli(), MILLI_HINT)),
-        "k" => Some(Multiplier::whole(1_000)),
-        "M" => Some(Multiplier::whole(1_000_000)),
-        "G" => Some(Multiplier::whole(1_000_000_000)),
-        "T" => Some(Multiplier::whole(1_000_000_000_000)),
-        "P" => Some(Multiplier::whole(1_000_000_000_000_000)),
-        "E" => Some(Multiplier::whole(1_000_000_000_000_000_000)),
-        "Ki" => Some(Multiplier::whole(1 << 10)),
-        "Mi" => Some(Multiplier::whole(1 << 20)),
-        "Gi" => Some(Multiplier::whole(1 << 30)),
-        "Ti" => Some(Multiplier::whole(1 << 40)),
-        "Pi" => Some(Multiplier::whole(1 << 50)),
-        "Ei" => Some(Multiplier::whole(1 << 60)),
-        _ => None,
-    };
-    if let Some(q) = quantity {
-        return Some((q, ""));
-    }
-    // tc's units are case insensitive: bit, kbit, mibit ...; bps is bytes.
+/// Bits per second per tc unit (case insensitive: bit, kbit, mibit ...; bps is bytes).
+fn tc_rate_unit(unit: &str) -> Option<Multiplier> {
     let lower = unit.to_ascii_lowercase();
     let (prefix, per_unit) = if let Some(p) = lower.strip_suffix("bit") {
         (p, 1)
@@ -154,7 +181,7 @@ fn rate_unit(unit: &str) -> Option<(Multiplier, &'static str)> {
         "ti" => 1 << 40,
         _ => return None,
     };
-    Some((Multiplier::whole(scale * per_unit), ""))
+    Some(Multiplier::whole(scale * per_unit))
 }
 
 impl fmt::Display for Rate {
@@ -180,6 +207,25 @@ impl ByteSize {
         Ok(Self(bytes))
     }
 
+    /// A size from a Kubernetes quantity of bytes (the
+    /// `podshaper.io/*-burst` annotations): `resource.ParseQuantity`, then
+    /// `Value()` (a fraction rounds up), then the burst bounds (4Ki..=1Gi).
+    pub fn from_kubernetes(input: &str) -> Result<Self, ParseError> {
+        let value = parse_quantity(input)
+            .map_err(|source| ParseError::MalformedQuantity {
+                value: input.to_string(),
+                source,
+            })?
+            .value();
+        match u64::try_from(value) {
+            Ok(bytes) if (MIN_BURST_BYTES..=MAX_BURST_BYTES).contains(&bytes) => Ok(Self(bytes)),
+            _ => Err(ParseError::SizeOutOfBounds {
+                value: input.to_string(),
+                actual: value.to_string(),
+            }),
+        }
+    }
+
     pub fn bytes(self) -> u64 {
         self.0
     }
@@ -188,16 +234,29 @@ impl ByteSize {
 impl FromStr for ByteSize {
     type Err = ParseError;
 
+    /// The CLI's SIZE: a Kubernetes quantity of bytes valued exactly (rounded
+    /// up), or a tc size (`64kb` = 64 KiB, `1mb`, `1500b`); surrounding
+    /// whitespace is ignored.
     fn from_str(input: &str) -> Result<Self, ParseError> {
+        let text = input.trim();
+        if let Ok(q) = parse_quantity(text) {
+            return match q.ceil_u64() {
+                Some(b) if (MIN_BURST_BYTES..=MAX_BURST_BYTES).contains(&b) => Ok(ByteSize(b)),
+                _ => Err(ParseError::SizeOutOfBounds {
+                    value: input.to_string(),
+                    actual: q.exact(40).unwrap_or_else(|| "more than 40 digits".into()),
+                }),
+            };
+        }
         let malformed = |reason: String| ParseError::MalformedSize {
             value: input.to_string(),
             reason,
         };
-        let (number, unit) = number::split(input).map_err(|e| malformed(e.to_string()))?;
+        let (number, unit) = number::split(text).map_err(|e| malformed(e.to_string()))?;
         let multiplier =
-            size_unit(unit).ok_or_else(|| malformed(format!("unknown unit {unit:?}")))?;
+            tc_size_unit(unit).ok_or_else(|| malformed(format!("unknown unit {unit:?}")))?;
         let bytes = number.times(multiplier);
-        match bytes.whole() {
+        match bytes.ceil() {
             Some(b) if (MIN_BURST_BYTES..=MAX_BURST_BYTES).contains(&b) => Ok(ByteSize(b)),
             _ => Err(ParseError::SizeOutOfBounds {
                 value: input.to_string(),
@@ -207,23 +266,14 @@ impl FromStr for ByteSize {
     }
 }
 
-/// Bytes per size unit: Kubernetes quantity suffixes, and tc's (1024-based) `kb`, `mb`, `gb`.
-fn size_unit(unit: &str) -> Option<Multiplier> {
-    let bytes: u128 = match unit {
-        "" => 1,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        _ => match unit.to_ascii_lowercase().as_str() {
-            "b" => 1,
-            "k" | "kb" | "kib" => 1 << 10,
-            "mb" | "mib" => 1 << 20,
-            "gb" | "gib" => 1 << 30,
-            _ => return None,
-        },
+/// Bytes per tc size unit (case insensitive, 1024-based: `b`, `k`/`kb`, `mb`, `gb`).
+fn tc_size_unit(unit: &str) -> Option<Multiplier> {
+    let bytes: u128 = match unit.to_ascii_lowercase().as_str() {
+        "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
     };
     Some(Multiplier::whole(bytes))
 }
@@ -278,13 +328,6 @@ impl Multiplier {
         Self {
             numerator: n,
             denominator: 1,
-        }
-    }
-
-    fn milli() -> Self {
-        Self {
-            numerator: 1,
-            denominator: 1_000,
         }
     }
 }

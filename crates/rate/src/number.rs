@@ -86,7 +86,7 @@ pub fn split(input: &str) -> Result<(Decimal, &str), NumberError> {
                 .find(|(_, c)| !c.is_ascii_digit())
                 .map_or(rest.len(), |(n, _)| n);
             let exponent: i32 = rest[..end].parse().map_err(|_| NumberError::BadExponent)?;
-            if exponent.abs() > MAX_EXPONENT {
+            if exponent.unsigned_abs() > MAX_EXPONENT.unsigned_abs() {
                 return Err(NumberError::BadExponent);
             }
             exp10 += exponent;
@@ -125,15 +125,16 @@ impl Decimal {
         }
     }
 
-    /// The whole part, or None when it does not fit in a u64.
-    pub fn whole(self) -> Option<u64> {
+    /// The value rounded up to a whole number (as Kubernetes' `Value()`
+    /// rounds), or None when that does not fit in a u64.
+    pub fn ceil(self) -> Option<u64> {
         let value = if self.exp10 >= 0 {
             let pow = 10u128.checked_pow(self.exp10.unsigned_abs())?;
             self.digits.checked_mul(pow)?
         } else {
             match 10u128.checked_pow(self.exp10.unsigned_abs()) {
-                Some(pow) => self.digits / pow,
-                None => 0,
+                Some(pow) => self.digits.div_ceil(pow),
+                None => u128::from(self.digits != 0),
             }
         };
         u64::try_from(value).ok()

@@ -162,6 +162,7 @@ fn malformed_rates_are_refused_with_the_value_named() {
         "inf",
         "10\0M",
         "10M\n10M",
+        "1e-2147483648mbit",
     ];
     assert!(malformed.len() >= 30);
     for bad in malformed {
@@ -237,4 +238,42 @@ fn rate_of(s: &str) -> Rate {
         Ok(r) => r,
         Err(e) => panic!("{s}: {e}"),
     }
+}
+
+#[test]
+fn the_cli_reads_quantities_as_kubernetes_plus_tc_units_and_whitespace() {
+    // the same value as the kubelet's Value(): a fraction rounds up
+    assert_eq!(rate("1000.5"), 1_001);
+    assert_eq!(
+        Rate::from_kubernetes("1000.5").map(Rate::bits_per_sec),
+        Ok(1_001)
+    );
+    assert_eq!(rate("1.G"), 1_000_000_000);
+    // the CLI's extras, which the annotations refuse
+    for extra in [" 10M", "10M ", "10mbit", "10mbps", "1e3mbit"] {
+        assert!(extra.parse::<Rate>().is_ok(), "{extra:?}");
+        assert!(Rate::from_kubernetes(extra).is_err(), "{extra:?}");
+    }
+    // refused by both: not a quantity and not a tc rate
+    for bad in ["1e3M", "10MM", "10 M"] {
+        assert!(bad.parse::<Rate>().is_err(), "{bad:?}");
+        assert!(Rate::from_kubernetes(bad).is_err(), "{bad:?}");
+    }
+    // values the kubelet accepts only because Value() wraps around an int64:
+    // the annotations follow the kubelet, the CLI refuses them
+    for (wrapped, kubelet) in [("-4Pi", 6_917_529_028), ("18446744073709552616", 1_000)] {
+        assert_eq!(
+            Rate::from_kubernetes(wrapped).map(Rate::bits_per_sec),
+            Ok(kubelet)
+        );
+        assert!(wrapped.parse::<Rate>().is_err(), "{wrapped:?}");
+    }
+    // sizes: tc's 1024-based units beside quantities of bytes
+    assert_eq!(size("64kb"), 65_536);
+    assert_eq!(size("64k"), 64_000);
+    assert!(ByteSize::from_kubernetes("64kb").is_err());
+    assert_eq!(
+        ByteSize::from_kubernetes("64k").map(ByteSize::bytes),
+        Ok(64_000)
+    );
 }
