@@ -11,9 +11,10 @@ DEMO_PACKAGES=(clang libbpf-dev protobuf-compiler iproute2)
 
 # What the tests and CI need beside those: clang-format (BPF C formatting),
 # llvm (llvm-objdump for scripts/bpf-same.sh), iperf3 (traffic in the node's
-# pods), jq, etcd-server (the controller's tests), and the plot's font.
+# pods), jq, etcd-server (the controller's tests), the plot's font, and
+# prometheus (tests/root/dashboard evaluates the Grafana dashboard's queries).
 # shellcheck disable=SC2034
-TEST_PACKAGES=(clang-format llvm iperf3 jq etcd-server fonts-dejavu-core)
+TEST_PACKAGES=(clang-format llvm iperf3 jq etcd-server fonts-dejavu-core prometheus)
 
 # install_missing_packages PKG...: installs those of the named packages that
 # are not installed (apt's progress is left out; its errors are not), and

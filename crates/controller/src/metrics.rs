@@ -52,6 +52,15 @@ impl ChangeKind {
 }
 
 impl ErrorKind {
+    pub const ALL: [Self; 6] = [
+        Self::DaemonUnreachable,
+        Self::DaemonRefused,
+        Self::NodeAddress,
+        Self::NodeList,
+        Self::Watch,
+        Self::Event,
+    ];
+
     /// The `kind` label's value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -108,6 +117,18 @@ impl Metrics {
             latency: Histogram::new(latency_buckets()),
             ready: AtomicBool::new(false),
         };
+        // Every kind from 0: a series that first appears at 1 hides its
+        // first event from rate() and increase().
+        for kind in [ChangeKind::Attach, ChangeKind::Update, ChangeKind::Detach] {
+            let _ = m.changes.get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            });
+        }
+        for kind in ErrorKind::ALL {
+            let _ = m.errors.get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            });
+        }
         registry.register(
             "podshaper_controller_reconcile_passes",
             "Passes that compared a node's pods with what its daemon enforces, one per node and pass, whatever their outcome",
@@ -201,6 +222,8 @@ mod tests {
         m.change_in_force(Duration::from_millis(12));
         let text = encode(&registry);
         for line in [
+            "podshaper_controller_changes_applied_total{kind=\"update\"} 0",
+            "podshaper_controller_errors_total{kind=\"watch\"} 0",
             "podshaper_controller_reconcile_passes_total 1",
             "podshaper_controller_changes_applied_total{kind=\"attach\"} 1",
             "podshaper_controller_changes_applied_total{kind=\"detach\"} 1",

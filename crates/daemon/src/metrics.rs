@@ -12,6 +12,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::service::State;
@@ -68,9 +69,11 @@ impl Collector for ShaperCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = self.snapshot();
         let counters: [CounterFamily; 4] = [
-            ("podshaper_bytes", "Bytes let through, by direction", |c| {
-                c.bytes
-            }),
+            (
+                "podshaper_bytes",
+                "Bytes let through, by direction (bytes, the unit of podshaper_limit_bytes_per_second)",
+                |c| c.bytes,
+            ),
             (
                 "podshaper_packets",
                 "Packets let through, by direction",
@@ -101,25 +104,62 @@ impl Collector for ShaperCollector {
                 }
             }
         }
+        limit_family(
+            &mut encoder,
+            "podshaper_limit_bits_per_second",
+            "The limit in force in bits per second (the annotations' unit), by direction",
+            &snapshot,
+            |bits| i64::try_from(bits).unwrap_or(i64::MAX),
+        )?;
+        limit_family(
+            &mut encoder,
+            "podshaper_limit_bytes_per_second",
+            "The limit in force in bytes per second (the bits per second limit / 8), by direction: rate(podshaper_bytes_total) divided by it is the utilisation",
+            &snapshot,
+            |bits| bits as f64 / 8.0,
+        )?;
         let probe = ConstGauge::new(0i64);
         let mut family = encoder.encode_descriptor(
-            "podshaper_limit_bits_per_second",
-            "The limit in force, by direction",
+            "podshaper_ingress_mode",
+            "1 for what holds the cgroup's ingress to its limit: mode queue (a queue in front of it, the policer behind) or policer (the policer alone)",
             None,
             probe.metric_type(),
         )?;
         for (labels, s) in &snapshot {
-            for (direction, limit) in [("egress", s.limits.egress), ("ingress", s.limits.ingress)] {
-                if let Some(limit) = limit {
-                    let mut l = labels.clone();
-                    l.push(("direction".into(), direction.into()));
-                    let bits = i64::try_from(limit.rate.bits_per_sec()).unwrap_or(i64::MAX);
-                    ConstGauge::new(bits).encode(family.encode_family(&l)?)?;
-                }
+            if let Some(mode) = s.ingress_mode {
+                let mut l = labels.clone();
+                l.push(("mode".into(), mode.as_str().into()));
+                ConstGauge::new(1i64).encode(family.encode_family(&l)?)?;
             }
         }
         Ok(())
     }
+}
+
+/// A gauge family of each cgroup's limits, by direction, in the unit
+/// `value` converts bits per second to.
+fn limit_family<N>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    snapshot: &[(Labels, CgroupStatus)],
+    value: fn(u64) -> N,
+) -> Result<(), std::fmt::Error>
+where
+    ConstGauge<N>: EncodeMetric,
+{
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, s) in snapshot {
+        for (direction, limit) in [("egress", s.limits.egress), ("ingress", s.limits.ingress)] {
+            if let Some(limit) = limit {
+                let mut l = labels.clone();
+                l.push(("direction".into(), direction.into()));
+                ConstGauge::new(value(limit.rate.bits_per_sec()))
+                    .encode(family.encode_family(&l)?)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Serves the metrics and health endpoints until `stop` completes.

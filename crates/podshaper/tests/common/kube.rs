@@ -50,7 +50,7 @@ fn apiserver_binary() -> PathBuf {
 }
 
 /// Children die with the test thread that started them, even on SIGKILL.
-fn die_with_parent(cmd: &mut Command) {
+pub fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
     unsafe {
         cmd.pre_exec(|| {

@@ -34,6 +34,7 @@ mod bench;
 mod controller;
 mod daemon;
 mod daemon_cycles;
+mod dashboard;
 mod demo;
 mod fault_storm;
 mod faults;

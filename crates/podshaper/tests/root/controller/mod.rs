@@ -18,16 +18,16 @@ use crate::common::daemon::{TestDaemon, TestRoot};
 use crate::common::kube::ApiServer;
 use crate::common::{podshaper, ChildGuard};
 
-const EGRESS: &str = "kubernetes.io/egress-bandwidth";
-const INGRESS: &str = "kubernetes.io/ingress-bandwidth";
+pub(crate) const EGRESS: &str = "kubernetes.io/egress-bandwidth";
+pub(crate) const INGRESS: &str = "kubernetes.io/ingress-bandwidth";
 const EGRESS_BURST: &str = "podshaper.io/egress-burst";
 
 /// A node as the controller sees it: a cgroup root, its daemon, and the
 /// node-scoped controller beside it (as the DaemonSet runs them).
-struct SimNode {
+pub(crate) struct SimNode {
     name: String,
-    root: TestRoot,
-    daemon: TestDaemon,
+    pub(crate) root: TestRoot,
+    pub(crate) daemon: TestDaemon,
     controller: Option<ChildGuard>,
     /// the controller's arguments beyond those every test gives
     controller_args: Vec<String>,
@@ -41,7 +41,7 @@ impl SimNode {
     }
 
     /// A node whose controller is given `controller_args` too.
-    fn start_with(api: &ApiServer, name: &str, controller_args: &[&str]) -> Self {
+    pub(crate) fn start_with(api: &ApiServer, name: &str, controller_args: &[&str]) -> Self {
         let root = TestRoot::new(name);
         let daemon = TestDaemon::start(&root.path, &[]);
         let mut node = Self {
@@ -57,7 +57,7 @@ impl SimNode {
         node
     }
 
-    fn start_controller(&mut self) {
+    pub(crate) fn start_controller(&mut self) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -75,21 +75,21 @@ impl SimNode {
         self.controller = Some(ChildGuard::spawn(&mut cmd));
     }
 
-    fn kill9_controller(&mut self) {
+    pub(crate) fn kill9_controller(&mut self) {
         if let Some(g) = self.controller.take() {
             g.kill9();
         }
     }
 
     /// The kubelet's cgroup for a BestEffort pod (systemd driver).
-    fn pod_cgroup_path(uid: &str) -> String {
+    pub(crate) fn pod_cgroup_path(uid: &str) -> String {
         format!(
             "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
             uid.replace('-', "_")
         )
     }
 
-    fn make_pod_cgroup(&self, uid: &str) -> podshaper_shaper::Cgroup {
+    pub(crate) fn make_pod_cgroup(&self, uid: &str) -> podshaper_shaper::Cgroup {
         self.root.make(&Self::pod_cgroup_path(uid))
     }
 
@@ -99,7 +99,7 @@ impl SimNode {
     }
 
     /// (egress, ingress) bit/s the daemon enforces for a pod, if any.
-    fn limits(&self, uid: &str) -> Option<(Option<u64>, Option<u64>)> {
+    pub(crate) fn limits(&self, uid: &str) -> Option<(Option<u64>, Option<u64>)> {
         self.daemon
             .list()
             .into_iter()
@@ -113,7 +113,7 @@ impl SimNode {
 }
 
 /// Waits up to `timeout` for `check` to hold.
-fn wait_for(
+pub(crate) fn wait_for(
     what: &str,
     timeout: Duration,
     node: Option<&SimNode>,
@@ -129,8 +129,8 @@ fn wait_for(
     }
 }
 
-const CONVERGE: Duration = Duration::from_secs(20);
+pub(crate) const CONVERGE: Duration = Duration::from_secs(20);
 
-fn unique_ns(tag: &str) -> String {
+pub(crate) fn unique_ns(tag: &str) -> String {
     format!("t-{tag}-{}", std::process::id())
 }
