@@ -13,6 +13,10 @@ pub mod pb {
     tonic::include_proto!("podshaper.v1");
 }
 
+mod document;
+
+pub use document::{CgroupDocument, CountersDocument};
+
 pub use pb::shaper_client::ShaperClient;
 
 /// The default daemon socket.

@@ -1,4 +1,5 @@
-//! Prometheus metrics (`/metrics`) and health (`/healthz`, `/readyz`).
+//! Prometheus metrics (`/metrics`) and health (`/healthz`, `/readyz`), and
+//! the JSON status page (`/status`, crate::status_page) on the same address.
 //!
 //! Values are read from the BPF maps at scrape time, so they are as fresh as
 //! the scrape and cost nothing between scrapes.
@@ -172,11 +173,12 @@ pub async fn serve(
     registry.register_collector(Box::new(ShaperCollector {
         state: state.clone(),
     }));
+    let routes = crate::status_page::routes(state.clone());
     let ready: podshaper_telemetry::Readiness = Arc::new(move || {
         let state = state.clone();
         Box::pin(async move { ready(&state).await })
     });
-    podshaper_telemetry::serve(listener, registry, ready, stop)
+    podshaper_telemetry::serve_with(listener, registry, ready, routes, stop)
         .await
         .context("cannot serve metrics")
 }

@@ -433,7 +433,7 @@ fn status(state: &State, req: &pb::StatusRequest) -> Result<pb::CgroupStatus, St
 }
 
 /// Every limited cgroup, then every waiting pod.
-fn list(state: &State) -> Result<pb::ListResponse, Status> {
+pub(crate) fn list(state: &State) -> Result<pb::ListResponse, Status> {
     let node = state.node()?;
     let mut cgroups: Vec<pb::CgroupStatus> = node
         .list()

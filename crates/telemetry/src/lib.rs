@@ -38,6 +38,18 @@ pub async fn serve(
     ready: Readiness,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_with(listener, registry, ready, Router::new(), stop).await
+}
+
+/// [`serve`], and the caller's own `routes` beside them (the daemon's
+/// `/status`).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    ready: Readiness,
+    routes: Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -45,7 +57,8 @@ pub async fn serve(
         .with_state(Shared {
             registry: Arc::new(registry),
             ready,
-        });
+        })
+        .merge(routes);
     axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await
@@ -136,6 +149,33 @@ mod tests {
         let (status, _) = get(addr, "/readyz").await;
         assert!(status.contains("200"), "{status}");
 
+        let _ = stop_tx.send(());
+        assert!(matches!(server.await, Ok(Ok(()))));
+    }
+
+    #[tokio::test]
+    async fn serves_the_callers_routes_beside_its_own() {
+        let ready: Readiness = Arc::new(|| Box::pin(async { true }));
+        let routes = Router::new().route("/status", axum::routing::get(|| async { "[]" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with(
+            listener,
+            Registry::default(),
+            ready,
+            routes,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let (status, body) = get(addr, "/status").await;
+        assert!(status.contains("200"), "{status}");
+        assert_eq!(body, "[]");
+        let (status, _) = get(addr, "/healthz").await;
+        assert!(status.contains("200"), "{status}");
         let _ = stop_tx.send(());
         assert!(matches!(server.await, Ok(Ok(()))));
     }
