@@ -105,19 +105,47 @@ mod tests {
         };
         let doc = CgroupDocument::from(&status);
         let value = serde_json::to_value(&doc).expect("serializes");
-        for field in [
-            "cgroup",
-            "cgroup_id",
-            "pod_uid",
-            "pod_namespace",
-            "pod_name",
-            "ingress_mode",
-            "egress_bps",
-            "ingress_bps",
-            "burst_bytes",
-        ] {
-            assert!(value.get(field).is_some(), "no {field} in {value}");
-        }
+        // exactly the fields `podshaper list -o json` prints
+        let keys = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            k.sort();
+            k
+        };
+        assert_eq!(
+            keys(&value),
+            [
+                "burst_bytes",
+                "cgroup",
+                "cgroup_id",
+                "counters",
+                "egress_bps",
+                "egress_burst_bytes",
+                "ingress_bps",
+                "ingress_burst_bytes",
+                "ingress_mode",
+                "pod_name",
+                "pod_namespace",
+                "pod_uid",
+                "problems",
+                "waiting",
+            ]
+        );
+        assert_eq!(
+            keys(&value["counters"]),
+            [
+                "egress_bytes",
+                "egress_dropped",
+                "egress_marked",
+                "egress_packets",
+                "ingress_bytes",
+                "ingress_dropped",
+                "ingress_marked",
+                "ingress_packets",
+            ]
+        );
         assert_eq!(value["egress_bps"], serde_json::Value::Null);
         assert_eq!(value["ingress_bps"], 20_000_000);
         assert_eq!(value["burst_bytes"], 131_072);

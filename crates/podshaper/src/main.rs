@@ -67,6 +67,12 @@ enum Command {
         #[command(flatten)]
         args: cli::bench::BenchArgs,
     },
+    /// Pods' limits, rates, drops and marks by name, from each pod's node
+    /// (what `kubectl podshaper` runs: link this binary as kubectl-podshaper).
+    Kubectl {
+        #[command(subcommand)]
+        command: cli::kubectl::KubectlCommand,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions(cli::reference::CompletionsArgs),
     /// Print the manual page (or write one per command with --dir).
@@ -88,6 +94,22 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
+    // A link named kubectl-podshaper on PATH: kubectl runs it for `kubectl podshaper`.
+    if cli::kubectl::invoked_as_plugin() {
+        let args = cli::kubectl::PluginArgs::parse();
+        init_tracing("warn", LogFormat::Text);
+        return match signals
+            .unblock()
+            .and_then(|()| cli::kubectl::run(args.command))
+        {
+            Ok(code) => code,
+            Err(e) => {
+                // as kubectl words its own failures
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = Args::parse();
     // The daemon reports what it does; commands speak only when something is wrong.
     init_tracing(
@@ -120,6 +142,7 @@ fn main() -> ExitCode {
             command: None,
             args,
         } => cli::bench::run(args, signals.stop_flag("bench")),
+        Command::Kubectl { command } => plain(signals).and_then(|()| cli::kubectl::run(command)),
         Command::Completions(a) => {
             plain(signals).and_then(|()| cli::reference::completions(a, Args::command()))
         }

@@ -7,6 +7,7 @@ pub mod controller;
 pub mod daemon;
 pub mod demo;
 pub mod doctor;
+pub mod kubectl;
 pub mod limits;
 pub mod reference;
 pub mod run;
