@@ -12,6 +12,7 @@ mod cluster;
 mod common;
 mod lifecycle;
 mod limits;
+mod plugin;
 
 const EGRESS: &str = "kubernetes.io/egress-bandwidth";
 const INGRESS: &str = "kubernetes.io/ingress-bandwidth";
