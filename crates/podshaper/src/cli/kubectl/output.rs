@@ -52,10 +52,6 @@ fn cells(r: &Row, columns: Columns) -> Vec<String> {
             per_second(r.marked_per_second),
         ),
     };
-    let limited = |limit: Option<u64>, rate: Option<u64>| match limit {
-        Some(_) => bits(rate),
-        None => "-".into(),
-    };
     let mode = match (r.waiting, &r.ingress_mode) {
         (true, _) => "(waiting for the pod's cgroup)".into(),
         (false, Some(m)) => m.clone(),
@@ -66,9 +62,9 @@ fn cells(r: &Row, columns: Columns) -> Vec<String> {
         r.pod.clone(),
         r.node.clone(),
         r.egress_bps.map_or("-".into(), |v| bits(Some(v))),
-        limited(r.egress_bps, r.egress_rate_bps),
+        bits(r.egress_rate_bps),
         r.ingress_bps.map_or("-".into(), |v| bits(Some(v))),
-        limited(r.ingress_bps, r.ingress_rate_bps),
+        bits(r.ingress_rate_bps),
         dropped,
         marked,
         mode,
@@ -176,7 +172,7 @@ mod tests {
                 "20Mbit/s",
                 "19.61Mbit/s",
                 "-",
-                "-",
+                "12kbit/s",
                 "10",
                 "1.5k",
                 "-"

@@ -27,7 +27,7 @@ pub struct Row {
     /// limits in bits per second, null: unlimited
     pub egress_bps: Option<u64>,
     pub ingress_bps: Option<u64>,
-    /// bits per second over the interval
+    /// bits per second over the interval, both directions whatever is limited
     pub egress_rate_bps: Option<u64>,
     pub ingress_rate_bps: Option<u64>,
     /// packets per second over the interval, both directions
