@@ -175,9 +175,11 @@ fn kubectl_podshaper_shows_a_sending_pods_limits_rates_and_node() {
         "top: egress rate / limit {sent}: {tx}"
     );
 
+    let started = std::time::Instant::now();
     let table = path.kubectl(&["podshaper", "top", "-n", &ns.name]);
+    let took = started.elapsed();
     let text = String::from_utf8_lossy(&table.stdout);
-    eprintln!("kubectl podshaper top:\n{text}");
+    eprintln!("kubectl podshaper top, {took:.2?} with its 1 s interval:\n{text}");
     assert!(
         table.status.success(),
         "{}",
@@ -198,6 +200,13 @@ fn kubectl_podshaper_shows_a_sending_pods_limits_rates_and_node() {
         mbit(sent * 20e6),
         mbit(received * 20e6)
     );
+
+    let rows = json_rows(
+        &path.kubectl(&["podshaper", "status", "-n", &ns.name, "-o", "json"]),
+        "kubectl podshaper status of the namespace",
+    );
+    let pods: Vec<&str> = rows.iter().filter_map(|r| r["pod"].as_str()).collect();
+    assert_eq!(pods, ["rx", "tx"], "the limited pods, by name: {rows:?}");
 
     // what an operator is told when it cannot answer
     let missing = failure(
@@ -283,7 +292,7 @@ impl Viewer {
             binding,
             kubeconfig: std::env::temp_dir().join(format!("podshaper-test-{namespace}.kubeconfig")),
         };
-        let token = kubectl_ok(&["-n", namespace, "create", "token", "viewer"]);
+        let token = viewer_token(namespace);
         let view = |path: &str| {
             kubectl_ok(&[
                 "config",
@@ -307,6 +316,37 @@ impl Viewer {
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", viewer.kubeconfig.display()));
         viewer
     }
+}
+
+/// A token of the ServiceAccount `viewer`: from the TokenRequest API, else
+/// from the Secret the token controller makes for it.
+fn viewer_token(namespace: &str) -> String {
+    let requested = kubectl(&["-n", namespace, "create", "token", "viewer"]);
+    if requested.status.success() {
+        return String::from_utf8_lossy(&requested.stdout).into_owned();
+    }
+    let mut secret = String::new();
+    wait_for("the viewer's token Secret", Duration::from_secs(30), || {
+        secret = kubectl_ok(&[
+            "-n",
+            namespace,
+            "get",
+            "serviceaccount",
+            "viewer",
+            "-o",
+            "jsonpath={.secrets[0].name}",
+        ]);
+        !secret.is_empty()
+    });
+    kubectl_ok(&[
+        "-n",
+        namespace,
+        "get",
+        "secret",
+        &secret,
+        "-o",
+        "go-template={{.data.token | base64decode}}",
+    ])
 }
 
 impl Drop for Viewer {
