@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 use podshaper_api::pb;
 use podshaper_rate::{human_decimal, ByteSize, Rate};
-use serde::{Deserialize, Serialize};
 
 /// The `-o` of `status` and `list`.
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
@@ -18,80 +17,9 @@ pub enum Output {
 }
 
 /// One cgroup's status as `-o json` and `-o yaml` print it (an array of
-/// these). The field names are a contract (DESIGN.md, "-o json").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatusDoc {
-    /// the cgroup's path; empty while the limits wait for a pod's cgroup
-    pub cgroup: String,
-    /// 0 while the limits wait for a pod's cgroup
-    pub cgroup_id: u64,
-    pub pod_uid: Option<String>,
-    pub pod_namespace: Option<String>,
-    pub pod_name: Option<String>,
-    /// the limits are held until the pod's cgroup appears
-    pub waiting: bool,
-    /// `queue`, `policer`, or null without an ingress limit
-    pub ingress_mode: Option<String>,
-    /// what the daemon could not do for this cgroup, in words
-    pub problems: Vec<String>,
-    /// bits/s, null when unlimited
-    pub egress_bps: Option<u64>,
-    /// bits/s, null when unlimited
-    pub ingress_bps: Option<u64>,
-    /// egress's burst, else ingress's (null when neither is limited)
-    pub burst_bytes: Option<u64>,
-    pub egress_burst_bytes: Option<u64>,
-    pub ingress_burst_bytes: Option<u64>,
-    pub counters: CountersDoc,
-}
-
-/// The counters of [`StatusDoc`], both directions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CountersDoc {
-    pub egress_bytes: u64,
-    pub egress_packets: u64,
-    pub egress_dropped: u64,
-    pub egress_marked: u64,
-    pub ingress_bytes: u64,
-    pub ingress_packets: u64,
-    pub ingress_dropped: u64,
-    pub ingress_marked: u64,
-}
-
-impl From<&pb::CgroupStatus> for StatusDoc {
-    fn from(s: &pb::CgroupStatus) -> Self {
-        let e = s.egress_counters.unwrap_or_default();
-        let i = s.ingress_counters.unwrap_or_default();
-        let egress_burst_bytes = s.egress.map(|d| d.burst_bytes);
-        let ingress_burst_bytes = s.ingress.map(|d| d.burst_bytes);
-        let some = |v: &str| (!v.is_empty()).then(|| v.to_string());
-        Self {
-            cgroup: s.cgroup.clone(),
-            cgroup_id: s.cgroup_id,
-            pod_uid: s.pod_uid.clone(),
-            pod_namespace: some(&s.pod_namespace),
-            pod_name: some(&s.pod_name),
-            waiting: s.waiting,
-            ingress_mode: some(&s.ingress_mode),
-            problems: s.problems.clone(),
-            egress_bps: s.egress.map(|d| d.bits_per_second),
-            ingress_bps: s.ingress.map(|d| d.bits_per_second),
-            burst_bytes: egress_burst_bytes.or(ingress_burst_bytes),
-            egress_burst_bytes,
-            ingress_burst_bytes,
-            counters: CountersDoc {
-                egress_bytes: e.bytes,
-                egress_packets: e.packets,
-                egress_dropped: e.dropped,
-                egress_marked: e.marked,
-                ingress_bytes: i.bytes,
-                ingress_packets: i.packets,
-                ingress_dropped: i.dropped,
-                ingress_marked: i.marked,
-            },
-        }
-    }
-}
+/// these), the document the daemon also serves at `/status`. The field
+/// names are a contract (DESIGN.md, "-o json").
+pub use podshaper_api::CgroupDocument as StatusDoc;
 
 /// `statuses` as `output` shows them.
 pub fn render(statuses: &[pb::CgroupStatus], output: Output) -> Result<String> {
