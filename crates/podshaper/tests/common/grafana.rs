@@ -4,8 +4,53 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+
+use crate::common::prometheus::Prometheus;
+
+/// What a panel's queries return while a pod sends and receives at its
+/// limits and its egress limit changed within the last rate interval (so
+/// the latency histogram moved). Every panel is here, and nothing else: a
+/// panel added to the dashboard needs its line.
+pub const EXPECTED: &[(&str, Data)] = &[
+    ("Egress: rate and limit", Data::Positive),
+    ("Ingress: rate and limit", Data::Positive),
+    ("Utilisation (rate / limit)", Data::Positive),
+    // counted if the shaper dropped or marked; 0 a second is a series too
+    ("Dropped packets per second", Data::Finite),
+    ("Marked packets per second", Data::Finite),
+    ("Ingress mode", Data::Positive),
+    ("Reconcile passes per second", Data::Positive),
+    // the attach came before the rate interval, the update within it
+    ("Changes applied per second", Data::SomePositive),
+    // every kind is a series from 0; an error is counted only if one came
+    ("Errors per second", Data::Finite),
+    ("Daemon reachable", Data::Positive),
+    ("Pod change to limit in force", Data::Positive),
+    (
+        "Pod change to limit in force, p99 over the range",
+        Data::Positive,
+    ),
+];
+
+/// What each series of a query must hold (every query must return at least
+/// one series).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Data {
+    /// a finite number above 0
+    Positive,
+    /// a finite number
+    Finite,
+    /// finite numbers, one of them at least above 0
+    SomePositive,
+}
+
+/// `$__rate_interval` as Grafana computes it for a 1 s scrape interval and
+/// a dashboard of the last few minutes: max(interval + scrape, 4 x scrape),
+/// rounded up to leave room for a late scrape.
+pub const RATE_INTERVAL: &str = "10s";
 
 pub fn dashboard_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/podshaper.json")
@@ -172,4 +217,115 @@ pub fn substitute(expr: &str, intervals: &[(&str, &str)], variables: &[(&str, &s
         "a variable is left in {s:?} (from {expr:?})"
     );
     s
+}
+
+/// Now, in Unix seconds (Prometheus' time).
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+/// Evaluates every template variable and every query of `dashboard` on
+/// `prometheus` as of `at` (Unix seconds), with Grafana's intervals and the
+/// variables set to `namespace` and `pods` (several chosen: `(a|b)`, as
+/// Grafana writes a multi-value variable for Prometheus): each variable
+/// offers the values chosen, and each query returns at least one series,
+/// with the labels its legend shows, of the namespace chosen, holding what
+/// EXPECTED says of its panel.
+pub fn check_every_query(
+    prometheus: &Prometheus,
+    dashboard: &Value,
+    at: f64,
+    range: &str,
+    namespace: &str,
+    pods: &[&str],
+) {
+    let intervals = [
+        ("__rate_interval", RATE_INTERVAL),
+        ("__interval", "1s"),
+        ("__range", range),
+    ];
+    let pod = match pods {
+        [one] => one.to_string(),
+        many => format!("({})", many.join("|")),
+    };
+    let variables = [("namespace", namespace), ("pod", pod.as_str())];
+    for v in label_variables(dashboard) {
+        let selector = substitute(&v.selector, &intervals, &variables);
+        let values = prometheus.label_values(&v.label, &selector);
+        let wanted: &[&str] = match v.name.as_str() {
+            "namespace" => &[namespace],
+            "pod" => pods,
+            other => panic!("no value for the variable {other}"),
+        };
+        eprintln!(
+            "variable {}: label_values({selector}, {}) = {values:?}",
+            v.name, v.label
+        );
+        for want in wanted {
+            assert!(
+                values.iter().any(|x| x == want),
+                "variable {}: {want} not in {values:?}",
+                v.name
+            );
+        }
+    }
+    let queries = queries(dashboard);
+    for q in &queries {
+        let expr = substitute(&q.expr, &intervals, &variables);
+        let data = EXPECTED
+            .iter()
+            .find(|(t, _)| *t == q.panel)
+            .map(|(_, d)| *d)
+            .unwrap_or_else(|| panic!("panel {:?} is not in EXPECTED", q.panel));
+        let result = prometheus.query(&expr, at);
+        eprintln!("{} {}: {expr}", q.panel, q.ref_id);
+        assert!(
+            !result.is_empty(),
+            "{} {}: no series for {expr}",
+            q.panel,
+            q.ref_id
+        );
+        let mut above_zero = false;
+        for series in &result {
+            let labels = &series["metric"];
+            let value: f64 = series["value"][1]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN);
+            eprintln!("  {labels} {value}");
+            for label in &q.legend_labels {
+                assert!(
+                    labels[label].as_str().is_some_and(|v| !v.is_empty()),
+                    "{} {}: series {labels} lacks the legend's {label}",
+                    q.panel,
+                    q.ref_id
+                );
+            }
+            // the template variables hold: the test's pod only
+            if let Some(n) = labels["namespace"].as_str() {
+                assert_eq!(n, namespace, "{}: {labels}", q.panel);
+            }
+            assert!(
+                value.is_finite(),
+                "{} {}: {labels} = {value}",
+                q.panel,
+                q.ref_id
+            );
+            if data == Data::Positive {
+                assert!(value > 0.0, "{} {}: {labels} = {value}", q.panel, q.ref_id);
+            }
+            above_zero |= value > 0.0;
+        }
+        if data == Data::SomePositive {
+            assert!(above_zero, "{} {}: every series is 0", q.panel, q.ref_id);
+        }
+    }
+    eprintln!(
+        "{} queries and {} variables checked",
+        queries.len(),
+        label_variables(dashboard).len()
+    );
 }

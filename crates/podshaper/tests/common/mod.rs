@@ -17,7 +17,9 @@ use podshaper_netlab::window::{self, ReceiverReport};
 use podshaper_netlab::{Meter, NetnsPair};
 
 pub mod daemon;
+pub mod grafana;
 pub mod kube;
+pub mod prometheus;
 
 pub fn podshaper() -> Command {
     assert!(

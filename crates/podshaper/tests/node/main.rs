@@ -10,6 +10,7 @@
 mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
+mod dashboard;
 mod lifecycle;
 mod limits;
 mod plugin;

@@ -1,62 +1,23 @@
 //! The Grafana dashboard (deploy/grafana/) and the PodMonitor
 //! (deploy/monitoring/): every query of the dashboard evaluated by a real
 //! Prometheus that scrapes a real daemon and controller while a limited pod
-//! sends and receives.
-
-mod grafana;
-mod prometheus;
+//! sends and receives (tests/node/dashboard.rs does the same on the real
+//! node, against the DaemonSet).
 
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::{Meter, NetnsPair};
 use serde_json::Value;
 
-use self::prometheus::{Prometheus, Target};
+use crate::common::grafana::{self, unix_now, EXPECTED};
 use crate::common::kube::ApiServer;
+use crate::common::prometheus::{Prometheus, Target};
 use crate::common::{http_get, podshaper, traffic_turn, unique_port, ChildGuard};
 use crate::controller::{unique_ns, wait_for, SimNode, CONVERGE, EGRESS, INGRESS};
-
-/// What a panel's queries return while the pod sends and receives at its
-/// limits, the daemon having been down once before (so the controller
-/// counted an error) and the pod's egress limit changed within the last
-/// rate interval (so the latency histogram moved). Every panel is here, and
-/// nothing else: a panel added to the dashboard needs its line.
-const EXPECTED: &[(&str, Data)] = &[
-    ("Egress: rate and limit", Data::Positive),
-    ("Ingress: rate and limit", Data::Positive),
-    ("Utilisation (rate / limit)", Data::Positive),
-    // counted if the shaper dropped or marked; 0 a second is a series too
-    ("Dropped packets per second", Data::Finite),
-    ("Marked packets per second", Data::Finite),
-    ("Ingress mode", Data::Positive),
-    ("Reconcile passes per second", Data::Positive),
-    // the attach came before the rate interval, the update within it
-    ("Changes applied per second", Data::SomePositive),
-    // the daemon_unreachable error came before Prometheus started
-    ("Errors per second", Data::Finite),
-    ("Daemon reachable", Data::Positive),
-    ("Pod change to limit in force", Data::Positive),
-    (
-        "Pod change to limit in force, p99 over the range",
-        Data::Positive,
-    ),
-];
-
-/// What each series of a query must hold (every query must return at least
-/// one series).
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Data {
-    /// a finite number above 0
-    Positive,
-    /// a finite number
-    Finite,
-    /// finite numbers, one of them at least above 0
-    SomePositive,
-}
 
 const NODE: &str = "node-1";
 /// The pod's limits: low, so the traffic stays light.
@@ -65,11 +26,6 @@ const CHANGED_LIMIT: &str = "6M";
 const TRAFFIC: Duration = Duration::from_secs(20);
 /// When, into the traffic, the egress limit changes.
 const CHANGE_AT: Duration = Duration::from_secs(12);
-/// `$__rate_interval` as Grafana computes it for a 1 s scrape interval and
-/// a dashboard of the last few minutes: max(interval + scrape, 4 x scrape),
-/// rounded up to leave room for a late scrape.
-const RATE_INTERVAL: &str = "10s";
-
 fn repo(relative: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -161,13 +117,6 @@ fn the_dashboard_is_grafana_json_and_the_podmonitor_scrapes_both_containers() {
         "kubectl kustomize deploy/monitoring: {}",
         String::from_utf8_lossy(&built.stderr)
     );
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
 }
 
 /// The limited pod's processes: started in its cgroup, then in namespace A.
@@ -321,84 +270,5 @@ fn every_query_of_the_dashboard_returns_its_series_from_a_real_prometheus() {
     let at = traffic_end - 1.5;
     thread::sleep(Duration::from_secs(2));
     let range = format!("{}s", (at - scraping_since).floor());
-    let intervals = [
-        ("__rate_interval", RATE_INTERVAL),
-        ("__interval", "1s"),
-        ("__range", range.as_str()),
-    ];
-    let variables = [("namespace", ns.as_str()), ("pod", "p")];
-    for v in grafana::label_variables(&dashboard) {
-        let selector = grafana::substitute(&v.selector, &intervals, &variables);
-        let values = prometheus.label_values(&v.label, &selector);
-        let want = variables
-            .iter()
-            .find(|(name, _)| *name == v.name)
-            .map(|(_, value)| *value)
-            .unwrap_or_else(|| panic!("no value for the variable {}", v.name));
-        eprintln!(
-            "variable {}: label_values({selector}, {}) = {values:?}",
-            v.name, v.label
-        );
-        assert!(
-            values.iter().any(|x| x == want),
-            "variable {}: {want} not in {values:?}",
-            v.name
-        );
-    }
-    let queries = grafana::queries(&dashboard);
-    for q in &queries {
-        let expr = grafana::substitute(&q.expr, &intervals, &variables);
-        let data = EXPECTED
-            .iter()
-            .find(|(t, _)| *t == q.panel)
-            .map(|(_, d)| *d)
-            .unwrap_or_else(|| panic!("panel {:?} is not in EXPECTED", q.panel));
-        let result = prometheus.query(&expr, at);
-        eprintln!("{} {}: {expr}", q.panel, q.ref_id);
-        assert!(
-            !result.is_empty(),
-            "{} {}: no series for {expr}",
-            q.panel,
-            q.ref_id
-        );
-        let mut above_zero = false;
-        for series in &result {
-            let labels = &series["metric"];
-            let value: f64 = series["value"][1]
-                .as_str()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(f64::NAN);
-            eprintln!("  {labels} {value}");
-            for label in &q.legend_labels {
-                assert!(
-                    labels[label].as_str().is_some_and(|v| !v.is_empty()),
-                    "{} {}: series {labels} lacks the legend's {label}",
-                    q.panel,
-                    q.ref_id
-                );
-            }
-            // the template variables hold: the test's pod only
-            if let Some(n) = labels["namespace"].as_str() {
-                assert_eq!(n, ns, "{}: {labels}", q.panel);
-            }
-            assert!(
-                value.is_finite(),
-                "{} {}: {labels} = {value}",
-                q.panel,
-                q.ref_id
-            );
-            if data == Data::Positive {
-                assert!(value > 0.0, "{} {}: {labels} = {value}", q.panel, q.ref_id);
-            }
-            above_zero |= value > 0.0;
-        }
-        if data == Data::SomePositive {
-            assert!(above_zero, "{} {}: every series is 0", q.panel, q.ref_id);
-        }
-    }
-    eprintln!(
-        "{} queries and {} variables checked",
-        queries.len(),
-        grafana::label_variables(&dashboard).len()
-    );
+    grafana::check_every_query(&prometheus, &dashboard, at, &range, &ns, &["p"]);
 }
