@@ -33,6 +33,17 @@ pub const MAX_BURST_BYTES: u64 = 1 << 30;
 /// The default burst never goes below this: a few GSO packets.
 pub const DEFAULT_MIN_BURST_BYTES: u64 = 128 * 1024;
 
+/// `resource.ParseQuantity(input).Value()`: the integer the kubelet reads an
+/// annotation as (a fraction rounded up, beyond int64 wrapped as Go wraps).
+fn kubernetes_value(input: &str) -> Result<i64, ParseError> {
+    parse_quantity(input)
+        .map(|q| q.value())
+        .map_err(|source| ParseError::MalformedQuantity {
+            value: input.to_string(),
+            source,
+        })
+}
+
 const MILLI_HINT: &str = " ('m' means milli in a Kubernetes quantity; did you mean 'M'?)";
 const RATE_FORMS: &str = "a Kubernetes quantity in bit/s (10M, 1G, 500k, 2Mi) or a tc rate \
                           (10mbit, 1gbit, 500kbit, 10mbps)";
@@ -88,12 +99,7 @@ impl Rate {
     /// `resource.ParseQuantity`, then `Value()` (a fraction rounds up), then
     /// its bounds (1k..=1P). No whitespace, no tc units; see [`quantity`].
     pub fn from_kubernetes(input: &str) -> Result<Self, ParseError> {
-        let value = parse_quantity(input)
-            .map_err(|source| ParseError::MalformedQuantity {
-                value: input.to_string(),
-                source,
-            })?
-            .value();
+        let value = kubernetes_value(input)?;
         match u64::try_from(value) {
             Ok(bits) if (MIN_RATE_BITS..=MAX_RATE_BITS).contains(&bits) => Ok(Self(bits)),
             _ => Err(ParseError::RateOutOfBounds {
@@ -211,12 +217,7 @@ impl ByteSize {
     /// `podshaper.io/*-burst` annotations): `resource.ParseQuantity`, then
     /// `Value()` (a fraction rounds up), then the burst bounds (4Ki..=1Gi).
     pub fn from_kubernetes(input: &str) -> Result<Self, ParseError> {
-        let value = parse_quantity(input)
-            .map_err(|source| ParseError::MalformedQuantity {
-                value: input.to_string(),
-                source,
-            })?
-            .value();
+        let value = kubernetes_value(input)?;
         match u64::try_from(value) {
             Ok(bytes) if (MIN_BURST_BYTES..=MAX_BURST_BYTES).contains(&bytes) => Ok(Self(bytes)),
             _ => Err(ParseError::SizeOutOfBounds {
