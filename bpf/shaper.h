@@ -84,8 +84,8 @@ struct ps_bucket {
 	 * the rate in force and not yet settled: tokens out of the bucket but
 	 * not yet spent, at most. The ingress mark counts them in the level */
 	__u64 lent;
-	/* egress: 1 while the first steering window of a limit put on sockets
-	 * already sending runs (steer_share, "opening") */
+	/* egress: while a limit put on sockets already sending is new, the
+	 * time its way down ends (steer_share, "opening"); else 0 */
 	__u64 opening;
 };
 

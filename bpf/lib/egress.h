@@ -61,24 +61,32 @@ static __always_inline void steer_share(struct ps_bucket *b, __u64 now)
 	 */
 	offered = (__s64)b->window_bytes + (((__s64)(b->burst >> 1) - b->tokens) >> INTEGRAL_SHIFT);
 	/*
-	 * The first window of a limit put on sockets already sending is their
-	 * way down to it: paced at the limit until their first packet under
-	 * it, each sends a TSO packet as large as the window it grew unlimited
-	 * allows, and those over the bucket pass with a notification until
-	 * their windows come down to the clamp. Steered on that, the share
-	 * fell by a quarter and the flows paid the bucket's deficit back over
-	 * the next 1.5 s (16 flows at 10M: 0.80-0.95 of the limit in the first
-	 * two seconds after the attach). So that window may raise the share
-	 * (fewer of the sockets the senders iterator counted send) but not
-	 * lower it, and the bucket's level starts at the half the steering
-	 * keeps it at.
+	 * The windows of a limit put on sockets already sending are first
+	 * their way down to it: paced at the whole limit until their next
+	 * packet, each sends a TSO packet as large as the window it grew
+	 * unlimited allows, those over the bucket pass with a notification or
+	 * are dropped, and the dropped ones send again after their
+	 * retransmission timeout. Steered on that, the share fell by a
+	 * quarter, and with the bucket's level counted, the flows paid its
+	 * deficit back over the next 1.5 s (16 flows at 10M: 0.80-0.95 of the
+	 * limit in the first two seconds after the attach). So until
+	 * OPENING_NS after the limit came, the share holds, but that the first
+	 * window may raise it (fewer of the sockets the senders iterator
+	 * counted send): raised in every window that read low while flows
+	 * waited out their timeouts, it climbed towards the whole limit at
+	 * 100M (10 ms windows) and 16 flows read 0.96 of it in the next second.
+	 * The first window to end after that starts the bucket's level at no
+	 * less than the half the steering keeps it at.
 	 */
 	if (b->opening) {
-		b->opening = 0;
 		offered = (__s64)b->window_bytes;
-		if (b->tokens < (__s64)(b->burst >> 1))
-			b->tokens = (__s64)(b->burst >> 1);
-		keep = (__u64)offered * NSEC_PER_SEC / span >= b->rate;
+		keep = b->window_start_ns + OPENING_NS != b->opening ||
+		       (__u64)offered * NSEC_PER_SEC / span >= b->rate;
+		if (now >= b->opening) {
+			b->opening = 0;
+			if (b->tokens < (__s64)(b->burst >> 1))
+				b->tokens = (__s64)(b->burst >> 1);
+		}
 	}
 	measured = offered > 0 ? (__u64)offered * NSEC_PER_SEC / span : 0;
 	b->window_bytes = 0;

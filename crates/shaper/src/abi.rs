@@ -78,7 +78,7 @@ pub struct Bucket {
     pub top_flow_rate: u64,
     /// slices CPUs hold, not yet settled
     pub lent: u64,
-    /// the first steering window of a limit put on open senders runs
+    /// while a limit put on open senders is new, when its way down ends (ns)
     pub opening: u64,
 }
 

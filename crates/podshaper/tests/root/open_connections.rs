@@ -4,8 +4,8 @@
 //! cgroup with no limit; two seconds in, the daemon is asked to limit it.
 //! From the second second after the attach, every second must be within
 //! [0.95, 1.05] of the limit and the run within [0.97, 1.02], as for flows
-//! that start under the limit; four and sixteen flows at 10M and the
-//! hostNetwork policer have wider bounds (each says why).
+//! that start under the limit; four and sixteen flows coming in at 10M and
+//! the hostNetwork policer have wider bounds (each says why).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::process::Stdio;
@@ -232,17 +232,19 @@ fn check(cells: &[Cell], bounds: fn(&Cell) -> Bounds) {
 const EACH_SECOND: (f64, f64) = (0.95, 1.05);
 const THE_RUN: (f64, f64) = (0.97, 1.02);
 
-/// Four and sixteen flows at 10M (2.5 and 0.625 Mbit/s each): a second
-/// after the attach reads down to 0.90 of the limit in some runs (egress
-/// x16: the second checked first 0.899-1.000 over fifteen runs, twelve of
-/// them 0.96 or more; ingress x16 0.910 and 0.943, run 0.967; ingress x4
-/// 0.931-0.955, run 0.969-0.971), the others 0.96-1.03.
+/// Four and sixteen flows at 10M coming in (2.5 and 0.625 Mbit/s each): a
+/// second after the attach reads down to 0.91 of the limit in some runs
+/// (x16: 0.910, 0.924 and 0.943 in three runs of five, run 0.967-0.969:
+/// on the way down the queue drops every flow into a retransmission
+/// timeout at once; x4 0.931-0.955 in some runs, run 0.969-0.971), the
+/// others 0.96-1.04. Egress at 10M meets the bounds of every cell (x16:
+/// every second 0.966 or more over eight runs, the run 0.975-0.982).
 const MANY_AT_10M_SECOND: (f64, f64) = (0.90, 1.05);
 const MANY_AT_10M_RUN: (f64, f64) = (0.95, 1.02);
 
-/// The bounds every cell must meet, but more than one flow at 10M.
+/// The bounds every cell must meet, but more than one flow at 10M coming in.
 fn bounds_for(cell: &Cell) -> Bounds {
-    match cell.bits <= 10e6 && cell.flows > 1 {
+    match !cell.egress && cell.bits <= 10e6 && cell.flows > 1 {
         true => (MANY_AT_10M_SECOND, MANY_AT_10M_RUN),
         false => (EACH_SECOND, THE_RUN),
     }
