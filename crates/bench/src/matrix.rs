@@ -332,7 +332,13 @@ fn measure(
             .stdout(Stdio::piped());
         cgroup.cgroup().spawn_inside(&mut cmd)?;
         let child = cmd.spawn()?;
-        let until = Until::after(total + Duration::from_secs(1));
+        // short connections stop with the receiver's window (it answers
+        // for a second more, so that none is refused as the run ends)
+        let source_lasts = match traffic {
+            Traffic::Short(_) => total,
+            _ => total + Duration::from_secs(1),
+        };
+        let until = Until::after(source_lasts);
         let source = {
             let until = until.clone();
             traffic::spawn_in(Some(lab.b().to_string()), move || {

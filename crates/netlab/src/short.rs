@@ -165,6 +165,8 @@ fn run_slot(to: SocketAddr, size: u64, data: &[u8], until: &Until) -> io::Result
             Ok(Ended::Complete) => slot.completed.push((Instant::now(), started.elapsed())),
             Ok(Ended::Cut) => slot.cut += 1,
             Ok(Ended::Unanswered) => slot.failed += 1,
+            // a connect still waiting at the deadline was cut, not failed
+            Err(e) if gone_or_refused(&e) && until.reached() => slot.cut += 1,
             Err(e) if gone_or_refused(&e) => {
                 slot.failed += 1;
                 // a sink not listening (yet): do not spin on refusals

@@ -71,7 +71,8 @@ pub enum TrafficCommand {
         #[arg(long)]
         concurrency: usize,
     },
-    /// Receive short TCP connections and report the rate.
+    /// Receive short TCP connections and report the rate (of --seconds;
+    /// it goes on answering for a second more).
     ShortRecv {
         #[command(flatten)]
         common: Common,
@@ -178,12 +179,16 @@ pub fn run(command: TrafficCommand) -> Result<ExitCode> {
             listen,
             concurrency,
         } => {
-            receive(
-                &common,
-                listen,
-                TcpListener::bind,
-                move |l, meter, until| short::short_sink(l, meter, concurrency, until),
-            )?;
+            // answers for a second after the window, so that connections
+            // the sender opens as it ends are not refused
+            let sink = move |l, meter, until: &Until| {
+                let longer = Until {
+                    deadline: until.deadline + Duration::from_secs(1),
+                    stop: until.stop.clone(),
+                };
+                short::short_sink(l, meter, concurrency, &longer)
+            };
+            receive(&common, listen, TcpListener::bind, sink)?;
         }
         TrafficCommand::TcpEcho { common, listen } => {
             let until = common.enter()?;
