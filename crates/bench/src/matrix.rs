@@ -2,7 +2,8 @@
 //! fresh lab (a veth pair between two network namespaces) and the same
 //! traffic; a cell reports goodput at the receiver, the sender's TCP
 //! retransmissions, the machine's CPU, fairness, latency beside the flows,
-//! and the BPF programs' cost.
+//! the BPF programs' cost, and for short connections how many completed a
+//! second and how long each took.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

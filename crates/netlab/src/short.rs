@@ -20,8 +20,9 @@
 //! FIN arrives, before it closes. Its sockets would hold their local port
 //! for 60 s, all towards one address and port, and there are about 28,000
 //! ephemeral ports (32768-60999): at 2,000 connections a second they run
-//! out in 14 s (`net.ipv4.tcp_tw_reuse` helps on loopback only, not on a
-//! veth). So the sink never sends a FIN: it answers, then waits for the
+//! out in 14 s (the default `net.ipv4.tcp_tw_reuse`, 2, reuses them on
+//! loopback only, not on a veth). So the sink never sends a FIN: it
+//! answers, then waits for the
 //! source to close, which the source does with `SO_LINGER` 0 (a RST, sent
 //! from FIN_WAIT2). The RST ends the sink's socket; neither side keeps one,
 //! and the run leaves no socket behind. A connection cut at the deadline is

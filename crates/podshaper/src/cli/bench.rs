@@ -32,8 +32,8 @@ pub struct BenchArgs {
     /// 16Ki:32,256Ki:8,1Mi:64): CONCURRENCY connections (1-1024) at once,
     /// each writing SIZE bytes (a Kubernetes quantity, or a tc size: 64K is
     /// 64 KiB, 1M is 1,000,000 bytes, 1Mi 1 MiB), shutting down its write
-    /// side and waiting for the receiver's close, a new one opening at once
-    /// in its place. Each is a row of cells beside the TCP flows and UDP,
+    /// side and waiting for the receiver's answer (one byte, once it has
+    /// read everything), a new one opening at once in its place. Each is a row of cells beside the TCP flows and UDP,
     /// with connections per second and completion times.
     #[arg(long, value_delimiter = ',', value_name = "SIZE:CONCURRENCY")]
     short: Vec<String>,

@@ -57,8 +57,9 @@ pub enum TrafficCommand {
         #[arg(long)]
         listen: SocketAddr,
     },
-    /// Open short TCP connections, each writing --size bytes and waiting
-    /// for the receiver to close, --concurrency of them at once.
+    /// Open short TCP connections, --concurrency of them at once, each
+    /// writing --size bytes and waiting for the receiver's answer; print
+    /// connections completed after --skip and their completion times.
     ShortSend {
         #[command(flatten)]
         common: Common,
@@ -99,7 +100,8 @@ pub struct Common {
     /// How long to run.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
-    /// Receivers: seconds at the start left out of the reported rate.
+    /// Receivers, and short-send: seconds at the start left out of what
+    /// they report.
     #[arg(long, default_value_t = 1.0)]
     skip: f64,
 }

@@ -1,7 +1,8 @@
 //! The short-connection traffic (`podshaper_netlab::short`, the bench's
 //! `--short`): between two network namespaces, with no limit, it completes
-//! thousands of connections a second, the receiver gets each connection's
-//! bytes, and no socket is left behind (no TIME_WAIT on either side).
+//! thousands of connections a second (at least 2,000; 5,700-7,100 on 2
+//! cores beside a compiler), the receiver gets each connection's bytes, and
+//! no socket is left behind (no TIME_WAIT on either side).
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
@@ -84,7 +85,7 @@ fn short_connections_complete_thousands_a_second_and_leave_no_sockets() {
     eprintln!("{report:?}, received {} bytes", meter.read().bytes);
 
     assert!(
-        report.connections_per_second >= 1000.0 && report.connections >= 2000,
+        report.connections_per_second >= 2000.0 && report.connections >= 4000,
         "{report:?}"
     );
     assert_eq!(report.connections, report.total_connections, "{report:?}");
@@ -106,7 +107,7 @@ fn short_connections_complete_thousands_a_second_and_leave_no_sockets() {
         report.total_connections,
         shape.size
     );
-    // the close after the receiver's resets: nothing waits in TIME_WAIT
+    // the source's close is a reset, the sink sends no FIN: no TIME_WAIT
     thread::sleep(Duration::from_millis(200));
     for ns in [lab.a(), lab.b()] {
         let left = sockets_on_port(ns, port);
