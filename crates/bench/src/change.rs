@@ -46,7 +46,7 @@ pub fn run(shaper: &mut Shaper, rate: Rate, mechanism: Mechanism, cc: &str) -> R
     let one_flow = Traffic::Tcp(1);
     let sink = Sink::start(&lab, one_flow, to, TOTAL + Duration::from_secs(1));
     let seconds = TOTAL.as_secs_f64().to_string();
-    let mut child = lab::start_senders(&lab, cgroup.cgroup(), one_flow, 0, &seconds, to)?;
+    let mut child = lab::start_senders(&lab, cgroup.cgroup(), one_flow, 0, &seconds, 0.0, to)?;
     let start = Instant::now();
     let mut samples: Vec<(Duration, u64)> = Vec::new();
     let mut changed = None;

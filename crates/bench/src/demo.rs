@@ -149,6 +149,7 @@ pub fn run(
         one_flow,
         0,
         &total.as_secs_f64().to_string(),
+        0.0,
         sink_addr,
     );
     let result = source.and_then(|mut source| {

@@ -19,6 +19,8 @@ pub enum BenchError {
     UnknownMechanism(String),
     #[error("unknown direction {0:?}: expected egress or ingress")]
     UnknownDirection(String),
+    #[error("invalid short connections {value:?}: {reason}")]
+    Short { value: String, reason: String },
     #[error(
         "--seconds ({seconds}) must be at least one more than --warmup ({warmup}), which may not be negative"
     )]
@@ -46,6 +48,8 @@ pub enum BenchError {
     Tc { args: String, stderr: String },
     #[error("the receiver's report")]
     ReceiverReport(#[source] serde_json::Error),
+    #[error("the short connections' report")]
+    SenderReport(#[source] serde_json::Error),
     #[error("cannot enable BPF run-time statistics: {0}")]
     Stats(String),
     #[error("cannot tell the limited cgroup's level in the hierarchy")]

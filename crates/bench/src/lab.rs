@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use podshaper_netlab::short;
 use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::{Meter, NetnsPair};
 use podshaper_rate::Rate;
@@ -147,6 +148,9 @@ impl Sink {
             traffic::spawn_in(Some(lab.b().to_string()), move || match traffic {
                 Traffic::Tcp(_) => traffic::tcp_sink(TcpListener::bind(at)?, meter, &until),
                 Traffic::Udp => traffic::udp_sink(UdpSocket::bind(at)?, meter, &until),
+                Traffic::Short(s) => {
+                    short::short_sink(TcpListener::bind(at)?, meter, s.concurrency, &until)
+                }
             })
         };
         thread::sleep(Duration::from_millis(200));
@@ -164,13 +168,15 @@ impl Sink {
 }
 
 /// Senders in `cgroup` in namespace A, to `to` for `seconds`: TCP flows as
-/// fast as they may, or UDP at `udp_rate` bit/s.
+/// fast as they may, UDP at `udp_rate` bit/s, or short connections (whose
+/// report, on the child's stdout, leaves out the first `skip` seconds).
 pub fn start_senders(
     lab: &NetnsPair,
     cgroup: &Cgroup,
     traffic: Traffic,
     udp_rate: u64,
     seconds: &str,
+    skip: f64,
     to: SocketAddr,
 ) -> Result<Child> {
     let mut command = match traffic {
@@ -184,10 +190,25 @@ pub fn start_senders(
             c.args(["--rate", &udp_rate.to_string()]);
             c
         }
+        Traffic::Short(s) => {
+            let mut c = traffic_command("short-send", lab.a())?;
+            c.args(["--size", &s.size.to_string()])
+                .args(["--concurrency", &s.concurrency.to_string()])
+                .stdout(Stdio::piped());
+            c
+        }
     };
-    command
-        .args(["--seconds", seconds, "--to", &to.to_string()])
-        .stdout(Stdio::null());
+    if !matches!(traffic, Traffic::Short(_)) {
+        command.stdout(Stdio::null());
+    }
+    command.args([
+        "--seconds",
+        seconds,
+        "--skip",
+        &skip.to_string(),
+        "--to",
+        &to.to_string(),
+    ]);
     cgroup.spawn_inside(&mut command)?;
     command
         .spawn()

@@ -2,7 +2,8 @@
 //! fresh lab (a veth pair between two network namespaces) and the same
 //! traffic; a cell reports goodput at the receiver, the sender's TCP
 //! retransmissions, the machine's CPU, fairness, latency beside the flows,
-//! and the BPF programs' cost.
+//! the BPF programs' cost, and for short connections how many completed a
+//! second and how long each took.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::process::{Child, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
+use podshaper_netlab::short::{self, ShortReport};
 use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::window::{self, ReceiverReport};
 use podshaper_netlab::{netns, NetnsPair};
@@ -94,6 +96,8 @@ struct Measured {
     /// each flow's bytes after the warm-up
     flow_bytes: Vec<u64>,
     rtts: Vec<Duration>,
+    /// what the source of short connections saw
+    short: Option<ShortReport>,
 }
 
 pub fn run_cell(
@@ -202,7 +206,7 @@ pub fn run_cell(
         .map(|((b1, t1), (b0, t0))| (b1 - b0) as f64 / (t1 - t0).max(1) as f64)
         .unwrap_or(0.0);
     let retrans = match (before_tcp, netns::tcp_segments(sender_ns), traffic) {
-        (Some(b), Some(a), Traffic::Tcp(_)) => Some((a.0 - b.0, a.1 - b.1)),
+        (Some(b), Some(a), Traffic::Tcp(_) | Traffic::Short(_)) => Some((a.0 - b.0, a.1 - b.1)),
         _ => None,
     };
     let mut shaped = None;
@@ -256,6 +260,11 @@ pub fn run_cell(
         shaper_packets: shaped.map(|s| s.packets),
         shaper_dropped: shaped.map(|s| s.dropped),
         shaper_marked: shaped.map(|s| s.marked),
+        connections: measured.short.as_ref().map(|s| s.connections),
+        connections_per_second: measured.short.as_ref().map(|s| s.connections_per_second),
+        completion_p50_ms: measured.short.as_ref().map(|s| s.completion_p50_ms),
+        completion_p99_ms: measured.short.as_ref().map(|s| s.completion_p99_ms),
+        failed_connections: measured.short.as_ref().map(|s| s.failed),
     })
 }
 
@@ -276,7 +285,7 @@ fn measure(
     let offered = rate.bits_per_sec() * 4;
     let flows = match traffic {
         Traffic::Tcp(n) => n,
-        Traffic::Udp => 1,
+        Traffic::Udp | Traffic::Short(_) => 1,
     };
     // Beside TCP bulk traffic: a request/response probe. Its far end runs in
     // the limited cgroup (in A); this process pings it from B, so one leg of
@@ -290,49 +299,78 @@ fn measure(
         let to = SocketAddr::new(NetnsPair::addr_b(false), PORT);
         let sink = Sink::start(lab, traffic, to, total + Duration::from_secs(1));
         let seconds = seconds.to_string();
-        let mut child = lab::start_senders(lab, cgroup.cgroup(), traffic, offered, &seconds, to)?;
+        let child = lab::start_senders(lab, cgroup.cgroup(), traffic, offered, &seconds, skip, to)?;
         // the window ends a little before the senders do
         let until = Until::after(total - Duration::from_millis(100));
         let measured = window::measure(&sink.meter, Duration::from_secs_f64(skip), &until);
-        let _ = child.wait();
+        let sender = child.wait_with_output();
         sink.stop();
+        let short = match traffic {
+            Traffic::Short(_) => {
+                Some(serde_json::from_slice(&sender?.stdout).map_err(BenchError::SenderReport)?)
+            }
+            _ => None,
+        };
         Ok(Measured {
             achieved: measured.bits_per_sec(),
             flow_bytes: measured.flow_bytes,
             rtts: rtts(),
+            short,
         })
     } else {
         let listen = SocketAddr::new(NetnsPair::addr_a(false), PORT);
         let verb = match traffic {
             Traffic::Tcp(_) => "tcp-recv",
             Traffic::Udp => "udp-recv",
+            Traffic::Short(_) => "short-recv",
         };
         let mut cmd = lab::traffic_command(verb, lab.a())?;
+        if let Traffic::Short(s) = traffic {
+            cmd.args(["--concurrency", &s.concurrency.to_string()]);
+        }
         cmd.args(["--seconds", &seconds.to_string()])
             .args(["--skip", &skip.to_string(), "--listen", &listen.to_string()])
             .stdout(Stdio::piped());
         cgroup.cgroup().spawn_inside(&mut cmd)?;
         let child = cmd.spawn()?;
-        let until = Until::after(total + Duration::from_secs(1));
+        // short connections stop with the receiver's window (it answers
+        // for a second more, so that none is refused as the run ends)
+        let source_lasts = match traffic {
+            Traffic::Short(_) => total,
+            _ => total + Duration::from_secs(1),
+        };
+        let until = Until::after(source_lasts);
         let source = {
             let until = until.clone();
             traffic::spawn_in(Some(lab.b().to_string()), move || {
                 thread::sleep(Duration::from_millis(200));
                 match traffic {
-                    Traffic::Tcp(_) => traffic::tcp_send(listen, flows, &until).map(|_| ()),
-                    Traffic::Udp => traffic::udp_send(listen, offered, &until).map(|_| ()),
+                    Traffic::Tcp(_) => traffic::tcp_send(listen, flows, &until).map(|_| None),
+                    Traffic::Udp => traffic::udp_send(listen, offered, &until).map(|_| None),
+                    Traffic::Short(s) => {
+                        let skip = Duration::from_secs_f64(skip);
+                        short::short_send(listen, s, skip, &until).map(Some)
+                    }
                 }
             })
         };
         let out = child.wait_with_output()?;
         until.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = source.join();
+        let sent = source.join();
         let report: ReceiverReport =
             serde_json::from_slice(&out.stdout).map_err(BenchError::ReceiverReport)?;
+        let short = match (traffic, sent) {
+            (Traffic::Short(_), Ok(sent)) => sent?,
+            (Traffic::Short(_), Err(_)) => {
+                return Err(BenchError::Proc("the short connections' thread panicked"))
+            }
+            _ => None,
+        };
         Ok(Measured {
             achieved: report.bits_per_second,
             flow_bytes: report.flow_bytes_measured,
             rtts: rtts(),
+            short,
         })
     }
 }

@@ -60,7 +60,7 @@ pub fn run(
     let traffic = Traffic::Tcp(flows);
     let sink = Sink::start(&lab, traffic, to, total + Duration::from_secs(2));
     let seconds = (total + Duration::from_secs(1)).as_secs().to_string();
-    let mut child = lab::start_senders(&lab, cgroup.cgroup(), traffic, 0, &seconds, to)?;
+    let mut child = lab::start_senders(&lab, cgroup.cgroup(), traffic, 0, &seconds, 0.0, to)?;
     thread::sleep(Duration::from_millis(300));
     let mut per_second = Seconds::start(&sink.meter);
     let start = Instant::now();

@@ -4,7 +4,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use podshaper_rate::Rate;
+use podshaper_netlab::short::ShortConnections;
+use podshaper_rate::{ByteSize, Rate};
 use serde::{Serialize, Serializer};
 
 use crate::error::{BenchError, Result};
@@ -78,6 +79,40 @@ pub enum Traffic {
     Tcp(usize),
     /// UDP offered at four times the limit
     Udp,
+    /// short TCP connections, this many at once of this size each
+    Short(ShortConnections),
+}
+
+/// The most short connections a cell opens at once (one thread per
+/// connection on each side).
+pub const MAX_SHORT_CONCURRENCY: usize = 1024;
+
+/// `SIZE:CONCURRENCY` (`64Ki:32`): a short-connection traffic. SIZE is the
+/// CLI's size (a Kubernetes quantity of bytes, or a tc size: `64K` and
+/// `64kb` are 64 KiB, `1M` is 1,000,000 bytes, `1Mi` 1 MiB).
+pub fn parse_short(text: &str) -> Result<ShortConnections> {
+    let invalid = |reason: String| BenchError::Short {
+        value: text.to_string(),
+        reason,
+    };
+    let (size, concurrency) = text
+        .split_once(':')
+        .ok_or_else(|| invalid("expected SIZE:CONCURRENCY, e.g. 64Ki:32".into()))?;
+    let size: ByteSize = size.parse().map_err(|e| invalid(format!("{e}")))?;
+    let concurrency: usize = concurrency
+        .trim()
+        .parse()
+        .ok()
+        .filter(|c| (1..=MAX_SHORT_CONCURRENCY).contains(c))
+        .ok_or_else(|| {
+            invalid(format!(
+                "concurrency {concurrency:?} is not a whole number from 1 to {MAX_SHORT_CONCURRENCY}"
+            ))
+        })?;
+    Ok(ShortConnections {
+        size: size.bytes(),
+        concurrency,
+    })
 }
 
 impl fmt::Display for Traffic {
@@ -85,6 +120,11 @@ impl fmt::Display for Traffic {
         match self {
             Self::Tcp(n) => f.pad(&format!("tcp x{n}")),
             Self::Udp => f.pad("udp 4x"),
+            Self::Short(s) => {
+                let size = ByteSize::from_bytes(s.size)
+                    .map_or_else(|_| format!("{}B", s.size), |b| b.to_string());
+                f.pad(&format!("short {size}:{}", s.concurrency))
+            }
         }
     }
 }
@@ -112,6 +152,8 @@ pub struct Options {
     pub mechanisms: Vec<Mechanism>,
     /// also UDP, offered at 4x the limit
     pub udp: bool,
+    /// also short connections, each of these
+    pub short: Vec<ShortConnections>,
     /// seconds per run, the warm-up included
     pub seconds: f64,
     /// seconds at the start of each run left out of the measurement
@@ -151,7 +193,8 @@ impl Options {
         Ok(())
     }
 
-    /// The cells' traffics: the TCP flow counts, then UDP.
+    /// The cells' traffics: the TCP flow counts, then UDP, then short
+    /// connections.
     pub fn traffics(&self) -> Vec<Traffic> {
         let mut traffics: Vec<Traffic> = self
             .flows
@@ -161,6 +204,7 @@ impl Options {
         if self.udp {
             traffics.push(Traffic::Udp);
         }
+        traffics.extend(self.short.iter().map(|s| Traffic::Short(*s)));
         traffics
     }
 
@@ -204,5 +248,35 @@ mod tests {
             serde_json::to_value(Traffic::Udp).ok(),
             Some(serde_json::json!("udp 4x"))
         );
+    }
+
+    #[test]
+    fn short_connections_read_as_size_and_concurrency() {
+        let short = |s: &str| parse_short(s).map(Traffic::Short).map(|t| t.to_string());
+        assert_eq!(short("64Ki:32").ok().as_deref(), Some("short 64KiB:32"));
+        assert_eq!(short("16K:8").ok().as_deref(), Some("short 16KiB:8"));
+        assert_eq!(short("1Mi:256").ok().as_deref(), Some("short 1MiB:256"));
+        assert_eq!(
+            parse_short("1M:64").ok(),
+            Some(ShortConnections {
+                size: 1_000_000,
+                concurrency: 64
+            })
+        );
+        for bad in [
+            "64Ki",
+            "64Ki:0",
+            "64Ki:x",
+            "64Ki:1025",
+            "nope:8",
+            "1:8",
+            ":8",
+        ] {
+            let e = parse_short(bad).err().map(|e| e.to_string());
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains(bad)),
+                "{bad}: {e:?}"
+            );
+        }
     }
 }

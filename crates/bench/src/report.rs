@@ -76,6 +76,15 @@ pub struct Cell {
     pub shaper_packets: Option<u64>,
     pub shaper_dropped: Option<u64>,
     pub shaper_marked: Option<u64>,
+    /// short connections: those completed after the warm-up, and per second
+    pub connections: Option<u64>,
+    pub connections_per_second: Option<f64>,
+    /// their completion times, from `connect()` to the receiver's answer
+    /// (sent once it has read the last byte)
+    pub completion_p50_ms: Option<f64>,
+    pub completion_p99_ms: Option<f64>,
+    /// connections refused, reset or timed out, over the whole run
+    pub failed_connections: Option<u64>,
 }
 
 /// A limit halved mid-flow.
@@ -247,6 +256,19 @@ impl fmt::Display for Cell {
                 write!(f, ", {program} {ns:.0} ns/run over {runs} runs")?;
             }
         }
+        if let (Some(per_sec), Some(p50), Some(p99)) = (
+            self.connections_per_second,
+            self.completion_p50_ms,
+            self.completion_p99_ms,
+        ) {
+            write!(
+                f,
+                ", {per_sec:.0} conn/s, completion p50 {p50:.2} ms p99 {p99:.2} ms"
+            )?;
+            if let Some(failed) = self.failed_connections.filter(|n| *n > 0) {
+                write!(f, ", {failed} failed")?;
+            }
+        }
         if let (Some(packets), Some(dropped), Some(marked)) =
             (self.shaper_packets, self.shaper_dropped, self.shaper_marked)
         {
@@ -335,6 +357,7 @@ impl Report {
             writeln!(out, "podshaper ingress: {ingress}")?;
         }
         self.write_cells(out)?;
+        self.write_short_connections(out)?;
         if !self.limit_changes.is_empty() {
             writeln!(out)?;
             writeln!(
@@ -365,22 +388,13 @@ impl Report {
     /// The matrix: a row per direction, rate and traffic, a column per
     /// mechanism; then latency, fairness and BPF cost of the TCP rows.
     fn write_cells(&self, out: &mut String) -> fmt::Result {
-        let rows = || self.cells.chunks(self.mechanisms.len().max(1));
-        let row_head = |c: &Cell| {
-            format!(
-                "{:<8}{:>11}  {:<9}",
-                c.direction,
-                c.rate.to_string(),
-                c.traffic.to_string()
-            )
-        };
-        let mut header = format!("{:<8}{:>11}  {:<9}", "dir", "target", "traffic");
+        let mut header = self.head();
         for m in &self.mechanisms {
             write!(header, "  {:>24}", format!("{m} (ratio/retr%/cpu)"))?;
         }
         writeln!(out, "{header}")?;
-        for chunk in rows() {
-            let mut line = row_head(&chunk[0]);
+        for chunk in self.rows() {
+            let mut line = self.row_head(&chunk[0]);
             for c in chunk {
                 let retr = c
                     .retrans()
@@ -395,17 +409,17 @@ impl Report {
             "ratio: goodput at the receiver / target (unlimited: / the target it would have had)"
         )?;
         writeln!(out)?;
-        let mut header = format!("{:<8}{:>11}  {:<9}", "dir", "target", "traffic");
+        let mut header = self.head();
         for m in &self.mechanisms {
             write!(header, "  {:>22}", format!("{m} (rtt p99/jain)"))?;
         }
         write!(header, "  {:>18}", "bpf ns/pkt (empty)")?;
         writeln!(out, "{header}")?;
-        for chunk in rows() {
+        for chunk in self.rows() {
             if chunk[0].traffic == Traffic::Udp {
                 continue;
             }
-            let mut line = row_head(&chunk[0]);
+            let mut line = self.row_head(&chunk[0]);
             for c in chunk {
                 let rtt = c.rtt_p99_ms.map_or("-".into(), |p99| format!("{p99:.2}ms"));
                 let jain = c.jain_index.map_or("-".into(), |j| format!("{j:.3}"));
@@ -432,127 +446,75 @@ impl Report {
              in brackets that of a program that does nothing, on the same packets"
         )
     }
+
+    /// The short-connection rows again: connections per second and their
+    /// completion times.
+    fn write_short_connections(&self, out: &mut String) -> fmt::Result {
+        let short = |chunk: &&[Cell]| matches!(chunk[0].traffic, Traffic::Short(_));
+        if !self.rows().any(|chunk| short(&chunk)) {
+            return Ok(());
+        }
+        writeln!(out)?;
+        let mut header = self.head();
+        for m in &self.mechanisms {
+            write!(header, "  {:>30}", format!("{m} (conn/s / p50 / p99)"))?;
+        }
+        writeln!(out, "{header}")?;
+        for chunk in self.rows().filter(short) {
+            let mut line = self.row_head(&chunk[0]);
+            for c in chunk {
+                let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+                let per_sec = c
+                    .connections_per_second
+                    .map_or("-".into(), |v| format!("{v:.0}"));
+                let cell = format!(
+                    "{per_sec} / {} / {}ms",
+                    ms(c.completion_p50_ms),
+                    ms(c.completion_p99_ms)
+                );
+                write!(line, "  {cell:>30}")?;
+            }
+            writeln!(out, "{line}")?;
+        }
+        writeln!(
+            out,
+            "short SIZE:N: N connections at once, each writing SIZE, shutting down its write \
+             side and waiting for the receiver's answer before the next opens; conn/s: those \
+             completed per second after the warm-up; p50, p99: their time from connect() to \
+             the answer"
+        )
+    }
+
+    /// The cells a row of the matrix holds: one per mechanism.
+    fn rows(&self) -> std::slice::Chunks<'_, Cell> {
+        self.cells.chunks(self.mechanisms.len().max(1))
+    }
+
+    /// The traffic column's width: the longest traffic's name, at least 9.
+    fn traffic_width(&self) -> usize {
+        self.cells
+            .iter()
+            .map(|c| c.traffic.to_string().len())
+            .fold(9, usize::max)
+    }
+
+    /// The first columns of a table's header.
+    fn head(&self) -> String {
+        let w = self.traffic_width();
+        format!("{:<8}{:>11}  {:<w$}", "dir", "target", "traffic")
+    }
+
+    /// The first columns of `c`'s row: direction, target and traffic.
+    fn row_head(&self, c: &Cell) -> String {
+        let w = self.traffic_width();
+        format!(
+            "{:<8}{:>11}  {:<w$}",
+            c.direction,
+            c.rate.to_string(),
+            c.traffic.to_string()
+        )
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rate(bps: u64) -> Rate {
-        Rate::from_bits_per_sec(bps).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn cell(mechanism: Mechanism, achieved_bps: f64) -> Cell {
-        let podshaper = mechanism == Mechanism::Podshaper;
-        Cell {
-            direction: Direction::Egress,
-            rate: rate(100_000_000),
-            traffic: Traffic::Tcp(4),
-            mechanism,
-            achieved_bps,
-            achieved_ratio: achieved_bps / 100e6,
-            retransmitted_segments: Some(3),
-            sent_segments: Some(1000),
-            cpu_busy: 0.25,
-            jain_index: Some(0.998),
-            flow_bytes: vec![1, 2, 3, 4],
-            rtt_p50_ms: Some(1.5),
-            rtt_p99_ms: Some(4.25),
-            bpf_ns_per_packet: podshaper.then_some(412.4),
-            bpf_empty_ns_per_packet: podshaper.then_some(61.0),
-            bpf_sockops_ns_per_run: None,
-            bpf_sockops_runs: None,
-            bpf_host_class_ns_per_run: None,
-            bpf_host_class_runs: None,
-            bpf_flow_class_ns_per_run: None,
-            bpf_flow_class_runs: None,
-            shaper_bytes: podshaper.then_some(10),
-            shaper_packets: podshaper.then_some(99),
-            shaper_dropped: podshaper.then_some(1),
-            shaper_marked: podshaper.then_some(0),
-        }
-    }
-
-    fn report() -> Report {
-        Report {
-            congestion_control: "cubic".into(),
-            ecn: false,
-            ingress_queue: true,
-            host_queue: false,
-            cells: vec![cell(Mechanism::Podshaper, 95e6), cell(Mechanism::Tbf, 93e6)],
-            limit_changes: vec![LimitChange::new(
-                rate(100_000_000),
-                Mechanism::Podshaper,
-                Some(Duration::from_millis(120)),
-                vec![(0.05, 1.0)],
-            )],
-            open_flows: vec![OpenFlows::new(
-                rate(100_000_000),
-                4,
-                Mechanism::Tbf,
-                When::OnRunningFlows,
-                vec![1.5, 1.0, 0.96],
-            )],
-            mechanisms: vec![Mechanism::Podshaper, Mechanism::Tbf],
-            measured_ingress: false,
-        }
-    }
-
-    #[test]
-    fn the_table_reads_as_before() {
-        let expected = "\
-TCP congestion control: cubic
-ECN: not asked for
-dir          target  traffic    podshaper (ratio/retr%/cpu)     tbf (ratio/retr%/cpu)
-egress    100Mbit/s  tcp x4           0.950 / 0.30 / 25%        0.930 / 0.30 / 25%
-ratio: goodput at the receiver / target (unlimited: / the target it would have had)
-
-dir          target  traffic    podshaper (rtt p99/jain)      tbf (rtt p99/jain)  bpf ns/pkt (empty)
-egress    100Mbit/s  tcp x4             4.25ms / 0.998          4.25ms / 0.998            412 (61)
-rtt p99: round trip of a 64-byte request/response beside the bulk flows, one leg through the limit; jain: fairness of the flows' bytes (1 = equal); bpf: mean run time of the shaper's program per packet (kernel BPF statistics), in brackets that of a program that does nothing, on the same packets
-
-limit halved mid-flow (one TCP flow, egress): time until the new rate holds
-    100Mbit/s  podshaper  120 ms
-
-a limit put on TCP flows already running (egress), seconds 2-7 after it, of the limit:
-   100Mbit/s x4  tbf       on running flows mean 0.980, worst second 0.960, first second 1.500
-";
-        assert_eq!(report().table(), expected);
-    }
-
-    #[test]
-    fn progress_lines_name_what_ended() {
-        let r = report();
-        assert_eq!(
-            Progress::Cell(&r.cells[0]).to_string(),
-            "egress   100Mbit/s tcp x4   podshaper achieved 0.950 of target, retrans 0.30%, \
-             jain 0.998, rtt p50 1.50 ms p99 4.25 ms, bpf 412 ns/pkt (empty program 61), \
-             dropped 1.00% marked 0.00%"
-        );
-        assert_eq!(
-            Progress::Change(&r.limit_changes[0]).to_string(),
-            "change   100Mbit/s podshaper new limit in effect after 120 ms"
-        );
-    }
-
-    #[test]
-    fn json_names_the_fields_as_the_contract_does() {
-        let json = report().to_json().unwrap_or_else(|e| panic!("{e}"));
-        let text = json.to_string();
-        // keys sorted, as serde_json's maps print them
-        assert!(
-            text.starts_with("{\"cells\":[{\"achieved_bps\":95000000.0,"),
-            "{text}"
-        );
-        assert_eq!(json["cells"][0]["target_bps"], 100_000_000);
-        assert_eq!(json["cells"][0]["traffic"], "tcp x4");
-        assert_eq!(
-            json["cells"][1]["bpf_ns_per_packet"],
-            serde_json::Value::Null
-        );
-        assert_eq!(json["limit_changes"][0]["change_to_effect_ms"], 120.0);
-        assert_eq!(json["open_flows"][0]["limited"], "on running flows");
-        assert_eq!(json["open_flows"][0]["seconds_ratio"][0], 1.5);
-        assert!(json.get("mechanisms").is_none(), "{text}");
-    }
-}
+mod tests;

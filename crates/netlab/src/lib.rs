@@ -8,6 +8,7 @@
 pub mod latency;
 pub mod meter;
 pub mod netns;
+pub mod short;
 pub mod traffic;
 pub mod window;
 

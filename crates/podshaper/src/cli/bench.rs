@@ -28,6 +28,15 @@ pub struct BenchArgs {
     /// Also UDP, offered at 4x the limit.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     udp: bool,
+    /// Also short TCP connections, as SIZE:CONCURRENCY pairs (e.g.
+    /// 16Ki:32,256Ki:8,1Mi:64): CONCURRENCY connections (1-1024) at once,
+    /// each writing SIZE bytes (a Kubernetes quantity, or a tc size: 64K is
+    /// 64 KiB, 1M is 1,000,000 bytes, 1Mi 1 MiB), shutting down its write
+    /// side and waiting for the receiver's answer (one byte, once it has
+    /// read everything), a new one opening at once in its place. Each is a row of cells beside the TCP flows and UDP,
+    /// with connections per second and completion times.
+    #[arg(long, value_delimiter = ',', value_name = "SIZE:CONCURRENCY")]
+    short: Vec<String>,
     /// Seconds per run, the warm-up included.
     #[arg(long, default_value_t = 7.0)]
     seconds: f64,
@@ -116,6 +125,11 @@ pub fn run(args: BenchArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
             .map(|d| d.parse())
             .collect::<Result<_, _>>()?,
         udp: args.udp,
+        short: args
+            .short
+            .iter()
+            .map(|s| podshaper_bench::options::parse_short(s))
+            .collect::<Result<_, _>>()?,
         seconds: args.seconds,
         warmup: args.warmup,
         probe: args.probe,

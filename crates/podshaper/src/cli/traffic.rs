@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use podshaper_netlab::short::{self, ShortConnections};
 use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::window::{self, ReceiverReport};
 use podshaper_netlab::{netns, Meter};
-use podshaper_rate::Rate;
+use podshaper_rate::{ByteSize, Rate};
 
 #[derive(Debug, Subcommand)]
 pub enum TrafficCommand {
@@ -56,6 +57,32 @@ pub enum TrafficCommand {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Open short TCP connections, --concurrency of them at once, each
+    /// writing --size bytes and waiting for the receiver's answer; print
+    /// connections completed after --skip and their completion times.
+    ShortSend {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        to: SocketAddr,
+        /// Bytes each connection writes (e.g. 64Ki).
+        #[arg(long)]
+        size: ByteSize,
+        /// Connections open at once.
+        #[arg(long)]
+        concurrency: usize,
+    },
+    /// Receive short TCP connections and report the rate (of --seconds;
+    /// it goes on answering for a second more).
+    ShortRecv {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Connections read at once: at least the sender's --concurrency.
+        #[arg(long)]
+        concurrency: usize,
+    },
     /// Echo small TCP messages back (the far end of a latency probe).
     TcpEcho {
         #[command(flatten)]
@@ -73,7 +100,8 @@ pub struct Common {
     /// How long to run.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
-    /// Receivers: seconds at the start left out of the reported rate.
+    /// Receivers, and short-send: seconds at the start left out of what
+    /// they report.
     #[arg(long, default_value_t = 1.0)]
     skip: f64,
 }
@@ -132,6 +160,38 @@ pub fn run(command: TrafficCommand) -> Result<ExitCode> {
         TrafficCommand::TcpRecv { common, listen } => {
             receive(&common, listen, TcpListener::bind, traffic::tcp_sink)?;
         }
+        TrafficCommand::ShortSend {
+            common,
+            to,
+            size,
+            concurrency,
+        } => {
+            let shape = ShortConnections {
+                size: size.bytes(),
+                concurrency,
+            };
+            let until = common.enter()?;
+            let report = short::short_send(to, shape, secs(common.skip)?, &until)
+                .with_context(|| format!("opening short connections to {to}"))?;
+            // as a JSON object's keys print: sorted
+            println!("{}", serde_json::to_value(&report)?);
+        }
+        TrafficCommand::ShortRecv {
+            common,
+            listen,
+            concurrency,
+        } => {
+            // answers for a second after the window, so that connections
+            // the sender opens as it ends are not refused
+            let sink = move |l, meter, until: &Until| {
+                let longer = Until {
+                    deadline: until.deadline + Duration::from_secs(1),
+                    stop: until.stop.clone(),
+                };
+                short::short_sink(l, meter, concurrency, &longer)
+            };
+            receive(&common, listen, TcpListener::bind, sink)?;
+        }
         TrafficCommand::TcpEcho { common, listen } => {
             let until = common.enter()?;
             let listener =
@@ -151,7 +211,7 @@ fn receive<S: Send + 'static>(
     common: &Common,
     listen: SocketAddr,
     bind: fn(SocketAddr) -> std::io::Result<S>,
-    sink: fn(S, Meter, &Until) -> std::io::Result<()>,
+    sink: impl FnOnce(S, Meter, &Until) -> std::io::Result<()> + Send + 'static,
 ) -> Result<()> {
     let until = common.enter()?;
     let socket = bind(listen).with_context(|| format!("listening on {listen}"))?;

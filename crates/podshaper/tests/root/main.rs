@@ -43,6 +43,7 @@ mod ingress_queue;
 mod open_connections;
 mod run_command;
 mod shaping;
+mod short_connections;
 mod soak;
 
 /// The module whose tests run now, and how many of them run.
