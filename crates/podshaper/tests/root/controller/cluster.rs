@@ -27,6 +27,7 @@ fn deploy_manifests_pass_a_server_side_dry_run() {
     eprintln!("{out}");
     for object in [
         "namespace/podshaper-system",
+        "customresourcedefinition.apiextensions.k8s.io/bandwidthpolicies.podshaper.io",
         "serviceaccount/podshaper",
         "clusterrole.rbac.authorization.k8s.io/podshaper-controller",
         "daemonset.apps/podshaper",
@@ -52,6 +53,8 @@ fn deploy_manifests_pass_a_server_side_dry_run() {
     };
     assert!(can("watch", "pods"));
     assert!(can("create", "events.events.k8s.io"));
+    assert!(can("watch", "bandwidthpolicies.podshaper.io"));
+    assert!(!can("patch", "bandwidthpolicies.podshaper.io"));
     assert!(!can("update", "pods"));
     assert!(!can("delete", "pods"));
     assert!(!can("get", "secrets"));

@@ -1,0 +1,302 @@
+//! BandwidthPolicy: namespace defaults for the pods a selector picks, with
+//! the CRD from deploy/ on the real API server. A policy limits pods live,
+//! a pod's annotation wins over it, conflicting policies give the lowest
+//! value and say so in their status, a bad value is named in the status and
+//! changes nothing, and each node writes its own entry of the status.
+
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{unique_ns, wait_for, SimNode, CONVERGE, EGRESS};
+use crate::common::kube::ApiServer;
+
+const CRD: &str = "crd/bandwidthpolicies.podshaper.io";
+
+/// The CRD as deployed, installed (idempotently) and established.
+fn install_crd(api: &ApiServer) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/bandwidthpolicy-crd.yaml");
+    api.kubectl_ok(&["apply", "-f", &path.display().to_string()]);
+    api.kubectl_ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout",
+        "60s",
+        CRD,
+    ]);
+}
+
+/// Creates or replaces a policy (`spec` lines in YAML, indented by four).
+fn apply_policy(api: &ApiServer, ns: &str, name: &str, spec: &str) {
+    let manifest = format!(
+        "apiVersion: podshaper.io/v1alpha1\nkind: BandwidthPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}"
+    );
+    api.kubectl_stdin(&["apply", "-f", "-"], &manifest);
+}
+
+fn policy(api: &ApiServer, ns: &str, name: &str) -> Value {
+    let out = api.kubectl_ok(&[
+        "get",
+        "bandwidthpolicy",
+        name,
+        "-n",
+        ns,
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("policy {ns}/{name}: {e}: {out}"))
+}
+
+/// The policy's status entry for `node`, if any.
+fn entry(api: &ApiServer, ns: &str, name: &str, node: &str) -> Option<Value> {
+    policy(api, ns, name)["status"]["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["node"] == node)
+        .cloned()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_policy_limits_pods_live_and_a_pods_annotation_wins() {
+    require_root!();
+    let api = ApiServer::start();
+    install_crd(&api);
+    let ns = unique_ns("policy");
+    api.create_namespace(&ns);
+    let n1 = SimNode::start(&api, "node-1");
+    let web = [("app", "web")];
+    let a = api.create_labeled_pod(&ns, "a", "node-1", &web, &[]);
+    let b = api.create_labeled_pod(&ns, "b", "node-1", &web, &[(EGRESS, "50M")]);
+    let db = api.create_labeled_pod(&ns, "db", "node-1", &[("app", "db")], &[]);
+    for uid in [&a, &b, &db] {
+        n1.make_pod_cgroup(uid);
+    }
+    let spec = |egress: &str| {
+        format!(
+            "  podSelector:\n    matchLabels: {{app: web}}\n  egressBandwidth: {egress}\n  ingressBandwidth: 20M\n  egressBurst: 256Ki\n"
+        )
+    };
+    apply_policy(&api, &ns, "web", &spec("10M"));
+    wait_for("a limited by the policy", CONVERGE, Some(&n1), || {
+        n1.limits(&a) == Some((Some(10_000_000), Some(20_000_000)))
+    });
+    // the annotation wins for egress; ingress still comes from the policy
+    wait_for(
+        "b: annotation egress, policy ingress",
+        CONVERGE,
+        Some(&n1),
+        || n1.limits(&b) == Some((Some(50_000_000), Some(20_000_000))),
+    );
+    // the policy's burst too
+    let listed = n1
+        .daemon
+        .list()
+        .into_iter()
+        .find(|c| c["pod_uid"].as_str() == Some(a.as_str()))
+        .expect("a listed");
+    assert_eq!(listed["burst_bytes"].as_u64(), Some(256 * 1024), "{listed}");
+    assert!(n1.limits(&db).is_none(), "db is not selected");
+    wait_for(
+        "BandwidthLimited naming the policy",
+        CONVERGE,
+        Some(&n1),
+        || {
+            api.events(&ns, "a").iter().any(|(t, r, n)| {
+                t == "Normal" && r == "BandwidthLimited" && n.contains("BandwidthPolicy web")
+            })
+        },
+    );
+    // the status lists the governed pods of the node
+    wait_for("the status lists a and b", CONVERGE, Some(&n1), || {
+        entry(&api, &ns, "web", "node-1").is_some_and(|e| strings(&e["pods"]) == ["a", "b"])
+    });
+
+    // changed live
+    apply_policy(&api, &ns, "web", &spec("30M"));
+    wait_for("a follows the policy to 30M", CONVERGE, Some(&n1), || {
+        n1.limits(&a) == Some((Some(30_000_000), Some(20_000_000)))
+    });
+    assert_eq!(n1.limits(&b), Some((Some(50_000_000), Some(20_000_000))));
+
+    // removed: unlimited, as removing an annotation is; b keeps its own
+    api.kubectl_ok(&["delete", "bandwidthpolicy", "web", "-n", &ns]);
+    wait_for(
+        "a unlimited once the policy is gone",
+        CONVERGE,
+        Some(&n1),
+        || n1.limits(&a).is_none(),
+    );
+    wait_for("b keeps its annotation", CONVERGE, Some(&n1), || {
+        n1.limits(&b) == Some((Some(50_000_000), None))
+    });
+}
+
+#[test]
+fn conflicting_policies_give_the_lowest_and_both_statuses_say_so() {
+    require_root!();
+    let api = ApiServer::start();
+    install_crd(&api);
+    let ns = unique_ns("policy-conflict");
+    api.create_namespace(&ns);
+    let n1 = SimNode::start(&api, "node-1");
+    let p = api.create_labeled_pod(&ns, "p", "node-1", &[("tier", "batch")], &[]);
+    n1.make_pod_cgroup(&p);
+    apply_policy(
+        &api,
+        &ns,
+        "loose",
+        "  podSelector: {}\n  egressBandwidth: 50M\n",
+    );
+    apply_policy(
+        &api,
+        &ns,
+        "strict",
+        "  podSelector:\n    matchLabels: {tier: batch}\n  egressBandwidth: 5M\n",
+    );
+    wait_for("the lower ceiling in force", CONVERGE, Some(&n1), || {
+        n1.limits(&p) == Some((Some(5_000_000), None))
+    });
+    let expected = "egressBandwidth: loose asks 50M, strict asks 5M; the lowest, 5M, is in force";
+    for name in ["loose", "strict"] {
+        wait_for(
+            &format!("{name}'s status names the conflict"),
+            CONVERGE,
+            Some(&n1),
+            || {
+                entry(&api, &ns, name, "node-1")
+                    .is_some_and(|e| strings(&e["conflicts"]) == [expected])
+            },
+        );
+    }
+    // the conflict ends with the stricter policy
+    api.kubectl_ok(&["delete", "bandwidthpolicy", "strict", "-n", &ns]);
+    wait_for("the remaining policy in force", CONVERGE, Some(&n1), || {
+        n1.limits(&p) == Some((Some(50_000_000), None))
+    });
+    wait_for("no conflict left", CONVERGE, Some(&n1), || {
+        entry(&api, &ns, "loose", "node-1").is_some_and(|e| strings(&e["conflicts"]).is_empty())
+    });
+}
+
+#[test]
+fn a_bad_policy_value_is_named_in_its_status_and_changes_nothing() {
+    require_root!();
+    let api = ApiServer::start();
+    install_crd(&api);
+    let ns = unique_ns("policy-bad");
+    api.create_namespace(&ns);
+    let n1 = SimNode::start(&api, "node-1");
+    let p = api.create_pod(&ns, "p", "node-1", &[]);
+    n1.make_pod_cgroup(&p);
+    apply_policy(
+        &api,
+        &ns,
+        "all",
+        "  podSelector: {}\n  egressBandwidth: 10M\n",
+    );
+    wait_for("p limited", CONVERGE, Some(&n1), || {
+        n1.limits(&p) == Some((Some(10_000_000), None))
+    });
+    for bad in ["fast", "2P", "500"] {
+        apply_policy(
+            &api,
+            &ns,
+            "all",
+            &format!("  podSelector: {{}}\n  egressBandwidth: \"{bad}\"\n"),
+        );
+        wait_for("the status names the value", CONVERGE, Some(&n1), || {
+            entry(&api, &ns, "all", "node-1").is_some_and(|e| {
+                strings(&e["errors"]).iter().any(|m| {
+                    m.contains(&format!("egressBandwidth={bad:?}"))
+                        && m.contains("1k")
+                        && m.contains("1P")
+                })
+            })
+        });
+        // a few passes (resync 3 s): what was in force stays
+        thread::sleep(Duration::from_secs(4));
+        assert_eq!(n1.limits(&p), Some((Some(10_000_000), None)), "{bad}");
+    }
+    apply_policy(
+        &api,
+        &ns,
+        "all",
+        "  podSelector: {}\n  egressBandwidth: 20M\n",
+    );
+    wait_for("a good value again", CONVERGE, Some(&n1), || {
+        n1.limits(&p) == Some((Some(20_000_000), None))
+    });
+    wait_for("the error is gone", CONVERGE, Some(&n1), || {
+        entry(&api, &ns, "all", "node-1").is_some_and(|e| strings(&e["errors"]).is_empty())
+    });
+}
+
+#[test]
+fn each_node_writes_its_own_entry_of_the_status() {
+    require_root!();
+    let api = ApiServer::start();
+    install_crd(&api);
+    let ns = unique_ns("policy-nodes");
+    api.create_namespace(&ns);
+    let n1 = SimNode::start(&api, "node-1");
+    let n2 = SimNode::start(&api, "node-2");
+    let a = api.create_pod(&ns, "a", "node-1", &[]);
+    let b = api.create_pod(&ns, "b", "node-2", &[]);
+    let c = api.create_pod(&ns, "c", "node-2", &[]);
+    n1.make_pod_cgroup(&a);
+    n2.make_pod_cgroup(&b);
+    n2.make_pod_cgroup(&c);
+    apply_policy(
+        &api,
+        &ns,
+        "all",
+        "  podSelector: {}\n  ingressBandwidth: 8M\n",
+    );
+    wait_for("every pod limited", CONVERGE, Some(&n2), || {
+        n1.limits(&a) == Some((None, Some(8_000_000)))
+            && n2.limits(&b) == Some((None, Some(8_000_000)))
+            && n2.limits(&c) == Some((None, Some(8_000_000)))
+    });
+    wait_for("one entry per node", CONVERGE, Some(&n2), || {
+        entry(&api, &ns, "all", "node-1").is_some_and(|e| strings(&e["pods"]) == ["a"])
+            && entry(&api, &ns, "all", "node-2").is_some_and(|e| strings(&e["pods"]) == ["b", "c"])
+    });
+    // each entry has its node's field manager
+    let managers: Vec<String> = policy(&api, &ns, "all")["metadata"]["managedFields"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|f| f["manager"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    for node in ["node-1", "node-2"] {
+        let manager = format!("podshaper-controller/{node}");
+        assert!(managers.contains(&manager), "{manager} not in {managers:?}");
+    }
+    // node-2's pods go: its entry goes, node-1's stays
+    api.delete_pod(&ns, "b");
+    api.delete_pod(&ns, "c");
+    wait_for("node-2's entry removed", CONVERGE, Some(&n2), || {
+        entry(&api, &ns, "all", "node-2").is_none()
+    });
+    assert!(
+        entry(&api, &ns, "all", "node-1").is_some_and(|e| strings(&e["pods"]) == ["a"]),
+        "{}",
+        policy(&api, &ns, "all")["status"]
+    );
+}
