@@ -226,6 +226,8 @@ async fn watch_policies(
     futures::pin_mut!(stream);
     // the generation each policy was last seen at, by UID
     let mut seen: HashMap<String, Option<i64>> = HashMap::new();
+    // whether the missing CRD was logged
+    let mut told = false;
     loop {
         match stream.try_next().await {
             Ok(Some(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
@@ -249,7 +251,10 @@ async fn watch_policies(
                 controller.metrics.error(ErrorKind::Watch);
                 if crd_missing(&e) {
                     // limits from annotations go on; policies count once the CRD is there
-                    tracing::warn!("the BandwidthPolicy CRD is not installed (deploy/bandwidthpolicy-crd.yaml); no policy applies until it is");
+                    if !told {
+                        tracing::warn!("the BandwidthPolicy CRD is not installed (deploy/bandwidthpolicy-crd.yaml); no policy applies until it is");
+                        told = true;
+                    }
                     controller.policies_absent.notify_one();
                 } else {
                     tracing::warn!(error = %e, "BandwidthPolicy watch failed; retrying");
@@ -259,10 +264,12 @@ async fn watch_policies(
     }
 }
 
+/// The API server has no such resource: a 404 for the list or the watch
+/// (its body is a plain "404 page not found", not a Status).
 fn crd_missing(e: &watcher::Error) -> bool {
     match e {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.is_not_found(),
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,
         _ => false,
     }
 }
