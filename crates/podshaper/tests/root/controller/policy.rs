@@ -2,16 +2,22 @@
 //! the CRD from deploy/ on the real API server. A policy limits pods live,
 //! a pod's annotation wins over it, conflicting policies give the lowest
 //! value and say so in their status, a bad value is named in the status and
-//! changes nothing, and each node writes its own entry of the status.
+//! changes nothing, and each node writes its own entry of the status (in
+//! cluster mode the acting replica writes them all); a controller started
+//! before the CRD takes policies once it is installed.
 
 use std::path::Path;
+use std::process::Stdio;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::{unique_ns, wait_for, SimNode, CONVERGE, EGRESS};
+use crate::common;
+use crate::common::daemon::{TestDaemon, TestRoot};
 use crate::common::kube::ApiServer;
+use crate::common::{podshaper, ChildGuard};
 
 const CRD: &str = "crd/bandwidthpolicies.podshaper.io";
 
@@ -58,6 +64,18 @@ fn entry(api: &ApiServer, ns: &str, name: &str, node: &str) -> Option<Value> {
         .iter()
         .find(|n| n["node"] == node)
         .cloned()
+}
+
+/// The field managers of a policy.
+fn managers(api: &ApiServer, ns: &str, name: &str) -> Vec<String> {
+    policy(api, ns, name)["metadata"]["managedFields"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|f| f["manager"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -276,14 +294,7 @@ fn each_node_writes_its_own_entry_of_the_status() {
             && entry(&api, &ns, "all", "node-2").is_some_and(|e| strings(&e["pods"]) == ["b", "c"])
     });
     // each entry has its node's field manager
-    let managers: Vec<String> = policy(&api, &ns, "all")["metadata"]["managedFields"]
-        .as_array()
-        .map(|m| {
-            m.iter()
-                .filter_map(|f| f["manager"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let managers = managers(&api, &ns, "all");
     for node in ["node-1", "node-2"] {
         let manager = format!("podshaper-controller/{node}");
         assert!(managers.contains(&manager), "{manager} not in {managers:?}");
@@ -299,4 +310,132 @@ fn each_node_writes_its_own_entry_of_the_status() {
         "{}",
         policy(&api, &ns, "all")["status"]
     );
+}
+
+#[test]
+fn policies_apply_once_the_crd_is_installed_after_the_controller() {
+    require_root!();
+    let api = ApiServer::start();
+    let ns = unique_ns("policy-late");
+    api.create_namespace(&ns);
+    let n1 = SimNode::start(&api, "node-1");
+    // without the CRD, annotations still become limits
+    let annotated = api.create_pod(&ns, "annotated", "node-1", &[(EGRESS, "10M")]);
+    let plain = api.create_pod(&ns, "plain", "node-1", &[]);
+    n1.make_pod_cgroup(&annotated);
+    n1.make_pod_cgroup(&plain);
+    wait_for("the annotated pod limited", CONVERGE, Some(&n1), || {
+        n1.limits(&annotated) == Some((Some(10_000_000), None))
+    });
+    install_crd(&api);
+    apply_policy(
+        &api,
+        &ns,
+        "all",
+        "  podSelector: {}\n  egressBandwidth: 3M\n",
+    );
+    // the watch's backoff retries the list; a minute covers its longest wait
+    wait_for(
+        "the policy in force once the CRD exists",
+        Duration::from_secs(60),
+        Some(&n1),
+        || n1.limits(&plain) == Some((Some(3_000_000), None)),
+    );
+    assert_eq!(n1.limits(&annotated), Some((Some(10_000_000), None)));
+    assert!(
+        n1.controller_log()
+            .matches("BandwidthPolicy CRD is not installed")
+            .count()
+            == 1,
+        "{}",
+        n1.controller_log()
+    );
+}
+
+/// Cluster mode: the acting replica writes every node's entry, each under
+/// that node's field manager, as the node controllers would.
+#[test]
+fn in_cluster_mode_the_acting_replica_writes_each_nodes_entry() {
+    require_root!();
+    let api = ApiServer::start();
+    install_crd(&api);
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    api.kubectl_ok(&[
+        "apply",
+        "-f",
+        &deploy.join("cluster-mode-rbac.yaml").display().to_string(),
+    ]);
+    let ns = unique_ns("policy-cluster");
+    api.create_namespace(&ns);
+    let pki_dir = api.dir.join("daemon-pki");
+    std::fs::create_dir_all(&pki_dir).expect("mkdir pki");
+    let pki = common::tls::write_test_pki_for(&pki_dir, &["127.0.0.2", "127.0.0.3"]);
+    let port = common::unique_port().to_string();
+    let mut nodes = Vec::new();
+    for (name, ip) in [("node-1", "127.0.0.2"), ("node-2", "127.0.0.3")] {
+        api.create_node(name, ip);
+        let root = TestRoot::new(name);
+        let listen = format!("{ip}:{port}");
+        let daemon = TestDaemon::start(
+            &root.path,
+            &[
+                "--listen",
+                &listen,
+                "--tls-cert",
+                &pki.server_cert,
+                "--tls-key",
+                &pki.server_key,
+                "--client-ca",
+                &pki.ca,
+            ],
+        );
+        nodes.push((root, daemon));
+    }
+    let log = api.dir.join("controller-cluster.log");
+    let mut cmd = podshaper();
+    cmd.args(["controller", "--daemon-port", &port, "--resync", "3"])
+        .args(["--tls-cert", &pki.client_cert, "--tls-key", &pki.client_key])
+        .args(["--tls-ca", &pki.ca, "--identity", "replica-1"])
+        .args(["--lease-namespace", common::kube::CONTROLLER_SA_NAMESPACE])
+        .arg("--kubeconfig")
+        .arg(&api.controller_kubeconfig)
+        .env("PODSHAPER_LOG", "info,podshaper_controller=debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let _controller = ChildGuard::spawn(&mut cmd);
+    let a = api.create_pod(&ns, "a", "node-1", &[]);
+    let b = api.create_pod(&ns, "b", "node-2", &[]);
+    nodes[0].0.make(&SimNode::pod_cgroup_path(&a));
+    nodes[1].0.make(&SimNode::pod_cgroup_path(&b));
+    apply_policy(
+        &api,
+        &ns,
+        "all",
+        "  podSelector: {}\n  egressBandwidth: 7M\n",
+    );
+    let limited = |daemon: &TestDaemon, uid: &str| {
+        daemon
+            .list()
+            .into_iter()
+            .any(|c| c["pod_uid"].as_str() == Some(uid) && c["egress_bps"] == 7_000_000)
+    };
+    let deadline = Instant::now() + CONVERGE;
+    while !(limited(&nodes[0].1, &a)
+        && limited(&nodes[1].1, &b)
+        && entry(&api, &ns, "all", "node-1").is_some_and(|e| strings(&e["pods"]) == ["a"])
+        && entry(&api, &ns, "all", "node-2").is_some_and(|e| strings(&e["pods"]) == ["b"]))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not limited, or no entries: {}\n{}",
+            policy(&api, &ns, "all")["status"],
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let managers = managers(&api, &ns, "all");
+    for node in ["node-1", "node-2"] {
+        let manager = format!("podshaper-controller/{node}");
+        assert!(managers.contains(&manager), "{manager} not in {managers:?}");
+    }
 }
