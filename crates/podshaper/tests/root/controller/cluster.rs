@@ -53,8 +53,6 @@ fn deploy_manifests_pass_a_server_side_dry_run() {
     };
     assert!(can("watch", "pods"));
     assert!(can("create", "events.events.k8s.io"));
-    assert!(can("watch", "bandwidthpolicies.podshaper.io"));
-    assert!(!can("patch", "bandwidthpolicies.podshaper.io"));
     assert!(!can("update", "pods"));
     assert!(!can("delete", "pods"));
     assert!(!can("get", "secrets"));

@@ -88,6 +88,46 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether the controller's ServiceAccount may `verb` `resource` (with
+/// `extra` arguments such as a subresource) in every namespace.
+fn controller_can(api: &ApiServer, verb: &str, resource: &str, extra: &[&str]) -> bool {
+    let sa = format!(
+        "system:serviceaccount:{}:{}",
+        common::kube::CONTROLLER_SA_NAMESPACE,
+        common::kube::CONTROLLER_SA
+    );
+    let mut args = vec!["auth", "can-i", verb, resource, "--as", &sa, "-A"];
+    args.extend_from_slice(extra);
+    let out = api.kubectl(&args);
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+#[test]
+fn the_controller_may_read_policies_and_write_only_their_status() {
+    require_root!();
+    let api = ApiServer::start();
+    install_crd(&api);
+    let policies = "bandwidthpolicies.podshaper.io";
+    for verb in ["get", "list", "watch"] {
+        assert!(controller_can(&api, verb, policies, &[]), "{verb}");
+    }
+    assert!(controller_can(
+        &api,
+        "patch",
+        policies,
+        &["--subresource=status"]
+    ));
+    for verb in ["create", "update", "patch", "delete"] {
+        assert!(!controller_can(&api, verb, policies, &[]), "{verb}");
+    }
+    assert!(!controller_can(
+        &api,
+        "update",
+        policies,
+        &["--subresource=status"]
+    ));
+}
+
 #[test]
 fn a_policy_limits_pods_live_and_a_pods_annotation_wins() {
     require_root!();
@@ -95,7 +135,7 @@ fn a_policy_limits_pods_live_and_a_pods_annotation_wins() {
     install_crd(&api);
     let ns = unique_ns("policy");
     api.create_namespace(&ns);
-    let n1 = SimNode::start(&api, "node-1");
+    let mut n1 = SimNode::start(&api, "node-1");
     let web = [("app", "web")];
     let a = api.create_labeled_pod(&ns, "a", "node-1", &web, &[]);
     let b = api.create_labeled_pod(&ns, "b", "node-1", &web, &[(EGRESS, "50M")]);
@@ -142,6 +182,17 @@ fn a_policy_limits_pods_live_and_a_pods_annotation_wins() {
     wait_for("the status lists a and b", CONVERGE, Some(&n1), || {
         entry(&api, &ns, "web", "node-1").is_some_and(|e| strings(&e["pods"]) == ["a", "b"])
     });
+
+    // a restarted controller waits for its policy cache: nothing is lifted
+    n1.kill9_controller();
+    n1.start_controller();
+    thread::sleep(Duration::from_secs(4));
+    assert_eq!(n1.limits(&a), Some((Some(10_000_000), Some(20_000_000))));
+    assert!(
+        !n1.controller_log().contains("limits removed"),
+        "{}",
+        n1.controller_log()
+    );
 
     // changed live
     apply_policy(&api, &ns, "web", &spec("30M"));
