@@ -92,9 +92,11 @@ impl Events {
         }
     }
 
-    pub fn limited(&self, pod: &ObjectReference, limits: &Enforced) {
+    /// `origin` says where the limits come from (the pod's annotations or
+    /// a BandwidthPolicy).
+    pub fn limited(&self, pod: &ObjectReference, limits: &Enforced, origin: &str) {
         let note = format!(
-            "egress {}, ingress {}",
+            "egress {}, ingress {} ({origin})",
             describe(limits.egress),
             describe(limits.ingress)
         );

@@ -5,6 +5,7 @@
 //! by the next pass.
 
 pub mod annotations;
+pub mod crd;
 pub mod daemons;
 pub mod events;
 pub mod layout;
@@ -13,6 +14,8 @@ pub mod metrics;
 mod pass;
 mod pending;
 pub mod plan;
+pub mod policy;
+mod policy_status;
 mod sync;
 
 pub use daemons::DaemonTarget;

@@ -38,6 +38,8 @@ pub enum ErrorKind {
     Watch,
     /// an Event could not be published
     Event,
+    /// a BandwidthPolicy's status could not be written
+    PolicyStatus,
 }
 
 impl ChangeKind {
@@ -52,13 +54,14 @@ impl ChangeKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::DaemonUnreachable,
         Self::DaemonRefused,
         Self::NodeAddress,
         Self::NodeList,
         Self::Watch,
         Self::Event,
+        Self::PolicyStatus,
     ];
 
     /// The `kind` label's value.
@@ -70,6 +73,7 @@ impl ErrorKind {
             Self::NodeList => "node_list",
             Self::Watch => "watch",
             Self::Event => "event",
+            Self::PolicyStatus => "policy_status",
         }
     }
 }
@@ -141,7 +145,7 @@ impl Metrics {
         );
         registry.register(
             "podshaper_controller_errors",
-            "Errors by kind: daemon_unreachable, daemon_refused, node_address, node_list, watch, event",
+            "Errors by kind: daemon_unreachable, daemon_refused, node_address, node_list, watch, event, policy_status",
             m.errors.clone(),
         );
         registry.register(

@@ -14,12 +14,18 @@ use crate::events::Cause;
 use crate::layout::expected_cgroups;
 use crate::metrics::{ChangeKind, ErrorKind};
 use crate::plan::{plan, Enforced, PodWant, Step};
+use crate::policy::{effective, Effective, Policy};
 use crate::sync::{node_of, Controller, DAEMON_CALL_TIMEOUT};
 use crate::Error;
 
 /// A pod on the node, with what the Events about it need.
-struct NodePod {
-    want: PodWant,
+pub(crate) struct NodePod {
+    /// the effective limits (annotations, then policies)
+    pub(crate) want: PodWant,
+    /// the pod's own annotations, whose errors are Events on the pod
+    annotations: PodBandwidth,
+    /// where the limits come from, and the policies that select the pod
+    pub(crate) effective: Effective,
     reference: ObjectReference,
     qos_class: Option<String>,
 }
@@ -63,14 +69,22 @@ impl Controller {
         changes: &mut HashMap<String, Instant>,
     ) -> Result<bool, Error> {
         let local = self.config.node.as_deref();
+        let policies: Vec<Policy> = self
+            .policies
+            .state()
+            .iter()
+            .map(|p| Policy::from_resource(p))
+            .collect();
         let pods: Vec<NodePod> = self
             .pods
             .state()
             .iter()
             .filter(|p| node_of(p, local).as_deref() == Some(node))
             .filter(|p| !is_finished(p))
-            .filter_map(|p| node_pod(p))
+            .filter_map(|p| node_pod(p, &policies))
             .collect();
+        // what the policies govern on this node: written whatever the daemon says
+        self.write_policy_status(node, &pods, &policies);
         let daemon_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::Daemon {
             node: node.to_string(),
             source,
@@ -103,7 +117,7 @@ impl Controller {
         let mut pending = !waiting.is_empty();
 
         for pod in &pods {
-            let invalid: Vec<_> = pod.want.bandwidth.invalid().collect();
+            let invalid: Vec<_> = pod.annotations.invalid().collect();
             self.events.retain_current(&pod.want.uid, &invalid);
             for i in invalid {
                 self.events.invalid(&pod.want.uid, &pod.reference, i);
@@ -164,7 +178,8 @@ impl Controller {
                                 .resolved(&uid, |c| matches!(c, Cause::Refused(_)));
                             waiting.remove(&uid);
                             if let Some(p) = by_uid.get(uid.as_str()) {
-                                self.events.limited(&p.reference, &limits);
+                                self.events
+                                    .limited(&p.reference, &limits, &p.effective.origin());
                             }
                         }
                         Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
@@ -257,7 +272,11 @@ impl Controller {
             };
             if unannounced.remove(uid) {
                 if let Some(p) = pods.get(uid) {
-                    self.events.limited(&p.reference, &Enforced::from_status(s));
+                    self.events.limited(
+                        &p.reference,
+                        &Enforced::from_status(s),
+                        &p.effective.origin(),
+                    );
                 }
             }
         }
@@ -278,16 +297,20 @@ fn is_finished(pod: &Pod) -> bool {
     )
 }
 
-fn node_pod(pod: &Pod) -> Option<NodePod> {
+fn node_pod(pod: &Pod, policies: &[Policy]) -> Option<NodePod> {
     let uid = pod.uid()?;
-    let bandwidth = PodBandwidth::from_annotations(pod.annotations());
+    let namespace = pod.namespace().unwrap_or_default();
+    let annotations = PodBandwidth::from_annotations(pod.annotations());
+    let effective = effective(&namespace, pod.labels(), &annotations, policies);
     Some(NodePod {
         want: PodWant {
             uid,
-            namespace: pod.namespace().unwrap_or_default(),
+            namespace,
             name: pod.name_any(),
-            bandwidth,
+            bandwidth: effective.bandwidth.clone(),
         },
+        annotations,
+        effective,
         reference: pod.object_ref(&()),
         qos_class: pod.status.as_ref().and_then(|s| s.qos_class.clone()),
     })

@@ -18,11 +18,13 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
 
+use crate::crd::BandwidthPolicy;
 use crate::daemons::{DaemonTarget, Daemons};
 use crate::events::Events;
 use crate::lease::{Leadership, LeaseConfig};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::pending::Pending;
+use crate::policy_status::StatusWriter;
 use crate::Error;
 
 #[derive(Debug, Clone)]
@@ -61,6 +63,10 @@ struct Dirty {
 pub(crate) struct Controller {
     pub(crate) config: Config,
     pub(crate) pods: Store<Pod>,
+    pub(crate) policies: Store<BandwidthPolicy>,
+    /// The BandwidthPolicy CRD is not installed: there are no policies.
+    policies_absent: Notify,
+    pub(crate) status_writer: StatusWriter,
     pub(crate) daemons: Daemons,
     pub(crate) events: Events,
     pub(crate) metrics: Arc<Metrics>,
@@ -81,6 +87,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let (pods, writer) = reflector::store::<Pod>();
+    let (policies, policy_writer) = reflector::store::<BandwidthPolicy>();
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     // bound before anything else, so that a taken port fails the start
@@ -98,6 +105,9 @@ pub async fn run(
         metrics: metrics.clone(),
         nodes_api: Api::all(client.clone()),
         pods,
+        policies,
+        policies_absent: Notify::new(),
+        status_writer: StatusWriter::new(client.clone(), metrics.clone()),
         config,
         dirty: Mutex::new(Dirty::default()),
         wake: Notify::new(),
@@ -127,6 +137,11 @@ pub async fn run(
             }
         });
     }
+    tasks.spawn(watch_policies(
+        controller.clone(),
+        client.clone(),
+        policy_writer,
+    ));
     tasks.spawn(watch_pods(controller.clone(), client, writer));
     if let Some(l) = &leadership {
         let l = l.clone();
@@ -194,6 +209,71 @@ async fn watch_pods(
     }
 }
 
+/// Policies feed their own cache; a change of a policy's spec, or its
+/// removal, brings every node in line (a change of its status does not).
+async fn watch_policies(
+    controller: Arc<Controller>,
+    client: kube::Client,
+    writer: reflector::store::Writer<BandwidthPolicy>,
+) {
+    let stream = watcher(
+        Api::<BandwidthPolicy>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|p: &mut BandwidthPolicy| p.managed_fields_mut().clear())
+    .reflect(writer);
+    futures::pin_mut!(stream);
+    // the generation each policy was last seen at, by UID
+    let mut seen: HashMap<String, Option<i64>> = HashMap::new();
+    // whether the missing CRD was logged
+    let mut told = false;
+    loop {
+        match stream.try_next().await {
+            Ok(Some(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
+                let uid = p.uid().unwrap_or_default();
+                let generation = p.metadata.generation;
+                if seen.insert(uid, generation) != Some(generation) {
+                    controller.mark_all();
+                }
+            }
+            Ok(Some(watcher::Event::Delete(p))) => {
+                seen.remove(&p.uid().unwrap_or_default());
+                controller.mark_all();
+            }
+            Ok(Some(watcher::Event::InitDone)) => controller.mark_all(),
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                tracing::error!("the BandwidthPolicy watch ended");
+                return;
+            }
+            Err(e) => {
+                controller.metrics.error(ErrorKind::Watch);
+                if crd_missing(&e) {
+                    // limits from annotations go on; policies count once the CRD is there
+                    if !told {
+                        tracing::warn!("the BandwidthPolicy CRD is not installed (deploy/bandwidthpolicy-crd.yaml); no policy applies until it is");
+                        told = true;
+                    }
+                    controller.policies_absent.notify_one();
+                } else {
+                    tracing::warn!(error = %e, "BandwidthPolicy watch failed; retrying");
+                }
+            }
+        }
+    }
+}
+
+/// The API server has no such resource: a 404 for the list or the watch
+/// (its body is a plain "404 page not found", not a Status).
+fn crd_missing(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
+}
+
 pub(crate) fn node_of(pod: &Pod, local: Option<&str>) -> Option<String> {
     local
         .map(str::to_string)
@@ -223,7 +303,20 @@ impl Controller {
             tracing::error!("the pod cache was dropped before it was filled");
             return;
         }
-        tracing::info!(pods = self.pods.len(), "pod cache filled; reconciling");
+        // ... nor on an empty policy cache, which would remove every limit
+        // that comes from a policy
+        tokio::select! {
+            r = self.policies.wait_until_ready() => if r.is_err() {
+                tracing::error!("the policy cache was dropped before it was filled");
+                return;
+            },
+            () = self.policies_absent.notified() => {}
+        }
+        tracing::info!(
+            pods = self.pods.len(),
+            policies = self.policies.len(),
+            "pod and policy caches filled; reconciling"
+        );
         let mut next_resync = Instant::now() + self.config.resync;
         // Nodes to try again soon, and when.
         let mut retry: HashMap<String, Instant> = HashMap::new();

@@ -280,6 +280,34 @@ impl ApiServer {
             .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
     }
 
+    /// `kubectl ARGS` with `input` on its standard input; panics on failure.
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> String {
+        use std::io::Write;
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.admin_kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run kubectl: {e}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(input.as_bytes())
+                .unwrap_or_else(|e| panic!("kubectl {args:?}: write stdin: {e}"));
+        }
+        let out = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\ninput:\n{input}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Creates a pod bound to `node` (as the scheduler would); returns its UID.
     pub fn create_pod(
         &self,
@@ -288,9 +316,22 @@ impl ApiServer {
         node: &str,
         annotations: &[(&str, &str)],
     ) -> String {
+        self.create_labeled_pod(ns, name, node, &[], annotations)
+    }
+
+    /// The same, with labels.
+    pub fn create_labeled_pod(
+        &self,
+        ns: &str,
+        name: &str,
+        node: &str,
+        labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+    ) -> String {
         let annotations: BTreeMap<_, _> = annotations.iter().map(|(k, v)| (*k, *v)).collect();
+        let labels: BTreeMap<_, _> = labels.iter().map(|(k, v)| (*k, *v)).collect();
         let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": name, "annotations": annotations},
+            "metadata": {"name": name, "annotations": annotations, "labels": labels},
             "spec": {
                 "nodeName": node,
                 "containers": [{"name": "main", "image": "registry.invalid/none"}],

@@ -27,6 +27,7 @@ fn deploy_manifests_pass_a_server_side_dry_run() {
     eprintln!("{out}");
     for object in [
         "namespace/podshaper-system",
+        "customresourcedefinition.apiextensions.k8s.io/bandwidthpolicies.podshaper.io",
         "serviceaccount/podshaper",
         "clusterrole.rbac.authorization.k8s.io/podshaper-controller",
         "daemonset.apps/podshaper",

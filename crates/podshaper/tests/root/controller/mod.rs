@@ -6,6 +6,7 @@
 mod annotations;
 mod cluster;
 mod observability;
+mod policy;
 mod restarts;
 
 use std::fs;
