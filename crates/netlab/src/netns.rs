@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use std::time::Duration;
+
 use nix::sched::{setns, CloneFlags};
+
+use crate::delay::{DelayConfig, DelayLine};
 
 /// Why the lab could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +27,12 @@ pub enum NetnsError {
     },
     #[error("cannot run `ip` (install iproute2)")]
     Spawn(#[source] std::io::Error),
+    #[error("cannot create the delay line's TUN devices in network namespace {netns}")]
+    Tun {
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot enter network namespace {name}")]
     Enter {
         name: String,
@@ -31,12 +41,16 @@ pub enum NetnsError {
     },
 }
 
-/// Two network namespaces, `a` and `b`, joined by one veth pair:
-/// a = 198.18.0.1/30 and 2001:2::1/64, b = 198.18.0.2/30 and 2001:2::2/64.
+/// Two network namespaces, `a` and `b`, joined by one veth pair, or with a
+/// delay line between them (each side then has a veth into the line's
+/// router): a = 198.18.0.1/30 and 2001:2::1/64, b = 198.18.0.2/30 and
+/// 2001:2::2/64 either way, each side's `veth0` the only interface besides
+/// `lo`.
 #[derive(Debug)]
 pub struct NetnsPair {
     a: String,
     b: String,
+    delay: Option<DelayLine>,
 }
 
 impl NetnsPair {
@@ -48,20 +62,43 @@ impl NetnsPair {
     /// Creates the pair with names unique to this process and call:
     /// `ps-<tag>-<pid>-<n>-a` and `...-b`.
     pub fn create(tag: &str) -> Result<Self, NetnsError> {
+        Self::create_with_delay(tag, None)
+    }
+
+    /// [`NetnsPair::create`] with `rtt` between the sides: a direct veth
+    /// pair for zero, else a delay line with its default queue.
+    pub fn create_with_rtt(tag: &str, rtt: Duration) -> Result<Self, NetnsError> {
+        let delay = (!rtt.is_zero()).then(|| DelayConfig::new(rtt));
+        Self::create_with_delay(tag, delay)
+    }
+
+    /// [`NetnsPair::create`], through a delay line (`...-r`, between the
+    /// sides) when `delay` is given.
+    pub fn create_with_delay(tag: &str, delay: Option<DelayConfig>) -> Result<Self, NetnsError> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let base = format!("ps-{tag}-{}-{n}", std::process::id());
-        let pair = Self {
+        let mut pair = Self {
             a: format!("{base}-a"),
             b: format!("{base}-b"),
+            delay: None,
         };
         // From here on, Drop removes whatever was made.
         ip(&["netns", "add", &pair.a])?;
         ip(&["netns", "add", &pair.b])?;
-        ip(&[
-            "-n", &pair.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0",
-            "netns", &pair.b,
-        ])?;
+        if let Some(config) = delay {
+            pair.delay = Some(DelayLine::build(&base, &pair.a, &pair.b, config)?);
+            // A window of several MB at 1 Gbit/s and 50 ms: a new
+            // namespace's senders stop at 4 MiB (tcp_wmem), which caps one
+            // flow at 4 MiB per round trip (670 Mbit/s at 50 ms).
+            pair.sysctl_both("net.ipv4.tcp_wmem=4096 16384 33554432")?;
+            pair.sysctl_both("net.ipv4.tcp_rmem=4096 131072 33554432")?;
+        } else {
+            ip(&[
+                "-n", &pair.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0",
+                "netns", &pair.b,
+            ])?;
+        }
         for (ns, v4, v6) in [
             (&pair.a, Self::A_V4, Self::A_V6),
             (&pair.b, Self::B_V4, Self::B_V6),
@@ -81,30 +118,30 @@ impl NetnsPair {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
         // Static neighbour entries: no first packet waits for (or loses) a
-        // neighbour solicitation while the fresh link settles.
-        let mac_a = mac(&pair.a)?;
-        let mac_b = mac(&pair.b)?;
-        for (ns, peer_mac, v4, v6) in [
-            (&pair.a, &mac_b, Self::B_V4, Self::B_V6),
-            (&pair.b, &mac_a, Self::A_V4, Self::A_V6),
-        ] {
-            for addr in [v4.to_string(), v6.to_string()] {
-                ip(&[
-                    "-n",
-                    ns,
-                    "neigh",
-                    "replace",
-                    &addr,
-                    "lladdr",
-                    peer_mac,
-                    "dev",
-                    "veth0",
-                    "nud",
-                    "permanent",
-                ])?;
-            }
-        }
+        // neighbour solicitation while the fresh link settles. Through a
+        // delay line, each side's peer is the router's veth.
+        let (toward_a, toward_b) = match &pair.delay {
+            Some(line) => line.router_macs()?,
+            None => (mac(&pair.a, "veth0")?, mac(&pair.b, "veth0")?),
+        };
+        neighbours(
+            &pair.a,
+            "veth0",
+            &toward_a,
+            &[Self::B_V4.into(), Self::B_V6.into()],
+        )?;
+        neighbours(
+            &pair.b,
+            "veth0",
+            &toward_b,
+            &[Self::A_V4.into(), Self::A_V6.into()],
+        )?;
         Ok(pair)
+    }
+
+    /// The delay line between the sides, if there is one.
+    pub fn delay(&self) -> Option<&DelayLine> {
+        self.delay.as_ref()
     }
 
     /// Sets the TCP congestion control of both namespaces (a new namespace
@@ -191,9 +228,34 @@ pub fn enter(name: &str) -> Result<(), NetnsError> {
     setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| enter_error(std::io::Error::from(e)))
 }
 
-/// The MAC address of `veth0` in namespace `ns` (`ip -json link show`).
-fn mac(ns: &str) -> Result<String, NetnsError> {
-    let args = ["-json", "-n", ns, "link", "show", "veth0"];
+/// Permanent neighbour entries on `dev` in `ns`: each of `addrs` at `mac`.
+pub(crate) fn neighbours(
+    ns: &str,
+    dev: &str,
+    mac: &str,
+    addrs: &[IpAddr],
+) -> Result<(), NetnsError> {
+    for addr in addrs {
+        ip(&[
+            "-n",
+            ns,
+            "neigh",
+            "replace",
+            &addr.to_string(),
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])?;
+    }
+    Ok(())
+}
+
+/// The MAC address of `dev` in namespace `ns` (`ip -json link show`).
+pub(crate) fn mac(ns: &str, dev: &str) -> Result<String, NetnsError> {
+    let args = ["-json", "-n", ns, "link", "show", dev];
     let out = ip_output(&args)?;
     link_address(&out).ok_or_else(|| NetnsError::Ip {
         args: args.join(" "),
@@ -236,11 +298,11 @@ fn allow_congestion_control(algorithm: &str) -> Result<(), NetnsError> {
     std::fs::write(ALLOWED_CC, format!("{} {algorithm}", allowed.trim())).map_err(failed)
 }
 
-fn ip(args: &[&str]) -> Result<(), NetnsError> {
+pub(crate) fn ip(args: &[&str]) -> Result<(), NetnsError> {
     ip_output(args).map(|_| ())
 }
 
-fn ip_output(args: &[&str]) -> Result<String, NetnsError> {
+pub(crate) fn ip_output(args: &[&str]) -> Result<String, NetnsError> {
     let out = Command::new("ip")
         .args(args)
         .output()

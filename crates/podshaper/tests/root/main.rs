@@ -35,6 +35,7 @@ mod controller;
 mod daemon;
 mod daemon_cycles;
 mod dashboard;
+mod delay_line;
 mod demo;
 mod fault_storm;
 mod faults;
