@@ -19,6 +19,8 @@ pub enum BenchError {
     UnknownMechanism(String),
     #[error("unknown direction {0:?}: expected egress or ingress")]
     UnknownDirection(String),
+    #[error("invalid round-trip time {value:?}: {reason}")]
+    Rtt { value: String, reason: String },
     #[error("invalid short connections {value:?}: {reason}")]
     Short { value: String, reason: String },
     #[error(

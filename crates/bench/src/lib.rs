@@ -5,7 +5,8 @@
 //!
 //! - [`matrix`]: podshaper against tc tbf (on the veth, with the CNI
 //!   bandwidth plugin's latency) and against no limit, side by side, on a veth pair
-//!   between two network namespaces;
+//!   between two network namespaces, or through a delay line between them
+//!   (`--rtt`);
 //! - [`change`]: how long a halved limit takes to hold;
 //! - [`open`]: a limit put on flows already running;
 //! - [`daemon`]: the daemon's attach latency, scale and memory;
@@ -63,7 +64,7 @@ pub fn run(
     } else {
         None
     };
-    let cell_options = CellOptions {
+    let mut cell_options = CellOptions {
         seconds: options.seconds,
         warmup: options.warmup,
         loaded_since,
@@ -72,29 +73,36 @@ pub fn run(
         ecn: options.ecn,
         ingress_queue: flow_classifier.as_ref().map(|p| p.0.clone()),
         host_queue: host_classifier.as_ref().map(|p| p.0.clone()),
+        rtt: Duration::ZERO,
     };
     let mut cells = Vec::new();
     for direction in &options.directions {
-        for rate in &options.rates {
-            for traffic in &traffics {
-                for mechanism in &options.mechanisms {
-                    check_stop(stop)?;
-                    let cell = matrix::run_cell(
-                        &mut shaper,
-                        *direction,
-                        *rate,
-                        *traffic,
-                        *mechanism,
-                        &cell_options,
-                    );
-                    // a signal also ends the traffic children (the terminal's
-                    // process group): the cell's error is then the signal's
-                    check_stop(stop)?;
-                    let cell = cell.map_err(|e| {
-                        e.during(format!("{direction} {rate} {traffic:?} {mechanism:?}"))
-                    })?;
-                    progress(Progress::Cell(&cell));
-                    cells.push(cell);
+        for rtt in &options.rtts {
+            cell_options.rtt = *rtt;
+            for rate in &options.rates {
+                for traffic in &traffics {
+                    for mechanism in &options.mechanisms {
+                        check_stop(stop)?;
+                        let cell = matrix::run_cell(
+                            &mut shaper,
+                            *direction,
+                            *rate,
+                            *traffic,
+                            *mechanism,
+                            &cell_options,
+                        );
+                        // a signal also ends the traffic children (the
+                        // terminal's process group): the cell's error is
+                        // then the signal's
+                        check_stop(stop)?;
+                        let cell = cell.map_err(|e| {
+                            e.during(format!(
+                                "{direction} rtt {rtt:?} {rate} {traffic:?} {mechanism:?}"
+                            ))
+                        })?;
+                        progress(Progress::Cell(&cell));
+                        cells.push(cell);
+                    }
                 }
             }
         }

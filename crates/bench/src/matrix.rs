@@ -1,5 +1,6 @@
 //! The matrix: for each direction, rate and traffic, every mechanism gets a
-//! fresh lab (a veth pair between two network namespaces) and the same
+//! fresh lab (a veth pair between two network namespaces, or a delay line
+//! between them for a round trip above zero) and the same
 //! traffic; a cell reports goodput at the receiver, the sender's TCP
 //! retransmissions, the machine's CPU, fairness, latency beside the flows,
 //! the BPF programs' cost, and for short connections how many completed a
@@ -45,6 +46,9 @@ pub struct CellOptions {
     /// the node's queue for hostNetwork pods in the limited namespace:
     /// where its classifier is pinned (None: none)
     pub host_queue: Option<PathBuf>,
+    /// the round trip between the namespaces: zero for the direct veth
+    /// pair, else through a delay line
+    pub rtt: Duration,
 }
 
 /// A classifier of the ingress queues pinned where `tc` can find it, for as
@@ -110,7 +114,7 @@ pub fn run_cell(
 ) -> Result<Cell> {
     let loaded_since = run.loaded_since;
     lab::settle();
-    let lab = NetnsPair::create("bench")?;
+    let lab = NetnsPair::create_with_rtt("bench", run.rtt)?;
     lab.set_congestion_control(&run.cc)?;
     lab.set_ecn(run.ecn)?;
     // As kubelet lays a pod out: the limit on the pod's cgroup, the
@@ -221,6 +225,10 @@ pub fn run_cell(
         shaper.remove_limits(cgroup.cgroup().id())?;
         shaper.remove_host_queue_slot(cgroup.cgroup().id())?;
     }
+    let delay_line_lost = lab.delay().map(|line| {
+        let (a_to_b, b_to_a) = line.counts();
+        a_to_b.lost() + b_to_a.lost()
+    });
     let measured = result?;
     // over the flows' bytes after the warm-up, as the tests count them
     let jain = match traffic {
@@ -239,6 +247,8 @@ pub fn run_cell(
         rate,
         traffic,
         mechanism,
+        rtt_ms: ms(run.rtt),
+        delay_line_lost,
         achieved_bps: measured.achieved,
         achieved_ratio: measured.achieved / rate.bits_per_sec() as f64,
         retransmitted_segments: retrans.map(|r| r.0),

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use podshaper_netlab::short::ShortConnections;
 use podshaper_rate::{ByteSize, Rate};
@@ -115,6 +116,40 @@ pub fn parse_short(text: &str) -> Result<ShortConnections> {
     })
 }
 
+/// The longest round trip a delay line may add (its queues grow with it).
+pub const MAX_RTT: Duration = Duration::from_secs(1);
+
+/// A round-trip time for the lab: `0` (the direct veth pair), or a number
+/// with `us`, `ms` or `s` (`500us`, `10ms`, `0.05s`), at most [`MAX_RTT`].
+pub fn parse_rtt(text: &str) -> Result<Duration> {
+    let invalid = |reason: &str| BenchError::Rtt {
+        value: text.to_string(),
+        reason: reason.to_string(),
+    };
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| invalid("expected a unit: us, ms or s (e.g. 10ms), or 0"))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| invalid("expected a number before the unit"))?;
+    let seconds = match unit {
+        "us" => number / 1e6,
+        "ms" => number / 1e3,
+        "s" => number,
+        _ => return Err(invalid("the unit must be us, ms or s")),
+    };
+    let rtt = Duration::try_from_secs_f64(seconds).map_err(|_| invalid("out of range"))?;
+    if rtt > MAX_RTT {
+        return Err(invalid("at most 1s"));
+    }
+    Ok(rtt)
+}
+
 impl fmt::Display for Traffic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -148,6 +183,9 @@ pub struct Options {
     pub rates: Vec<Rate>,
     /// TCP flow counts (0 counts as 1)
     pub flows: Vec<usize>,
+    /// round-trip times between the namespaces: zero is the direct veth
+    /// pair, more a delay line (`podshaper_netlab::delay`)
+    pub rtts: Vec<Duration>,
     pub directions: Vec<Direction>,
     pub mechanisms: Vec<Mechanism>,
     /// also UDP, offered at 4x the limit
@@ -248,6 +286,23 @@ mod tests {
             serde_json::to_value(Traffic::Udp).ok(),
             Some(serde_json::json!("udp 4x"))
         );
+    }
+
+    #[test]
+    fn round_trips_read_with_their_unit() {
+        let ms = |s: &str| parse_rtt(s).ok().map(|d| d.as_secs_f64() * 1e3);
+        assert_eq!(ms("0"), Some(0.0));
+        assert_eq!(ms("10ms"), Some(10.0));
+        assert_eq!(ms("0.05s"), Some(50.0));
+        assert_eq!(ms("500us"), Some(0.5));
+        assert_eq!(ms("1s"), Some(1000.0));
+        for bad in ["10", "10 ms", "ms", "-1ms", "10h", "2s", "1.2.3ms", ""] {
+            let e = parse_rtt(bad).err().map(|e| e.to_string());
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains(bad)),
+                "{bad}: {e:?}"
+            );
+        }
     }
 
     #[test]

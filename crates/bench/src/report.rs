@@ -29,7 +29,7 @@ pub struct Report {
     pub measured_ingress: bool,
 }
 
-/// One direction, rate, traffic and mechanism.
+/// One direction, round trip, rate, traffic and mechanism.
 #[derive(Debug, Clone, Serialize)]
 pub struct Cell {
     pub direction: Direction,
@@ -37,6 +37,11 @@ pub struct Cell {
     pub rate: Rate,
     pub traffic: Traffic,
     pub mechanism: Mechanism,
+    /// the round trip the lab's delay line added (0: a direct veth pair)
+    pub rtt_ms: f64,
+    /// packets the delay line lost, both ways (its queue or TUN devices
+    /// full, a failed write); None without a delay line
+    pub delay_line_lost: Option<u64>,
     /// goodput at the receiver after the warm-up, bit/s
     pub achieved_bps: f64,
     /// of the target
@@ -219,6 +224,12 @@ impl fmt::Display for Cell {
             self.mechanism,
             self.ratio(),
         )?;
+        if self.rtt_ms > 0.0 {
+            write!(f, ", rtt {}ms", self.rtt_ms)?;
+            if let Some(lost) = self.delay_line_lost.filter(|n| *n > 0) {
+                write!(f, " ({lost} packets lost in the delay line)")?;
+            }
+        }
         if let Some((r, s)) = self.retrans() {
             write!(f, ", retrans {:.2}%", pct(r, s))?;
         }
@@ -408,6 +419,12 @@ impl Report {
             out,
             "ratio: goodput at the receiver / target (unlimited: / the target it would have had)"
         )?;
+        if self.with_rtt() {
+            writeln!(
+                out,
+                "rtt: the round trip the lab's delay line adds (half each way; 0ms: a direct veth pair, about 0.05 ms)"
+            )?;
+        }
         writeln!(out)?;
         let mut header = self.head();
         for m in &self.mechanisms {
@@ -498,17 +515,33 @@ impl Report {
             .fold(9, usize::max)
     }
 
+    /// Some cell went through a delay line: the rows name their round trip.
+    fn with_rtt(&self) -> bool {
+        self.cells.iter().any(|c| c.rtt_ms > 0.0)
+    }
+
     /// The first columns of a table's header.
     fn head(&self) -> String {
         let w = self.traffic_width();
-        format!("{:<8}{:>11}  {:<w$}", "dir", "target", "traffic")
+        let rtt = if self.with_rtt() {
+            format!("{:>7}", "rtt")
+        } else {
+            String::new()
+        };
+        format!("{:<8}{rtt}{:>11}  {:<w$}", "dir", "target", "traffic")
     }
 
-    /// The first columns of `c`'s row: direction, target and traffic.
+    /// The first columns of `c`'s row: direction, round trip (when some
+    /// cell had a delay line), target and traffic.
     fn row_head(&self, c: &Cell) -> String {
         let w = self.traffic_width();
+        let rtt = if self.with_rtt() {
+            format!("{:>7}", format!("{}ms", c.rtt_ms))
+        } else {
+            String::new()
+        };
         format!(
-            "{:<8}{:>11}  {:<w$}",
+            "{:<8}{rtt}{:>11}  {:<w$}",
             c.direction,
             c.rate.to_string(),
             c.traffic.to_string()

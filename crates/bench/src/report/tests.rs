@@ -13,6 +13,8 @@ fn cell(mechanism: Mechanism, achieved_bps: f64) -> Cell {
         rate: rate(100_000_000),
         traffic: Traffic::Tcp(4),
         mechanism,
+        rtt_ms: 0.0,
+        delay_line_lost: None,
         achieved_bps,
         achieved_ratio: achieved_bps / 100e6,
         retransmitted_segments: Some(3),
@@ -188,5 +190,43 @@ short SIZE:N: N connections at once, each writing SIZE, shutting down its write 
     assert_eq!(
         json["cells"][0]["completion_p99_ms"],
         serde_json::Value::Null
+    );
+}
+
+#[test]
+fn a_delay_line_adds_an_rtt_column_and_field() {
+    let mut r = report();
+    for c in &mut r.cells {
+        c.rtt_ms = 10.0;
+        c.delay_line_lost = Some(0);
+    }
+    r.limit_changes.clear();
+    r.open_flows.clear();
+    let table = r.table();
+    assert!(
+        table.contains("dir         rtt     target  traffic    podshaper (ratio/retr%/cpu)"),
+        "{table}"
+    );
+    assert!(
+        table.contains("egress     10ms  100Mbit/s  tcp x4           0.950 / 0.30 / 25%"),
+        "{table}"
+    );
+    assert!(
+        table.contains("rtt: the round trip the lab's delay line adds"),
+        "{table}"
+    );
+    assert!(
+        Progress::Cell(&r.cells[0])
+            .to_string()
+            .contains("podshaper achieved 0.950 of target, rtt 10ms, retrans 0.30%"),
+        "{}",
+        Progress::Cell(&r.cells[0])
+    );
+    let json = r.to_json().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(json["cells"][0]["rtt_ms"], 10.0);
+    assert_eq!(json["cells"][0]["delay_line_lost"], 0);
+    assert_eq!(
+        report().to_json().unwrap_or_else(|e| panic!("{e}"))["cells"][0]["rtt_ms"],
+        0.0
     );
 }

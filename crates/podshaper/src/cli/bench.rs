@@ -19,6 +19,18 @@ pub struct BenchArgs {
     /// TCP flow counts.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     flows: Vec<usize>,
+    /// Round-trip times between the sender and the receiver, a dimension of
+    /// the cells like the rates: 0 is the direct veth pair (about 0.05 ms);
+    /// anything more (e.g. 1ms,10ms,50ms, at most 1s) a delay line of the
+    /// lab's own between the two namespaces, holding each packet for half
+    /// of it each way.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0",
+        value_name = "DURATION"
+    )]
+    rtt: Vec<String>,
     /// Directions, seen from the limited side.
     #[arg(long, value_delimiter = ',', default_value = "egress,ingress")]
     directions: Vec<String>,
@@ -114,6 +126,11 @@ pub fn run(args: BenchArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
             .map(|r| r.parse())
             .collect::<Result<_, _>>()?,
         flows: args.flows,
+        rtts: args
+            .rtt
+            .iter()
+            .map(|r| podshaper_bench::options::parse_rtt(r))
+            .collect::<Result<_, _>>()?,
         mechanisms: args
             .mechanisms
             .iter()
