@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use podshaper_netlab::short::{self, ShortReport};
 use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::window::{self, ReceiverReport};
-use podshaper_netlab::{netns, NetnsPair};
+use podshaper_netlab::{netns, DelayConfig, NetnsPair};
 use podshaper_rate::Rate;
 use podshaper_shaper::empty::{EmptyPrograms, EMPTY_EGRESS, EMPTY_INGRESS};
 use podshaper_shaper::{DirectionLimit, Limits, Shaper, TransientCgroup};
@@ -114,7 +114,10 @@ pub fn run_cell(
 ) -> Result<Cell> {
     let loaded_since = run.loaded_since;
     lab::settle();
-    let lab = NetnsPair::create_with_rtt("bench", run.rtt)?;
+    // a delay line's queues sized for the cell's rate (at least for
+    // 1 Gbit/s), so that traffic shaped to it does not overflow them
+    let delay = (!run.rtt.is_zero()).then(|| DelayConfig::for_rate(run.rtt, rate.bits_per_sec()));
+    let lab = NetnsPair::create_with_delay("bench", delay)?;
     lab.set_congestion_control(&run.cc)?;
     lab.set_ecn(run.ecn)?;
     // As kubelet lays a pod out: the limit on the pod's cgroup, the

@@ -53,10 +53,16 @@ impl DelayConfig {
     /// whole round trip (twice what one direction holds at that rate, as
     /// each holds RTT/2), at least 4 MiB.
     pub fn new(rtt: Duration) -> Self {
-        let bdp = (SIZED_FOR_BPS as f64 / 8.0 * rtt.as_secs_f64()) as usize;
+        Self::for_rate(rtt, SIZED_FOR_BPS)
+    }
+
+    /// `rtt` with a queue for traffic of up to `bits_per_sec`: what that
+    /// rate puts in flight over the whole round trip, at least the default.
+    pub fn for_rate(rtt: Duration, bits_per_sec: u64) -> Self {
+        let bdp = |bps: u64| (bps as f64 / 8.0 * rtt.as_secs_f64()) as usize;
         Self {
             rtt,
-            queue_bytes: bdp.max(MIN_QUEUE),
+            queue_bytes: bdp(bits_per_sec.max(SIZED_FOR_BPS)).max(MIN_QUEUE),
         }
     }
 }
@@ -151,7 +157,7 @@ impl DelayLine {
             ])?;
         }
         line.route(a, b)?;
-        line.start(dla, dlb);
+        line.start(dla, dlb)?;
         Ok(line)
     }
 
@@ -190,7 +196,7 @@ impl DelayLine {
         Ok(())
     }
 
-    fn start(&mut self, dla: File, dlb: File) {
+    fn start(&mut self, dla: File, dlb: File) -> Result<(), NetnsError> {
         let hold = self.config.rtt / 2;
         let (dla, dlb) = (Arc::new(dla), Arc::new(dlb));
         for (name, from, to, counters) in [
@@ -199,17 +205,16 @@ impl DelayLine {
         ] {
             let (from, to, counters) = (from.clone(), to.clone(), counters.clone());
             let (stop, limit) = (self.stop.clone(), self.config.queue_bytes);
-            let spawned = thread::Builder::new().name(name.into()).spawn(move || {
-                tun::tight_timer_slack();
-                tun::forward(&from, &to, hold, limit, &counters, &stop);
-            });
-            match spawned {
-                Ok(handle) => self.threads.push(handle),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the delay line's {name} thread")
-                }
-            }
+            let handle = thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    tun::tight_timer_slack();
+                    tun::forward(&from, &to, hold, limit, &counters, &stop);
+                })
+                .map_err(NetnsError::DelayThread)?;
+            self.threads.push(handle);
         }
+        Ok(())
     }
 
     /// The MAC addresses of the router's veths toward A and toward B: the
@@ -314,6 +319,10 @@ mod tests {
         assert_eq!(q(100), 12_500_000);
         assert_eq!(q(1), MIN_QUEUE);
         assert_eq!(q(10), MIN_QUEUE);
+        let at_5g = DelayConfig::for_rate(Duration::from_millis(50), 5_000_000_000);
+        assert_eq!(at_5g.queue_bytes, 31_250_000);
+        let at_10m = DelayConfig::for_rate(Duration::from_millis(50), 10_000_000);
+        assert_eq!(at_10m, DelayConfig::new(Duration::from_millis(50)));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum NetnsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start the delay line's thread")]
+    DelayThread(#[source] std::io::Error),
     #[error("cannot enter network namespace {name}")]
     Enter {
         name: String,
