@@ -120,22 +120,23 @@ impl NetnsPair {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
         // Static neighbour entries: no first packet waits for (or loses) a
-        // neighbour solicitation while the fresh link settles. Through a
-        // delay line, each side's peer is the router's veth.
-        let (toward_a, toward_b) = match &pair.delay {
+        // neighbour solicitation while the fresh link settles. Each side's
+        // peer is the other side's veth0, or, through a delay line, the
+        // router's veth on its own side.
+        let (from_a, from_b) = match &pair.delay {
             Some(line) => line.router_macs()?,
-            None => (mac(&pair.a, "veth0")?, mac(&pair.b, "veth0")?),
+            None => (mac(&pair.b, "veth0")?, mac(&pair.a, "veth0")?),
         };
         neighbours(
             &pair.a,
             "veth0",
-            &toward_a,
+            &from_a,
             &[Self::B_V4.into(), Self::B_V6.into()],
         )?;
         neighbours(
             &pair.b,
             "veth0",
-            &toward_b,
+            &from_b,
             &[Self::A_V4.into(), Self::A_V6.into()],
         )?;
         Ok(pair)

@@ -2,7 +2,7 @@
 //! a request/response crosses it in the configured round trip, within
 //! [D, D + 2 ms], and one TCP flow with no limit but its window gets
 //! through it at 10 ms at more than 500 Mbit/s without a packet lost on
-//! the way.
+//! the way. Without a delay line, a round trip takes under a millisecond.
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
@@ -77,6 +77,42 @@ fn a_round_trip_through_the_delay_line_takes_the_configured_time() {
         );
         assert_nothing_lost(&lab);
     }
+}
+
+/// Without a delay line the sides are one veth apart: each addresses the
+/// other's veth0 directly (its static neighbour entry), and a round trip
+/// takes well under a millisecond.
+#[test]
+fn a_pair_without_a_delay_line_answers_within_a_millisecond() {
+    require_root!();
+    let _turn = traffic_turn();
+    let lab = NetnsPair::create("nodelay").expect("lab");
+    assert!(
+        lab.delay().is_none(),
+        "a delay line where none was asked for"
+    );
+    let at = SocketAddr::new(NetnsPair::addr_a(false), unique_port());
+    let listener = listen_in(lab.a(), at);
+    let until = Until::after(Duration::from_secs(1));
+    let echo = {
+        let until = until.clone();
+        thread::spawn(move || latency::tcp_echo(listener, &until))
+    };
+    let pings = traffic::spawn_in(Some(lab.b().to_string()), move || {
+        latency::tcp_ping(at, Duration::from_millis(20), &until)
+    })
+    .join()
+    .unwrap_or_else(|_| panic!("the pinger panicked"))
+    .unwrap_or_else(|e| panic!("cannot ping {at}: {e}"));
+    let _ = echo.join();
+    let mut rtts: Vec<Duration> = pings.into_iter().map(|(_, rtt)| rtt).collect();
+    let p50 = latency::quantile(&mut rtts, 0.5);
+    eprintln!("no delay line: {} round trips, p50 {p50:?}", rtts.len());
+    assert!(rtts.len() >= 10, "too few round trips: {}", rtts.len());
+    assert!(
+        p50 < Duration::from_millis(1),
+        "the median round trip {p50:?} is not under 1 ms"
+    );
 }
 
 #[test]
