@@ -31,6 +31,11 @@ cgroupDriver: cgroupfs
 failSwapOn: false
 clusterDomain: cluster.local
 resolvConf: $STATE/resolv.conf
+# The images are imported, not pulled (there is no registry): image garbage
+# collection, which starts at 85 % disk use by default, would delete the pause
+# and workload images for good on a busy disk, and no pod would start again
+# ("failed to pull ... podshaper-pause:1"). 100 turns it off.
+imageGCHighThresholdPercent: 100
 EOF
 }
 

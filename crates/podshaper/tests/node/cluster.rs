@@ -103,6 +103,13 @@ pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 pub fn ensure_installed() {
     let deploy = repo_path("deploy").display().to_string();
     kubectl_ok(&["apply", "-k", &deploy]);
+    // BandwidthPolicies are accepted once the API server serves the CRD
+    kubectl_ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=60s",
+        "crd/bandwidthpolicies.podshaper.io",
+    ]);
     wait_rollout("180s");
     wait_for(
         "the daemon answers on the node's socket",
@@ -311,6 +318,7 @@ impl Drop for TestNamespace {
 #[derive(Debug, Clone, Default)]
 pub struct PodSpec {
     pub name: String,
+    pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub host_network: bool,
     /// run as this user instead of root
@@ -332,6 +340,11 @@ impl PodSpec {
         self
     }
 
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
     pub fn host_network(mut self) -> Self {
         self.host_network = true;
         self
@@ -346,6 +359,12 @@ impl PodSpec {
         let mut m = String::new();
         let _ = writeln!(m, "apiVersion: v1\nkind: Pod\nmetadata:");
         let _ = writeln!(m, "  name: {}\n  namespace: {namespace}", self.name);
+        if !self.labels.is_empty() {
+            let _ = writeln!(m, "  labels:");
+            for (k, v) in &self.labels {
+                let _ = writeln!(m, "    {k}: {}", serde_json::Value::from(v.as_str()));
+            }
+        }
         if !self.annotations.is_empty() {
             let _ = writeln!(m, "  annotations:");
             for (k, v) in &self.annotations {

@@ -14,6 +14,7 @@ mod dashboard;
 mod lifecycle;
 mod limits;
 mod plugin;
+mod policy;
 
 const EGRESS: &str = "kubernetes.io/egress-bandwidth";
 const INGRESS: &str = "kubernetes.io/ingress-bandwidth";
