@@ -178,11 +178,18 @@ struct {
 	__type(value, __u64);
 } unpace_target SEC(".maps");
 
-/* The cgroup the receivers iterator (podshaper_receivers) works on, written
- * by user space before each run. */
+/* What the receivers iterator (podshaper_receivers) does, written by user
+ * space before each run: the cgroup it works on, and RECEIVERS_RATE: 0 to
+ * ready the sockets (the delayed ACK shortened, the clamp armed where a
+ * queue is in front), the rate (bytes per second) of a queue about to be
+ * built to clamp their windows for it now, or RECEIVERS_GIVE_BACK to give
+ * clamped windows back (that queue did not come). */
+#define RECEIVERS_CGROUP 0
+#define RECEIVERS_RATE 1
+#define RECEIVERS_GIVE_BACK (~0ULL)
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
 } receivers_target SEC(".maps");

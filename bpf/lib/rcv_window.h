@@ -115,9 +115,19 @@ static __always_inline void release_rcv_window(void *sock, struct tcp_sock *tp)
 	bpf_sk_storage_delete(&rcv_windows, tp);
 }
 
+/* The clamp for a socket behind a queue at `rate` (bytes per second) over a
+ * round trip of `srtt_us`: 7/8 of its flow's FIFO plus twice the
+ * bandwidth-delay product at the whole limit. */
+static __always_inline __u32 rcv_window_clamp(__u64 rate, __u64 srtt_us)
+{
+	__u64 clamp = flow_queue_bytes(rate) * 7 / 8 + 2 * rate * srtt_us / 1000000;
+
+	return clamp > 0x7fffffff ? 0x7fffffff : (__u32)clamp;
+}
+
 static __always_inline void clamp_rcv_window(struct bpf_sock_ops *skops)
 {
-	__u64 seen = limits_seen(), srtt_us = skops->srtt_us >> 3, clamp;
+	__u64 seen = limits_seen(), srtt_us = skops->srtt_us >> 3;
 	struct bpf_sock *sk = skops->sk;
 	struct rcv_window *w;
 	struct tcp_sock *tp;
@@ -146,8 +156,7 @@ static __always_inline void clamp_rcv_window(struct bpf_sock_ops *skops)
 	 * and a FIFO-deep window could hold a long path under the limit */
 	if (w->rate == 0 || srtt_us == 0)
 		return;
-	clamp = flow_queue_bytes(w->rate) * 7 / 8 + 2 * w->rate * srtt_us / 1000000;
-	set = clamp > 0x7fffffff ? 0x7fffffff : (__u32)clamp;
+	set = rcv_window_clamp(w->rate, srtt_us);
 	/* looked at on every segment, as autotuning may have raised it since;
 	 * read first (a load from the socket the kernel is sending on), as it
 	 * is mostly unchanged and the option's call chain costs more */

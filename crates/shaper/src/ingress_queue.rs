@@ -190,6 +190,13 @@ pub fn install(
     netns::run_in(ns, || install_here(limit, classifier, pinned)).map_err(QueueError::Enter)?
 }
 
+/// Lets TCP shrink the receive windows it offered in `ns` (or not), as a
+/// queue there does (`shrink_windows`): for a queue about to be built in
+/// front of open connections, whose windows are clamped first.
+pub fn let_windows_shrink(ns: &File, on: bool) -> Result<(), QueueError> {
+    netns::run_in(ns, || shrink_windows(on)).map_err(QueueError::Enter)
+}
+
 /// Removes the queue from `ns`, if it has one.
 pub fn remove(ns: &File) -> Result<(), QueueError> {
     netns::run_in(ns, remove_here).map_err(QueueError::Enter)?

@@ -4,8 +4,8 @@
 //! cgroup with no limit; two seconds in, the daemon is asked to limit it.
 //! From the second second after the attach, every second must be within
 //! [0.95, 1.05] of the limit and the run within [0.97, 1.02], as for flows
-//! that start under the limit; four and sixteen flows coming in at 10M and
-//! the hostNetwork policer have wider bounds (each says why).
+//! that start under the limit; the first of sixteen flows at 10M going out,
+//! and the hostNetwork policer, have wider bounds (each says why).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::process::Stdio;
@@ -36,6 +36,9 @@ struct Cell {
     /// the limited side in the host's network namespace (a hostNetwork
     /// pod), over loopback; else in a namespace of its own
     host: bool,
+    /// the limited side a hostNetwork pod of a daemon in the lab's first
+    /// namespace, which it takes for the node's, with the node's queue
+    node_queue: bool,
 }
 
 impl Cell {
@@ -47,6 +50,7 @@ impl Cell {
             bits,
             flows,
             host: false,
+            node_queue: false,
         }
     }
 
@@ -57,7 +61,11 @@ impl Cell {
             self.rate,
             self.proto,
             self.flows,
-            if self.host { " (host)" } else { "" }
+            match (self.host, self.node_queue) {
+                (true, _) => " (host)",
+                (_, true) => " (node's queue)",
+                _ => "",
+            }
         )
     }
 }
@@ -71,9 +79,8 @@ fn seconds_after_attach(
     cell: &Cell,
     daemon: &TestDaemon,
     cgroup: &podshaper_shaper::Cgroup,
+    lab: &NetnsPair,
 ) -> Vec<f64> {
-    let _turn = traffic_turn();
-    let lab = NetnsPair::create("open").expect("lab");
     lab.set_congestion_control("cubic").expect("cubic");
     let port = unique_port();
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -186,67 +193,87 @@ fn seconds_after_attach(
     }
 }
 
-/// Each second's and the run's bounds, as fractions of the limit.
-type Bounds = ((f64, f64), (f64, f64));
+/// The bounds of the first second checked, of each of the others, and of
+/// the run, as fractions of the limit.
+type Bounds = ((f64, f64), (f64, f64), (f64, f64));
 
 /// Runs each cell on a cgroup of its own under one daemon, and checks it
 /// against the bounds `bounds` gives it.
 fn check(cells: &[Cell], bounds: fn(&Cell) -> Bounds) {
     let root = TestRoot::new("open");
-    let daemon = TestDaemon::start(&root.path, &[]);
+    // loading the shaper takes a core for a moment: not beside a cell that
+    // measures
+    let daemon = {
+        let _turn = traffic_turn();
+        TestDaemon::start(&root.path, &[])
+    };
     let mut failures = Vec::new();
     for (i, cell) in cells.iter().enumerate() {
         let cgroup = root.make(&format!("pod{i}/app"));
-        let seconds = seconds_after_attach(cell, &daemon, &cgroup);
-        let ratios: Vec<f64> = seconds.iter().map(|s| s / cell.bits).collect();
-        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
-        assert!(
-            ratios.len() >= 4,
-            "{}: the attach left {} seconds to check: {ratios:?}",
-            cell.name(),
-            ratios.len()
-        );
-        let checked = &ratios[1..];
-        let mean = checked.iter().sum::<f64>() / checked.len() as f64;
-        eprintln!(
-            "{}: seconds after the attach, of the limit: {shown:?}; run {mean:.3}",
-            cell.name()
-        );
-        let (second, run) = bounds(cell);
-        let seconds_ok = checked.iter().all(|r| (second.0..=second.1).contains(r));
-        if !seconds_ok || !(run.0..=run.1).contains(&mean) {
-            failures.push(format!(
-                "{}: {shown:?}, run {mean:.3}: outside [{}, {}] a second or [{}, {}] the run",
-                cell.name(),
-                second.0,
-                second.1,
-                run.0,
-                run.1
-            ));
-        }
+        let _turn = traffic_turn();
+        let lab = NetnsPair::create("open").expect("lab");
+        let seconds = seconds_after_attach(cell, &daemon, &cgroup, &lab);
+        failures.extend(judge(cell, &seconds, bounds(cell)));
         daemon.ok(&["detach", "--cgroup", cgroup.path().to_str().expect("path")]);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A cell's seconds against its bounds: what was wrong, if anything.
+fn judge(cell: &Cell, seconds: &[f64], (first, second, run): Bounds) -> Option<String> {
+    let ratios: Vec<f64> = seconds.iter().map(|s| s / cell.bits).collect();
+    let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+    assert!(
+        ratios.len() >= 4,
+        "{}: the attach left {} seconds to check: {ratios:?}",
+        cell.name(),
+        ratios.len()
+    );
+    let checked = &ratios[1..];
+    let mean = checked.iter().sum::<f64>() / checked.len() as f64;
+    eprintln!(
+        "{}: seconds after the attach, of the limit: {shown:?}; run {mean:.3}",
+        cell.name()
+    );
+    let seconds_ok = (first.0..=first.1).contains(&checked[0])
+        && checked[1..]
+            .iter()
+            .all(|r| (second.0..=second.1).contains(r));
+    (!seconds_ok || !(run.0..=run.1).contains(&mean)).then(|| {
+        format!(
+            "{}: {shown:?}, run {mean:.3}: outside [{}, {}] the first second checked, [{}, {}] another or [{}, {}] the run",
+            cell.name(),
+            first.0,
+            first.1,
+            second.0,
+            second.1,
+            run.0,
+            run.1
+        )
+    })
+}
+
 const EACH_SECOND: (f64, f64) = (0.95, 1.05);
 const THE_RUN: (f64, f64) = (0.97, 1.02);
 
-/// Four and sixteen flows at 10M coming in (2.5 and 0.625 Mbit/s each): a
-/// second after the attach reads down to 0.91 of the limit in some runs
-/// (x16: 0.910, 0.924 and 0.943 in three runs of five, run 0.967-0.969:
-/// on the way down the queue drops every flow into a retransmission
-/// timeout at once; x4 0.931-0.955 in some runs, run 0.969-0.971), the
-/// others 0.96-1.04. Egress at 10M meets the bounds of every cell (x16:
-/// every second 0.966 or more over eight runs, the run 0.975-0.982).
-const MANY_AT_10M_SECOND: (f64, f64) = (0.90, 1.05);
-const MANY_AT_10M_RUN: (f64, f64) = (0.95, 1.02);
+/// Sixteen flows at 10M going out (0.625 Mbit/s each): the second checked
+/// first read 0.914 of the limit in one run of fourteen (run 0.972; a CI
+/// run on a fresh machine, with a build of the tests beside it), 0.966-0.989
+/// in the others. The others of its seconds, and every second of every
+/// other cell, stay within EACH_SECOND.
+const SIXTEEN_OUT_AT_10M_FIRST: f64 = 0.90;
 
-/// The bounds every cell must meet, but more than one flow at 10M coming in.
+/// The bounds every cell must meet: each second within EACH_SECOND (but
+/// the first checked of sixteen flows at 10M going out), the run within
+/// THE_RUN.
 fn bounds_for(cell: &Cell) -> Bounds {
-    match !cell.egress && cell.bits <= 10e6 && cell.flows > 1 {
-        true => (MANY_AT_10M_SECOND, MANY_AT_10M_RUN),
-        false => (EACH_SECOND, THE_RUN),
+    match cell.egress && cell.bits <= 10e6 && cell.flows >= 16 {
+        true => (
+            (SIXTEEN_OUT_AT_10M_FIRST, EACH_SECOND.1),
+            EACH_SECOND,
+            THE_RUN,
+        ),
+        false => (EACH_SECOND, EACH_SECOND, THE_RUN),
     }
 }
 
@@ -335,20 +362,108 @@ fn open_tcp_connections_in_the_nodes_namespace() {
         ..Cell::tcp(egress, "100M", 100e6, 4)
     };
     check(&[host(true)], bounds_for);
-    check(&[host(false)], |_| ((0.80, 1.15), (0.95, 1.03)));
+    check(&[host(false)], |_| {
+        ((0.80, 1.15), (0.80, 1.15), (0.95, 1.03))
+    });
 }
 
-/// The same flows through a daemon killed and started again over its pins
-/// (which adopts them), then a detach, and the limit added again while they
-/// run on: each time they are held to it.
+/// A hostNetwork pod's open connections coming in through the node's queue
+/// (`--host-ingress-queue true`): a daemon in the lab's first namespace,
+/// which it takes for the node's, the pod's receiver there, its senders
+/// across the veth.
+#[test]
+fn open_tcp_connections_through_the_nodes_queue() {
+    require_root!();
+    let root = TestRoot::new("open-node-queue");
+    let _turn = traffic_turn();
+    let lab = NetnsPair::create("opennq").expect("lab");
+    let daemon = TestDaemon::start_in_netns(&root.path, &["--host-ingress-queue", "true"], lab.a());
+    let cells = [("10M", 10e6), ("100M", 100e6)].map(|(rate, bits)| Cell {
+        node_queue: true,
+        ..Cell::tcp(false, rate, bits, 4)
+    });
+    let mut failures = Vec::new();
+    for (i, cell) in cells.iter().enumerate() {
+        let cgroup = root.make(&format!("pod{i}/app"));
+        let seconds = seconds_after_attach(cell, &daemon, &cgroup, &lab);
+        failures.extend(judge(cell, &seconds, (EACH_SECOND, EACH_SECOND, THE_RUN)));
+        daemon.ok(&["detach", "--cgroup", cgroup.path().to_str().expect("path")]);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// When the restart tests act, in seconds from the start of their count:
+/// the limit at 2 s, the daemon killed and started again over its pins
+/// (which adopts the limit) at 5 s, a detach at 9 s, the limit again at 11 s.
+const RESTART_STEPS: [(u64, &str); 4] =
+    [(2, "attach"), (5, "restart"), (9, "detach"), (11, "attach")];
+
+/// Runs RESTART_STEPS on `daemon` for the cgroup at `path` (`limit`: the
+/// attach's direction flag and rate), from `start` for 16 s, calling `poll`
+/// every 5 ms (the second that ends as a step starts is read before it).
+fn run_restart_steps(
+    daemon: &mut TestDaemon,
+    path: &str,
+    limit: [&str; 2],
+    start: Instant,
+    mut poll: impl FnMut(),
+) {
+    let mut steps = RESTART_STEPS.to_vec();
+    while start.elapsed() < Duration::from_secs(16) + Duration::from_millis(50) {
+        poll();
+        if let Some(&(at, what)) = steps.first() {
+            if start.elapsed() >= Duration::from_secs(at) {
+                match what {
+                    "attach" => {
+                        daemon.ok(&["attach", "--cgroup", path, limit[0], limit[1]]);
+                    }
+                    "restart" => daemon.restart(),
+                    _ => {
+                        daemon.ok(&["detach", "--cgroup", path]);
+                    }
+                }
+                steps.remove(0);
+            }
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The seconds of a restart test, as fractions of 100M: limited from the
+/// second second after the attach, through the restart; lifted by the
+/// detach; limited again from the second second after the second attach.
+fn check_restart_seconds(seconds: &[f64]) {
+    let ratios: Vec<f64> = seconds.iter().map(|b| b / 100e6).collect();
+    eprintln!(
+        "attach at 2 s, restart at 5 s, detach at 9 s, attach at 11 s; seconds of 100M: {:?}",
+        ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>()
+    );
+    assert!(ratios.len() >= 16, "too few seconds: {ratios:?}");
+    for (i, r) in ratios.iter().enumerate().take(9).skip(3) {
+        assert!(
+            (0.95..=1.05).contains(r),
+            "second {i}: {r:.3} of the limit ({ratios:?})"
+        );
+    }
+    assert!(ratios[10] > 5.0, "not lifted by the detach: {ratios:?}");
+    for (i, r) in ratios.iter().enumerate().take(16).skip(12) {
+        assert!(
+            (0.95..=1.05).contains(r),
+            "second {i}: {r:.3} of the limit ({ratios:?})"
+        );
+    }
+}
+
+/// Four open flows going out through RESTART_STEPS: each time they are
+/// held to the limit.
 #[test]
 fn open_connections_stay_limited_through_a_restart_and_a_limit_added_again() {
     require_root!();
     let root = TestRoot::new("open-again");
+    let _turn = traffic_turn();
     let mut daemon = TestDaemon::start(&root.path, &[]);
     let cgroup = root.make("pod/app");
     let path = cgroup.path().to_str().expect("path").to_string();
-    let _turn = traffic_turn();
     let lab = NetnsPair::create("again").expect("lab");
     lab.set_congestion_control("cubic").expect("cubic");
     let port = unique_port();
@@ -372,52 +487,55 @@ fn open_connections_stay_limited_through_a_restart_and_a_limit_added_again() {
     thread::sleep(Duration::from_millis(300));
     let mut seconds = Seconds::start(&meter);
     let start = Instant::now();
-    // at each second, what to do then
-    let mut steps: Vec<(u64, &str)> =
-        vec![(2, "attach"), (5, "restart"), (9, "detach"), (11, "attach")];
-    while start.elapsed() < Duration::from_secs(16) + Duration::from_millis(50) {
-        // the second that ends as a step starts is read before the step
-        seconds.poll(&meter);
-        if let Some(&(at, what)) = steps.first() {
-            if start.elapsed() >= Duration::from_secs(at) {
-                match what {
-                    "attach" => {
-                        daemon.ok(&["attach", "--cgroup", &path, "--egress", "100M"]);
-                    }
-                    "restart" => daemon.restart(),
-                    _ => {
-                        daemon.ok(&["detach", "--cgroup", &path]);
-                    }
-                }
-                steps.remove(0);
-            }
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
+    run_restart_steps(&mut daemon, &path, ["--egress", "100M"], start, || {
+        seconds.poll(&meter)
+    });
     drop(source);
     until.stop.store(true, Ordering::Relaxed);
     let _ = sink.join();
-    let ratios: Vec<f64> = seconds
-        .bits_per_second()
-        .iter()
-        .map(|b| b / 100e6)
-        .collect();
-    eprintln!(
-        "attach at 2 s, restart at 5 s, detach at 9 s, attach at 11 s; seconds of 100M: {:?}",
-        ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>()
+    check_restart_seconds(&seconds.bits_per_second());
+}
+
+/// Four open flows coming in through RESTART_STEPS: the restarted daemon
+/// adopts the pod's queue, the detach takes it away, and the second attach
+/// builds it again in front of the running flows.
+#[test]
+fn open_connections_coming_in_stay_limited_through_a_restart_and_a_limit_added_again() {
+    require_root!();
+    let root = TestRoot::new("open-again-in");
+    let _turn = traffic_turn();
+    let mut daemon = TestDaemon::start(&root.path, &[]);
+    let cgroup = root.make("pod/app");
+    let path = cgroup.path().to_str().expect("path").to_string();
+    let lab = NetnsPair::create("againin").expect("lab");
+    lab.set_congestion_control("cubic").expect("cubic");
+    let to = SocketAddr::new(NetnsPair::addr_a(false), unique_port());
+    let mut cmd = common::podshaper();
+    cgroup.spawn_inside(&mut cmd).expect("spawn inside");
+    cmd.args(["traffic", "tcp-recv", "--netns", lab.a(), "--seconds", "17"])
+        .args(["--skip", "0", "--listen"])
+        .arg(to.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let receiver = ChildGuard::spawn(&mut cmd);
+    let start = Instant::now();
+    let until = Until::after(Duration::from_secs(18));
+    let source = {
+        let until = until.clone();
+        traffic::spawn_in(Some(lab.b().to_string()), move || {
+            thread::sleep(Duration::from_millis(100));
+            traffic::tcp_send(to, 4, &until).map(|_| ())
+        })
+    };
+    run_restart_steps(&mut daemon, &path, ["--ingress", "100M"], start, || {});
+    let out = receiver.wait_output();
+    until.stop.store(true, Ordering::Relaxed);
+    let _ = source.join();
+    assert!(
+        out.status.success(),
+        "receiver failed: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    // limited from the second second after the attach, through the restart
-    for (i, r) in ratios.iter().enumerate().take(9).skip(3) {
-        assert!(
-            (0.95..=1.05).contains(r),
-            "second {i}: {r:.3} of the limit ({ratios:?})"
-        );
-    }
-    assert!(ratios[10] > 5.0, "not lifted by the detach: {ratios:?}");
-    for (i, r) in ratios.iter().enumerate().take(16).skip(12) {
-        assert!(
-            (0.95..=1.05).contains(r),
-            "second {i}: {r:.3} of the limit ({ratios:?})"
-        );
-    }
+    let report: ReceiverReport = serde_json::from_slice(&out.stdout).expect("report");
+    check_restart_seconds(&report.per_second_bits);
 }

@@ -72,7 +72,7 @@ impl Node {
     /// is (its open sockets need arming). A failure is logged: the windows
     /// stay as they were.
     pub(super) fn sync_queued_flag(&mut self, id: u64) -> bool {
-        let queued = self.queued.contains_key(&id) || self.host_slots.contains_key(&id);
+        let queued = self.has_queue(id);
         let done = self.shaper.is_ingress_queued(id).and_then(|flagged| {
             if flagged != queued {
                 self.shaper.set_ingress_queued(id, queued)?;
@@ -83,6 +83,60 @@ impl Node {
             tracing::warn!(error = %e, cgroup_id = id, queued, "cannot tell the programs whether a queue is in front of the cgroup: its receive windows stay as they were");
             false
         })
+    }
+
+    /// Whether a queue of this daemon's is in front of a cgroup's ingress (in
+    /// its pod's namespaces or the node's).
+    fn has_queue(&self, id: u64) -> bool {
+        self.queued.contains_key(&id) || self.host_slots.contains_key(&id)
+    }
+
+    /// Builds a cgroup's ingress queue in front of connections that are open
+    /// and may be sending at the full speed of the path, as
+    /// [`Self::sync_ingress_queue`] does, but clamps their receive windows
+    /// for the queue's rate first (with TCP let shrink the windows it
+    /// offered in the pods' namespaces), so that by the time the queue holds
+    /// them their senders keep no more in flight than its FIFOs take. Built
+    /// over such flows without that, the queue dropped most of what they
+    /// had in flight, and sixteen flows at 10M waited out a retransmission
+    /// timeout together (docs/design/state-and-upgrades.md, "Connections
+    /// open before the limit"). If no queue came, the windows are given
+    /// back. True if the cgroup newly has a queue in front of it.
+    pub(super) fn queue_open_flows(
+        &mut self,
+        id: u64,
+        path: &Path,
+        namespaces: &[fs::File],
+        ingress: DirectionLimit,
+    ) -> bool {
+        let pod_namespaces = if self.ingress_queue {
+            netns::not_ours(namespaces)
+        } else {
+            Vec::new()
+        };
+        let host_pod = self.host_queue && netns::has_ours(namespaces);
+        if pod_namespaces.is_empty() && !host_pod {
+            return self.sync_ingress_queue(id, path, namespaces, Some(ingress));
+        }
+        let shrink = |on| {
+            for ns in &pod_namespaces {
+                if let Err(e) = ingress_queue::let_windows_shrink(ns, on) {
+                    tracing::warn!(error = %e, cgroup = %path.display(), "cannot set whether TCP may shrink offered windows in a namespace of the cgroup's processes");
+                }
+            }
+        };
+        shrink(true);
+        if let Err(e) = self.shaper.clamp_receivers(id, &ingress, namespaces) {
+            tracing::warn!(error = %e, cgroup_id = id, "cannot clamp the open sockets' receive windows before the ingress queue: it may drop what their senders have in flight");
+        }
+        let newly = self.sync_ingress_queue(id, path, namespaces, Some(ingress));
+        if !self.has_queue(id) {
+            shrink(false);
+            if let Err(e) = self.shaper.give_back_receive_windows(id, namespaces) {
+                tracing::warn!(error = %e, cgroup_id = id, "cannot give the open sockets' receive windows back after their queue failed: they stay clamped for its rate");
+            }
+        }
+        newly
     }
 
     /// Puts the ingress queue in front of each of `namespaces` (those of the

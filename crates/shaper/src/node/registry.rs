@@ -25,6 +25,16 @@ impl Node {
         if let Some(egress) = &newly_egress {
             self.ready_senders(cgroup.id(), egress, &namespaces);
         }
+        // Open flows coming in meet the queue before the policer, with their
+        // windows clamped for it: the policer alone for the milliseconds the
+        // queue takes to build dropped most of what they had in flight.
+        let newly_ingress = limits.ingress.filter(|_| had.ingress.is_none());
+        let queued_first = match newly_ingress {
+            Some(ingress) if !namespaces.is_empty() => {
+                Some(self.queue_open_flows(cgroup.id(), cgroup.path(), &namespaces, ingress))
+            }
+            _ => None,
+        };
         // Limits first: a crash before the links are pinned leaves a limit
         // with no links, which the next adoption removes.
         let attached = self.shaper.set_limits(cgroup.id(), limits).and_then(|()| {
@@ -41,12 +51,23 @@ impl Node {
                 // paced above for a limit that did not come
                 let _ = self.shaper.unpace(cgroup.id(), &namespaces);
             }
+            if queued_first.is_some() {
+                // a queue built above for a limit that did not come
+                self.sync_ingress_queue(cgroup.id(), cgroup.path(), &namespaces, None);
+                let _ = self
+                    .shaper
+                    .give_back_receive_windows(cgroup.id(), &namespaces);
+            }
             return Err(e.into());
         }
         self.attached
             .insert(cgroup.id(), cgroup.path().to_path_buf());
-        let newly_queued =
-            self.sync_ingress_queue(cgroup.id(), cgroup.path(), &namespaces, limits.ingress);
+        let newly_queued = match queued_first {
+            Some(newly) => newly,
+            None => {
+                self.sync_ingress_queue(cgroup.id(), cgroup.path(), &namespaces, limits.ingress)
+            }
+        };
         if limits.ingress.is_some() && (had.ingress.is_none() || newly_queued) {
             self.ready_receivers(cgroup.id(), &namespaces);
         }

@@ -85,7 +85,8 @@ impl Node {
             }
         }
         for (id, path, namespaces, ingress) in &todo {
-            if self.sync_ingress_queue(*id, path, namespaces, Some(*ingress)) {
+            // the pod's processes may be sending already
+            if self.queue_open_flows(*id, path, namespaces, *ingress) {
                 self.ready_receivers(*id, namespaces);
             }
         }

@@ -13,6 +13,12 @@ use super::{
 };
 use crate::limits::DirectionLimit;
 
+/// The receivers iterator's RECEIVERS_RATE entry (bpf/lib/maps.h): ready the
+/// sockets, or give clamped windows back; any other value is the rate a
+/// queue's clamp is set for.
+const READY_RECEIVERS: u64 = 0;
+const GIVE_BACK_RECEIVERS: u64 = u64::MAX;
+
 impl Shaper {
     /// Lifts the pacing cap this shaper put on a cgroup's open TCP sockets.
     /// Call it after detaching: with the programs gone, nothing else would.
@@ -34,9 +40,49 @@ impl Shaper {
     /// cgroup gets an ingress limit. The sockets are looked for as in
     /// [`Shaper::unpace`].
     pub fn ready_receivers(&mut self, cgroup_id: u64, netns: &[File]) -> Result<(), ShaperError> {
+        self.run_receivers(cgroup_id, READY_RECEIVERS, netns)
+    }
+
+    /// Clamps the receive windows of a cgroup's open TCP sockets for an
+    /// ingress queue at `rate` that is about to be built in front of them,
+    /// as the sockops program clamps them once armed: call it before the
+    /// queue holds them (and with TCP let shrink offered windows in their
+    /// namespaces), so that what their senders keep in flight is down to
+    /// what the queue's FIFOs take by then. If the queue does not come,
+    /// [`Shaper::give_back_receive_windows`]. The sockets are looked for as
+    /// in [`Shaper::unpace`].
+    pub fn clamp_receivers(
+        &mut self,
+        cgroup_id: u64,
+        rate: &DirectionLimit,
+        netns: &[File],
+    ) -> Result<(), ShaperError> {
+        let rate = rate.rate.bytes_per_sec().clamp(1, GIVE_BACK_RECEIVERS - 1);
+        self.run_receivers(cgroup_id, rate, netns)
+    }
+
+    /// Gives the receive windows [`Shaper::clamp_receivers`] clamped back to
+    /// what the sockets' buffers make.
+    pub fn give_back_receive_windows(
+        &mut self,
+        cgroup_id: u64,
+        netns: &[File],
+    ) -> Result<(), ShaperError> {
+        self.run_receivers(cgroup_id, GIVE_BACK_RECEIVERS, netns)
+    }
+
+    /// Runs the receivers iterator for `cgroup_id`, told what to do (its
+    /// RECEIVERS_RATE entry, bpf/lib/maps.h).
+    fn run_receivers(
+        &mut self,
+        cgroup_id: u64,
+        what: u64,
+        netns: &[File],
+    ) -> Result<(), ShaperError> {
         if !self.can_ready_receivers {
             return Ok(());
         }
+        self.write_target(RECEIVERS_TARGET_MAP, &[(1, what)])?;
         self.run_iterator(RECEIVERS_PROGRAM, RECEIVERS_TARGET_MAP, cgroup_id, netns)
     }
 
@@ -82,12 +128,19 @@ impl Shaper {
     }
 
     fn write_senders_target(&mut self, entries: &[(u32, u64)]) -> Result<(), ShaperError> {
+        self.write_target(SENDERS_TARGET_MAP, entries)
+    }
+
+    /// Writes `entries` (index, value) into an iterator's target map.
+    fn write_target(
+        &mut self,
+        name: &'static str,
+        entries: &[(u32, u64)],
+    ) -> Result<(), ShaperError> {
         let mut map: Array<&mut MapData, u64> =
-            Array::try_from(raw_map_mut(&mut self.ebpf, SENDERS_TARGET_MAP)?)
-                .map_err(|e| map_error(SENDERS_TARGET_MAP, e))?;
+            Array::try_from(raw_map_mut(&mut self.ebpf, name)?).map_err(|e| map_error(name, e))?;
         for (key, value) in entries {
-            map.set(*key, value, 0)
-                .map_err(|e| map_error(SENDERS_TARGET_MAP, e))?;
+            map.set(*key, value, 0).map_err(|e| map_error(name, e))?;
         }
         Ok(())
     }
