@@ -131,7 +131,8 @@ pub fn run(
         plot::draw(&limit_changes, file)?;
     }
     let mut open_flows = Vec::new();
-    if options.open && options.directions.contains(&Direction::Egress) {
+    let open_directions = options.directions.iter().filter(|_| options.open);
+    for direction in open_directions {
         let mut runs: Vec<(Mechanism, When)> =
             limited.iter().map(|m| (*m, When::OnRunningFlows)).collect();
         if options.mechanisms.contains(&Mechanism::Podshaper) {
@@ -141,11 +142,19 @@ pub fn run(
             for flows in options.flows.iter().map(|f| (*f).max(1)) {
                 for (mechanism, when) in &runs {
                     check_stop(stop)?;
-                    let run = open::run(&mut shaper, *rate, flows, *mechanism, *when, &options.cc);
+                    let cell = open::OpenCell {
+                        direction: *direction,
+                        rate: *rate,
+                        flows,
+                        mechanism: *mechanism,
+                        when: *when,
+                    };
+                    let queue = cell_options.ingress_queue.as_deref();
+                    let run = open::run(&mut shaper, &cell, queue, &options.cc);
                     check_stop(stop)?;
                     let run = run.map_err(|e| {
                         e.during(format!(
-                            "a limit on open flows at {rate} x{flows} with {mechanism:?}"
+                            "a limit on open flows, {direction} at {rate} x{flows} with {mechanism:?}"
                         ))
                     })?;
                     progress(Progress::Open(&run));

@@ -132,6 +132,7 @@ impl Serialize for When {
 /// A limit put on TCP flows (egress).
 #[derive(Debug, Clone, Serialize)]
 pub struct OpenFlows {
+    pub direction: Direction,
     #[serde(rename = "target_bps", serialize_with = "bits_per_sec")]
     pub rate: Rate,
     pub flows: usize,
@@ -190,6 +191,7 @@ impl LimitChange {
 
 impl OpenFlows {
     pub fn new(
+        direction: Direction,
         rate: Rate,
         flows: usize,
         mechanism: Mechanism,
@@ -201,6 +203,7 @@ impl OpenFlows {
         let held_mean_ratio = held.iter().sum::<f64>() / held.len().max(1) as f64;
         let held_worst_ratio = held.iter().cloned().fold(f64::INFINITY, f64::min);
         Self {
+            direction,
             rate,
             flows,
             mechanism,
@@ -298,7 +301,8 @@ impl fmt::Display for OpenFlows {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:>10} x{:<2} {:<9} {:<16} mean {:.3}, worst second {:.3}, first second {:.3}",
+            "{:<8} {:>10} x{:<2} {:<9} {:<16} mean {:.3}, worst second {:.3}, first second {:.3}",
+            self.direction,
             self.rate.to_string(),
             self.flows,
             self.mechanism,
@@ -388,7 +392,10 @@ impl Report {
         }
         if !self.open_flows.is_empty() {
             writeln!(out)?;
-            writeln!(out, "a limit put on TCP flows already running (egress), seconds 2-7 after it, of the limit:")?;
+            writeln!(
+                out,
+                "a limit put on TCP flows already running, seconds 2-7 after it, of the limit:"
+            )?;
             for o in &self.open_flows {
                 writeln!(out, "  {o}")?;
             }

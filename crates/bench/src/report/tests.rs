@@ -58,6 +58,7 @@ fn report() -> Report {
             vec![(0.05, 1.0)],
         )],
         open_flows: vec![OpenFlows::new(
+            Direction::Egress,
             rate(100_000_000),
             4,
             Mechanism::Tbf,
@@ -85,8 +86,8 @@ rtt p99: round trip of a 64-byte request/response beside the bulk flows, one leg
 limit halved mid-flow (one TCP flow, egress): time until the new rate holds
     100Mbit/s  podshaper  120 ms
 
-a limit put on TCP flows already running (egress), seconds 2-7 after it, of the limit:
-   100Mbit/s x4  tbf       on running flows mean 0.980, worst second 0.960, first second 1.500
+a limit put on TCP flows already running, seconds 2-7 after it, of the limit:
+  egress    100Mbit/s x4  tbf       on running flows mean 0.980, worst second 0.960, first second 1.500
 ";
     assert_eq!(report().table(), expected);
 }
@@ -122,6 +123,7 @@ fn json_names_the_fields_as_the_contract_does() {
         serde_json::Value::Null
     );
     assert_eq!(json["limit_changes"][0]["change_to_effect_ms"], 120.0);
+    assert_eq!(json["open_flows"][0]["direction"], "egress");
     assert_eq!(json["open_flows"][0]["limited"], "on running flows");
     assert_eq!(json["open_flows"][0]["seconds_ratio"][0], 1.5);
     assert!(json.get("mechanisms").is_none(), "{text}");

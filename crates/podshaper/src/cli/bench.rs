@@ -84,10 +84,10 @@ pub struct BenchArgs {
     /// Also measure limit change to effect (one TCP flow, egress, limit halved).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     change: bool,
-    /// Also measure a limit put on TCP flows already running (egress, the
-    /// flow counts above): podshaper as the daemon limits a cgroup, tbf
-    /// added to the running veth, and podshaper on the same flows started
-    /// under the limit.
+    /// Also measure a limit put on TCP flows already running (the
+    /// directions and flow counts above): podshaper as the daemon limits a
+    /// cgroup, tbf added to the running sender's veth, and podshaper on the
+    /// same flows started under the limit.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     open: bool,
     /// Draw the limit-change runs (rate over time per mechanism) to this PNG.
