@@ -422,18 +422,14 @@ int podshaper_unpace(struct bpf_iter__tcp *ctx)
  * second, its open connections kept windows the queue's FIFOs cannot hold.
  *
  * Before a queue is built in front of open flows, user space runs it with
- * the queue's rate (RECEIVERS_RATE), which clamps each window for that rate
- * at once, so that the senders' next ACK (the namespace lets TCP shrink an
- * offered window) brings what they keep in flight down to what their FIFOs
- * take before the queue holds them; if the queue then does not come, a run
- * with RECEIVERS_GIVE_BACK gives the windows back (docs/design/state-and-upgrades.md,
- * "Connections open before the limit").
+ * the queue's rate (RECEIVERS_RATE: clamp_rcv_window_ahead), and with
+ * RECEIVERS_GIVE_BACK if the queue then does not come.
  */
 SEC("iter/tcp")
 int podshaper_receivers(struct bpf_iter__tcp *ctx)
 {
-	__u32 rate_key = RECEIVERS_RATE, clamp;
-	__u64 target = 0, *rate, srtt_us;
+	__u32 rate_key = RECEIVERS_RATE;
+	__u64 target = 0, *rate;
 	struct tcp_sock *tp;
 
 	tp = iter_socket(ctx, &receivers_target, &target);
@@ -446,12 +442,7 @@ int podshaper_receivers(struct bpf_iter__tcp *ctx)
 	}
 	set_short_delack(tp);
 	if (rate && *rate) {
-		/* as the sockops program would once armed: no round trip
-		 * measured, no clamp */
-		srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
-		clamp = rcv_window_clamp(*rate, srtt_us);
-		if (srtt_us && clamp < BPF_CORE_READ(tp, window_clamp))
-			bpf_setsockopt(tp, SOL_TCP, TCP_WINDOW_CLAMP, &clamp, sizeof(clamp));
+		clamp_rcv_window_ahead(tp, *rate);
 		return 0;
 	}
 	/* through the policer alone its first segment would only disarm it */

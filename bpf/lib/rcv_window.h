@@ -125,6 +125,23 @@ static __always_inline __u32 rcv_window_clamp(__u64 rate, __u64 srtt_us)
 	return clamp > 0x7fffffff ? 0x7fffffff : (__u32)clamp;
 }
 
+/*
+ * Clamps an open socket's window for a queue at `rate` that is about to be
+ * built in front of it, from an iterator, as the sockops program would once
+ * the socket is armed (no round trip measured, no clamp): the senders' next
+ * ACK (the namespace lets TCP shrink an offered window) brings what they
+ * keep in flight down to what their FIFOs take before the queue holds them
+ * (docs/design/state-and-upgrades.md, "Connections open before the limit").
+ */
+static __always_inline void clamp_rcv_window_ahead(struct tcp_sock *tp, __u64 rate)
+{
+	__u64 srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+	__u32 clamp = rcv_window_clamp(rate, srtt_us);
+
+	if (srtt_us && clamp < BPF_CORE_READ(tp, window_clamp))
+		bpf_setsockopt(tp, SOL_TCP, TCP_WINDOW_CLAMP, &clamp, sizeof(clamp));
+}
+
 static __always_inline void clamp_rcv_window(struct bpf_sock_ops *skops)
 {
 	__u64 seen = limits_seen(), srtt_us = skops->srtt_us >> 3;
