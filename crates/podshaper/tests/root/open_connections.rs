@@ -176,21 +176,30 @@ fn seconds_after_attach(
         thread::sleep(Duration::from_secs(BEFORE).saturating_sub(start.elapsed()));
         attach();
         let attached_in = start.elapsed().as_secs() as usize;
-        let out = receiver.wait_output();
-        until.stop.store(true, Ordering::Relaxed);
-        let _ = source.join();
-        assert!(
-            out.status.success(),
-            "receiver failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: ReceiverReport = serde_json::from_slice(&out.stdout).expect("report");
-        report
-            .per_second_bits
+        receiver_seconds(receiver, &until, source)
             .get(attached_in..)
             .unwrap_or_default()
             .to_vec()
     }
+}
+
+/// Waits for the limited side's receiver to end, stops its senders, and
+/// returns the rate it reports for each second from its start.
+fn receiver_seconds(
+    receiver: ChildGuard,
+    until: &Until,
+    source: thread::JoinHandle<std::io::Result<()>>,
+) -> Vec<f64> {
+    let out = receiver.wait_output();
+    until.stop.store(true, Ordering::Relaxed);
+    let _ = source.join();
+    assert!(
+        out.status.success(),
+        "receiver failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: ReceiverReport = serde_json::from_slice(&out.stdout).expect("report");
+    report.per_second_bits
 }
 
 /// The bounds of the first second checked, of each of the others, and of
@@ -528,14 +537,5 @@ fn open_connections_coming_in_stay_limited_through_a_restart_and_a_limit_added_a
         })
     };
     run_restart_steps(&mut daemon, &path, ["--ingress", "100M"], start, || {});
-    let out = receiver.wait_output();
-    until.stop.store(true, Ordering::Relaxed);
-    let _ = source.join();
-    assert!(
-        out.status.success(),
-        "receiver failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: ReceiverReport = serde_json::from_slice(&out.stdout).expect("report");
-    check_restart_seconds(&report.per_second_bits);
+    check_restart_seconds(&receiver_seconds(receiver, &until, source));
 }
