@@ -137,6 +137,35 @@ measure() {
   field bits_per_second <"$out"
 }
 
+# rate_check NAME LOW HIGH BITS WHAT VERB LIMIT_ARGS...: `measure VERB
+# LIMIT_ARGS...`, checked within [LOW, HIGH] of BITS; WHAT follows the ratio
+# in the check's line. A check outside its bounds measures again, up to
+# TRIES measurements in all, and its line says what each earlier one read.
+# The guests take two: a TCG guest runs on one host thread, and a stall of
+# that thread takes the guest's traffic with it (one run of 6.1 read 0.813
+# of 10M over a 40 ms round trip and 0.874 of 10M UDP egress, where three
+# runs of the round trip alone read 0.970-0.973 with no retransmission). A
+# kernel that lacks what a check needs fails every try.
+rate_check() {
+  rc_name=$1 rc_low=$2 rc_high=$3 rc_bits=$4 rc_what=$5
+  shift 5
+  rc_tries=0 rc_earlier=""
+  while :; do
+    rc_got=$(measure "$@")
+    rc_tries=$((rc_tries + 1))
+    if [ -n "$rc_got" ]; then rc_read=$(ratio "$rc_got" "$rc_bits"); else rc_read="no measurement"; fi
+    if [ -n "$rc_got" ] && within "$rc_low" "$rc_high" "$rc_got" "$rc_bits"; then
+      ok "$rc_name" "$rc_read $rc_what${rc_earlier:+; before it, $rc_earlier}"
+      return
+    fi
+    rc_earlier="${rc_earlier:+$rc_earlier, }$rc_read"
+    if [ "$rc_tries" -ge "$TRIES" ]; then
+      fail "$rc_name" "$rc_earlier $rc_what, outside [$rc_low, $rc_high]"
+      return
+    fi
+  done
+}
+
 # queued_tcp_rate: one TCP flow from B into a receiver in the cgroup
 # $ROOT/pod/app (in namespace A), through whatever limit the daemon put on
 # it; prints the receiver's bits per second.
@@ -208,6 +237,7 @@ HIGH=${PODSHAPER_KERNEL_HIGH:-1.05}
 WARMUP=${PODSHAPER_KERNEL_WARMUP:-1.5}
 MEASURE=${PODSHAPER_KERNEL_MEASURE:-3.5}
 LISTEN_WAIT=${PODSHAPER_KERNEL_LISTEN_WAIT:-0.8}
+TRIES=${PODSHAPER_KERNEL_TRIES:-1}
 # policer_high BITS: the upper bound of the policer alone (`podshaper run
 # --ingress` over TCP) at BITS per second. It lets retransmissions and a
 # flow's packet after a drop borrow, down to max(200 ms of the rate, two
@@ -297,38 +327,21 @@ for rate in 10M 100M; do
     if [ "$kind" = tcp-ingress ]; then
       low=$(policer_low) high=$(policer_high "$bits")
     fi
-    got=$(measure "$kind" "--$dir" "$rate")
-    if [ -z "$got" ]; then
-      fail "run-$kind-$rate" "no measurement"
-    elif within "$low" "$high" "$got" "$bits"; then
-      ok "run-$kind-$rate" "$(ratio "$got" "$bits") of the limit"
-    else
-      fail "run-$kind-$rate" "$(ratio "$got" "$bits") of the limit, outside [$low, $high]"
-    fi
+    rate_check "run-$kind-$rate" "$low" "$high" "$bits" "of the limit" "$kind" "--$dir" "$rate"
   done
 done
 
 # --- where the kernel has them: fq on the sender's interface, and a
 # round trip of 40 ms (netem on both sides)
 if "$IP" netns exec "$NS_A" "$TC" qdisc replace dev veth0 root fq 2>/dev/null; then
-  got=$(measure tcp-egress --egress 10M)
-  if [ -n "$got" ] && within "$LOW" "$HIGH" "$got" 10000000; then
-    ok fq "$(ratio "$got" 10000000) of 10M egress with fq on the interface"
-  else
-    fail fq "${got:-no measurement} bit/s of 10M egress with fq on the interface"
-  fi
+  rate_check fq "$LOW" "$HIGH" 10000000 "of 10M egress with fq on the interface" tcp-egress --egress 10M
   "$IP" netns exec "$NS_A" "$TC" qdisc del dev veth0 root 2>/dev/null
 else
   echo "check fq: skipped (no fq qdisc in this kernel)"
 fi
 if "$IP" netns exec "$NS_A" "$TC" qdisc replace dev veth0 root netem delay 20ms 2>/dev/null &&
   "$IP" netns exec "$NS_B" "$TC" qdisc replace dev veth0 root netem delay 20ms 2>/dev/null; then
-  got=$(measure tcp-egress --egress 10M)
-  if [ -n "$got" ] && within "$LOW" "$HIGH" "$got" 10000000; then
-    ok rtt-40ms "$(ratio "$got" 10000000) of 10M egress"
-  else
-    fail rtt-40ms "${got:-no measurement} bit/s of 10M egress over a 40 ms round trip"
-  fi
+  rate_check rtt-40ms "$LOW" "$HIGH" 10000000 "of 10M egress over a 40 ms round trip" tcp-egress --egress 10M
 else
   echo "check rtt-40ms: skipped (no netem qdisc in this kernel)"
 fi
