@@ -201,6 +201,28 @@ impl TestDaemon {
         self.spawn();
     }
 
+    /// Pins, in the (stopped) daemon's place for the socket storage `map`
+    /// (`sock_states`, `rcv_windows`), another build's socket storage whose
+    /// value is `value_type`, as an upgrade that changed its layout leaves
+    /// it (`tag` names the compiled object); its map id and value size.
+    pub fn pin_another_sk_storage(&self, map: &str, tag: &str, value_type: &str) -> (u32, u32) {
+        let bytes = super::compiled_bpf(
+            &format!("old_{map}_{tag}"),
+            &format!(
+                "struct {{ __uint(type, BPF_MAP_TYPE_SK_STORAGE); \
+                 __uint(map_flags, BPF_F_NO_PREALLOC); __type(key, int); \
+                 __type(value, {value_type}); }} {map} SEC(\".maps\");"
+            ),
+        );
+        let pin = self.bpffs.join("maps").join(map);
+        fs::remove_file(&pin).unwrap_or_else(|e| panic!("cannot unpin the daemon's {map}: {e}"));
+        let loaded = aya::EbpfLoader::new().map_pin_path(map, &pin).load(&bytes);
+        drop(loaded.unwrap_or_else(|e| panic!("cannot pin another {map}: {e}")));
+        let info = aya::maps::MapInfo::from_pin(&pin)
+            .unwrap_or_else(|e| panic!("cannot read the pinned {map}: {e}"));
+        (info.id(), info.value_size())
+    }
+
     /// kill -9, then a daemon with other flags over the same bpffs pins.
     pub fn restart_with(&mut self, extra: &[&str]) {
         self.extra = extra.iter().map(|s| s.to_string()).collect();
@@ -247,4 +269,38 @@ impl Drop for TestDaemon {
             let _ = fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Attaches program `name` of an older build's object (`old`) to `cgroup`
+/// and pins its link at `link_pin` in place of the daemon's, as an upgrade
+/// finds it.
+pub fn put_in_place_of_the_daemons(
+    mut old: aya::Ebpf,
+    name: &str,
+    cgroup: &podshaper_shaper::Cgroup,
+    attach_type: aya::programs::CgroupSkbAttachType,
+    link_pin: &std::path::Path,
+) {
+    let program: &mut aya::programs::CgroupSkb = old
+        .program_mut(name)
+        .expect("its program")
+        .try_into()
+        .expect("a cgroup_skb program");
+    program.load().expect("load its program");
+    let cgroup_fd = std::fs::File::open(cgroup.path()).expect("open the cgroup");
+    let link_id = program
+        .attach(
+            &cgroup_fd,
+            attach_type,
+            aya::programs::CgroupAttachMode::Single,
+        )
+        .expect("attach the older build");
+    let link: aya::programs::links::FdLink = program
+        .take_link(link_id)
+        .expect("its link")
+        .try_into()
+        .expect("an fd link");
+    let ours = aya::programs::links::PinnedLink::from_pin(link_pin).expect("the daemon's link pin");
+    drop(ours.unpin().expect("unpin the daemon's link"));
+    drop(link.pin(link_pin).expect("pin the older build's link"));
 }

@@ -14,12 +14,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::common;
-use crate::common::daemon::{TestDaemon, TestRoot};
+use crate::common::daemon::{put_in_place_of_the_daemons, TestDaemon, TestRoot};
 use crate::common::{traffic_turn, unique_port, ChildGuard, Proto};
 use podshaper_netlab::meter::Seconds;
 use podshaper_netlab::traffic::{self, Until};
 use podshaper_netlab::window::ReceiverReport;
 use podshaper_netlab::{Meter, NetnsPair};
+use podshaper_shaper::Cgroup;
 
 /// Seconds of traffic before the attach, and after it.
 const BEFORE: u64 = 2;
@@ -410,11 +411,13 @@ const RESTART_STEPS: [(u64, &str); 4] =
 /// Runs RESTART_STEPS on `daemon` for the cgroup at `path` (`limit`: the
 /// attach's direction flag and rate), from `start` for 16 s, calling `poll`
 /// every 5 ms (the second that ends as a step starts is read before it).
+/// `restart` is the restart step: `TestDaemon::restart`, or an upgrade.
 fn run_restart_steps(
     daemon: &mut TestDaemon,
     path: &str,
     limit: [&str; 2],
     start: Instant,
+    restart: &mut dyn FnMut(&mut TestDaemon),
     mut poll: impl FnMut(),
 ) {
     let mut steps = RESTART_STEPS.to_vec();
@@ -426,7 +429,7 @@ fn run_restart_steps(
                     "attach" => {
                         daemon.ok(&["attach", "--cgroup", path, limit[0], limit[1]]);
                     }
-                    "restart" => daemon.restart(),
+                    "restart" => restart(daemon),
                     _ => {
                         daemon.ok(&["detach", "--cgroup", path]);
                     }
@@ -468,7 +471,21 @@ fn check_restart_seconds(seconds: &[f64]) {
 #[test]
 fn open_connections_stay_limited_through_a_restart_and_a_limit_added_again() {
     require_root!();
-    let root = TestRoot::new("open-again");
+    open_flows_going_out_through_the_steps("open-again", None);
+}
+
+/// The same through an upgrade that changed the sockets' state: no open
+/// socket has state in the new build's maps.
+#[test]
+fn open_connections_stay_limited_through_an_upgrade_of_the_sockets_state() {
+    require_root!();
+    open_flows_going_out_through_the_steps("open-upgrade", Some(OlderBuild::compile(true)));
+}
+
+/// Four open flows going out through RESTART_STEPS, with `upgrade` (or a
+/// restart) as the restart step.
+fn open_flows_going_out_through_the_steps(tag: &str, upgrade: Option<OlderBuild>) {
+    let root = TestRoot::new(tag);
     let _turn = traffic_turn();
     let mut daemon = TestDaemon::start(&root.path, &[]);
     let cgroup = root.make("pod/app");
@@ -496,13 +513,22 @@ fn open_connections_stay_limited_through_a_restart_and_a_limit_added_again() {
     thread::sleep(Duration::from_millis(300));
     let mut seconds = Seconds::start(&meter);
     let start = Instant::now();
-    run_restart_steps(&mut daemon, &path, ["--egress", "100M"], start, || {
-        seconds.poll(&meter)
-    });
+    let mut restart = restart_step(&upgrade, &cgroup);
+    run_restart_steps(
+        &mut daemon,
+        &path,
+        ["--egress", "100M"],
+        start,
+        &mut restart,
+        || seconds.poll(&meter),
+    );
     drop(source);
     until.stop.store(true, Ordering::Relaxed);
     let _ = sink.join();
     check_restart_seconds(&seconds.bits_per_second());
+    if upgrade.is_some() {
+        OlderBuild::check_upgraded(&daemon);
+    }
 }
 
 /// Four open flows coming in through RESTART_STEPS: the restarted daemon
@@ -511,7 +537,21 @@ fn open_connections_stay_limited_through_a_restart_and_a_limit_added_again() {
 #[test]
 fn open_connections_coming_in_stay_limited_through_a_restart_and_a_limit_added_again() {
     require_root!();
-    let root = TestRoot::new("open-again-in");
+    open_flows_coming_in_through_the_steps("open-again-in", None);
+}
+
+/// The same through an upgrade that changed the sockets' state: no open
+/// receiving socket has a window clamp in the new build's maps.
+#[test]
+fn open_connections_coming_in_stay_limited_through_an_upgrade_of_the_sockets_state() {
+    require_root!();
+    open_flows_coming_in_through_the_steps("open-upgrade-in", Some(OlderBuild::compile(false)));
+}
+
+/// Four open flows coming in through RESTART_STEPS, with `upgrade` (or a
+/// restart) as the restart step.
+fn open_flows_coming_in_through_the_steps(tag: &str, upgrade: Option<OlderBuild>) {
+    let root = TestRoot::new(tag);
     let _turn = traffic_turn();
     let mut daemon = TestDaemon::start(&root.path, &[]);
     let cgroup = root.make("pod/app");
@@ -536,6 +576,94 @@ fn open_connections_coming_in_stay_limited_through_a_restart_and_a_limit_added_a
             traffic::tcp_send(to, 4, &until).map(|_| ())
         })
     };
-    run_restart_steps(&mut daemon, &path, ["--ingress", "100M"], start, || {});
+    let mut restart = restart_step(&upgrade, &cgroup);
+    run_restart_steps(
+        &mut daemon,
+        &path,
+        ["--ingress", "100M"],
+        start,
+        &mut restart,
+        || {},
+    );
     check_restart_seconds(&receiver_seconds(receiver, &until, source));
+    if upgrade.is_some() {
+        OlderBuild::check_upgraded(&daemon);
+    }
+}
+
+/// The restart step of the restart tests: the daemon killed and started
+/// again over its pins, or `upgrade` in between.
+fn restart_step<'a>(
+    upgrade: &'a Option<OlderBuild>,
+    cgroup: &'a Cgroup,
+) -> impl FnMut(&mut TestDaemon) + 'a {
+    move |daemon: &mut TestDaemon| match upgrade {
+        Some(older) => older.upgrade(daemon, cgroup),
+        None => daemon.restart(),
+    }
+}
+
+/// What an upgrade that changed the layout of the sockets' state finds
+/// under a limited cgroup: an older build's program in the daemon's place
+/// on one of its hooks (it passes everything, so the new build moves every
+/// attachment to its own programs), and the socket maps (`sock_states`,
+/// `rcv_windows`) of another layout, which the new build starts afresh.
+struct OlderBuild {
+    egress: bool,
+    /// the older build's object, compiled before the flows start
+    object: Vec<u8>,
+}
+
+impl OlderBuild {
+    const EGRESS: &'static str = "old_open_egress";
+    const INGRESS: &'static str = "old_open_ingress";
+
+    /// An older build whose program on the `egress` (or ingress) hook
+    /// differs from this build's.
+    fn compile(egress: bool) -> Self {
+        let (section, name) = if egress {
+            ("cgroup_skb/egress", Self::EGRESS)
+        } else {
+            ("cgroup_skb/ingress", Self::INGRESS)
+        };
+        let object = common::compiled_bpf(
+            name,
+            &format!("SEC(\"{section}\") int {name}(struct __sk_buff *skb) {{ return 1; }}"),
+        );
+        Self { egress, object }
+    }
+
+    /// kill -9; the older build's program and socket maps in place; this
+    /// build's daemon started over the pins.
+    fn upgrade(&self, daemon: &mut TestDaemon, cgroup: &Cgroup) {
+        use aya::programs::CgroupSkbAttachType;
+
+        daemon.kill9();
+        let (name, hook, attach_type) = if self.egress {
+            (Self::EGRESS, "egress", CgroupSkbAttachType::Egress)
+        } else {
+            (Self::INGRESS, "ingress", CgroupSkbAttachType::Ingress)
+        };
+        let old = aya::Ebpf::load(&self.object).expect("load the older build");
+        let link_pin = daemon
+            .bpffs
+            .join("links")
+            .join(cgroup.id().to_string())
+            .join(hook);
+        put_in_place_of_the_daemons(old, name, cgroup, attach_type, &link_pin);
+        daemon.pin_another_sk_storage("sock_states", "open", "__u64[13]");
+        daemon.pin_another_sk_storage("rcv_windows", "open", "__u64[3]");
+        daemon.restart();
+    }
+
+    /// The daemon's log says it moved the attachment and started the socket
+    /// maps afresh.
+    fn check_upgraded(daemon: &TestDaemon) {
+        let log = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
+        assert!(log.contains("upgraded=1"), "no attachment moved: {log}");
+        assert!(
+            log.contains("pinned state maps of another size or layout"),
+            "the socket maps were not started afresh: {log}"
+        );
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::stderr_of;
 use crate::common;
-use crate::common::daemon::{TestDaemon, TestRoot};
+use crate::common::daemon::{put_in_place_of_the_daemons, TestDaemon, TestRoot};
 use crate::common::{assert_ratio, measure_with, unique_port, Flow, Limiter};
 
 /// An upgrade that changes the layout of the maps the programs rebuild from
@@ -114,7 +114,7 @@ fn restart_over_another_socket_map(name: &str, value_type: &str, value_size: u32
     );
     daemon.kill9();
 
-    let (other_id, size) = pin_another_socket_map(&daemon, name, value_type);
+    let (other_id, size) = daemon.pin_another_sk_storage("sock_states", name, value_type);
     assert_eq!(size, value_size);
     let id = |pin: &std::path::Path| {
         aya::maps::MapInfo::from_pin(pin)
@@ -255,27 +255,6 @@ fn an_upgraded_attachment_takes_its_limit_again_under_this_build() {
     );
 }
 
-/// Pins, in the (stopped) daemon's `sock_states` place, another build's
-/// socket storage whose value is `value_type`; its map id and value size.
-fn pin_another_socket_map(daemon: &TestDaemon, name: &str, value_type: &str) -> (u32, u32) {
-    let bytes = common::compiled_bpf(
-        &format!("old_sock_states_{name}"),
-        &format!(
-            "struct {{ __uint(type, BPF_MAP_TYPE_SK_STORAGE); \
-             __uint(map_flags, BPF_F_NO_PREALLOC); __type(key, int); \
-             __type(value, {value_type}); }} sock_states SEC(\".maps\");"
-        ),
-    );
-    let pin = daemon.bpffs.join("maps").join("sock_states");
-    std::fs::remove_file(&pin).expect("unpin the daemon's sock_states map");
-    let loaded = aya::EbpfLoader::new()
-        .map_pin_path("sock_states", &pin)
-        .load(&bytes);
-    drop(loaded.expect("pin another sock_states map"));
-    let info = aya::maps::MapInfo::from_pin(&pin).expect("read the pinned sock_states");
-    (info.id(), info.value_size())
-}
-
 /// A TCP socket paced under a limit, idle while an upgrade started the
 /// sockets' map afresh (so this build has no state for it), loses its
 /// pacing cap when its cgroup is detached: the un-pacing iterator lifts the
@@ -335,7 +314,7 @@ fn a_socket_paced_by_an_older_build_and_idle_since_is_unpaced_at_detach() {
     );
 
     daemon.kill9();
-    pin_another_socket_map(&daemon, "oldpaced", "__u64[6]");
+    daemon.pin_another_sk_storage("sock_states", "oldpaced", "__u64[6]");
     daemon.restart();
     let log = std::fs::read_to_string(daemon.log_path()).unwrap_or_default();
     assert!(
@@ -380,40 +359,6 @@ fn max_pacing_rate(netns: &str, port: u16) -> Option<String> {
     words.find(|w| *w == "pacing_rate")?;
     let rate = words.next()?;
     rate.split_once('/').map(|(_, cap)| cap.to_string())
-}
-
-/// Attaches program `name` of an older build's object (`old`) to `cgroup`
-/// and pins its link at `link_pin` in place of the daemon's, as an upgrade
-/// finds it.
-fn put_in_place_of_the_daemons(
-    mut old: aya::Ebpf,
-    name: &str,
-    cgroup: &podshaper_shaper::Cgroup,
-    attach_type: aya::programs::CgroupSkbAttachType,
-    link_pin: &std::path::Path,
-) {
-    let program: &mut aya::programs::CgroupSkb = old
-        .program_mut(name)
-        .expect("its program")
-        .try_into()
-        .expect("a cgroup_skb program");
-    program.load().expect("load its program");
-    let cgroup_fd = std::fs::File::open(cgroup.path()).expect("open the cgroup");
-    let link_id = program
-        .attach(
-            &cgroup_fd,
-            attach_type,
-            aya::programs::CgroupAttachMode::Single,
-        )
-        .expect("attach the older build");
-    let link: aya::programs::links::FdLink = program
-        .take_link(link_id)
-        .expect("its link")
-        .try_into()
-        .expect("an fd link");
-    let ours = aya::programs::links::PinnedLink::from_pin(link_pin).expect("the daemon's link pin");
-    drop(ours.unpin().expect("unpin the daemon's link"));
-    drop(link.pin(link_pin).expect("pin the older build's link"));
 }
 
 /// The name of the program a pinned link runs.
