@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use podshaper_netlab::short;
 use podshaper_netlab::traffic::{self, Until};
+use podshaper_netlab::window::ReceiverReport;
 use podshaper_netlab::{Meter, NetnsPair};
 use podshaper_rate::Rate;
 use podshaper_shaper::{Attachment, Cgroup, DirectionLimit, Limits, Shaper};
@@ -103,6 +104,33 @@ pub fn traffic_command(verb: &str, ns: &str) -> Result<Command> {
     let mut command = Command::new(std::env::current_exe()?);
     command.args(["traffic", verb, "--netns", ns]);
     Ok(command)
+}
+
+/// A receiver of `verb` (`tcp-recv`, `udp-recv`, `short-recv`, with
+/// `extra` arguments) in `cgroup` and namespace `ns`, listening on `listen`
+/// for `seconds`, of which the first `skip` are not counted; its report
+/// comes on stdout when it ends ([`receiver_report`]).
+pub fn spawn_receiver(
+    verb: &str,
+    ns: &str,
+    cgroup: &Cgroup,
+    listen: SocketAddr,
+    (seconds, skip): (f64, f64),
+    extra: &[&str],
+) -> Result<Child> {
+    let mut cmd = traffic_command(verb, ns)?;
+    cmd.args(extra)
+        .args(["--seconds", &seconds.to_string()])
+        .args(["--skip", &skip.to_string(), "--listen", &listen.to_string()])
+        .stdout(Stdio::piped());
+    cgroup.spawn_inside(&mut cmd)?;
+    Ok(cmd.spawn()?)
+}
+
+/// Waits for a receiver of [`spawn_receiver`] to end and reads its report.
+pub fn receiver_report(receiver: Child) -> Result<ReceiverReport> {
+    let out = receiver.wait_with_output()?;
+    serde_json::from_slice(&out.stdout).map_err(BenchError::ReceiverReport)
 }
 
 /// podshaper's egress limit on `cgroup` (one map update), attached.

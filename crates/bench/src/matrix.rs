@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use podshaper_netlab::short::{self, ShortReport};
 use podshaper_netlab::traffic::{self, Until};
-use podshaper_netlab::window::{self, ReceiverReport};
+use podshaper_netlab::window;
 use podshaper_netlab::{netns, DelayConfig, NetnsPair};
 use podshaper_rate::Rate;
 use podshaper_shaper::empty::{EmptyPrograms, EMPTY_EGRESS, EMPTY_INGRESS};
@@ -337,15 +337,22 @@ fn measure(
             Traffic::Udp => "udp-recv",
             Traffic::Short(_) => "short-recv",
         };
-        let mut cmd = lab::traffic_command(verb, lab.a())?;
-        if let Traffic::Short(s) = traffic {
-            cmd.args(["--concurrency", &s.concurrency.to_string()]);
-        }
-        cmd.args(["--seconds", &seconds.to_string()])
-            .args(["--skip", &skip.to_string(), "--listen", &listen.to_string()])
-            .stdout(Stdio::piped());
-        cgroup.cgroup().spawn_inside(&mut cmd)?;
-        let child = cmd.spawn()?;
+        let concurrency = match traffic {
+            Traffic::Short(s) => s.concurrency.to_string(),
+            _ => String::new(),
+        };
+        let extra: &[&str] = match traffic {
+            Traffic::Short(_) => &["--concurrency", &concurrency],
+            _ => &[],
+        };
+        let receiver = lab::spawn_receiver(
+            verb,
+            lab.a(),
+            cgroup.cgroup(),
+            listen,
+            (seconds, skip),
+            extra,
+        )?;
         // short connections stop with the receiver's window (it answers
         // for a second more, so that none is refused as the run ends)
         let source_lasts = match traffic {
@@ -367,11 +374,10 @@ fn measure(
                 }
             })
         };
-        let out = child.wait_with_output()?;
+        let report = lab::receiver_report(receiver);
         until.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let sent = source.join();
-        let report: ReceiverReport =
-            serde_json::from_slice(&out.stdout).map_err(BenchError::ReceiverReport)?;
+        let report = report?;
         let short = match (traffic, sent) {
             (Traffic::Short(_), Ok(sent)) => sent?,
             (Traffic::Short(_), Err(_)) => {

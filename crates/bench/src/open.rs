@@ -9,18 +9,16 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use podshaper_netlab::meter::Seconds;
 use podshaper_netlab::traffic::{self, Until};
-use podshaper_netlab::window::ReceiverReport;
 use podshaper_netlab::{netns, NetnsPair};
 use podshaper_rate::Rate;
 use podshaper_shaper::{ingress_queue, DirectionLimit, Limits, Shaper, TransientCgroup};
 
-use crate::error::{BenchError, Result};
+use crate::error::Result;
 use crate::lab::{self, egress_limit, tbf_args, tc, Sink};
 use crate::options::{Direction, Mechanism, Traffic};
 use crate::report::{OpenFlows, When};
@@ -120,12 +118,14 @@ pub fn run(
         // the receiver in the cgroup reports its seconds; the senders in
         // the other namespace start 200 ms after it
         let listen = SocketAddr::new(NetnsPair::addr_a(false), 5304);
-        let mut cmd = lab::traffic_command("tcp-recv", lab.a())?;
-        cmd.args(["--seconds", &total.as_secs().to_string()])
-            .args(["--skip", "0", "--listen", &listen.to_string()])
-            .stdout(Stdio::piped());
-        cgroup.cgroup().spawn_inside(&mut cmd)?;
-        let child = cmd.spawn()?;
+        let receiver = lab::spawn_receiver(
+            "tcp-recv",
+            lab.a(),
+            cgroup.cgroup(),
+            listen,
+            (total.as_secs_f64(), 0.0),
+            &[],
+        )?;
         let start = Instant::now();
         let until = Until::after(total + Duration::from_secs(1));
         let source = {
@@ -139,12 +139,10 @@ pub fn run(
             thread::sleep(Duration::from_secs(BEFORE).saturating_sub(start.elapsed()));
             limit_now(shaper)?;
         }
-        let out = child.wait_with_output()?;
+        let report = lab::receiver_report(receiver);
         until.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = source.join();
-        let report: ReceiverReport =
-            serde_json::from_slice(&out.stdout).map_err(BenchError::ReceiverReport)?;
-        report.per_second_bits
+        report?.per_second_bits
     };
     if let Some(a) = attachment {
         lab::unlimit(shaper, id, a)?;
