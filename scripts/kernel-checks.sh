@@ -140,7 +140,8 @@ measure() {
 # rate_check NAME LOW HIGH BITS WHAT VERB LIMIT_ARGS...: `measure VERB
 # LIMIT_ARGS...`, checked within [LOW, HIGH] of BITS; WHAT follows the ratio
 # in the check's line. A check outside its bounds measures again, up to
-# TRIES measurements in all, and its line says what each earlier one read.
+# TRIES measurements in all (PODSHAPER_KERNEL_TRIES, a positive integer),
+# and its line says what each earlier one read.
 # The guests take two: a TCG guest runs on one host thread, and a stall of
 # that thread takes the guest's traffic with it (one run of 6.1 read 0.813
 # of 10M over a 40 ms round trip and 0.874 of 10M UDP egress, where three
@@ -238,6 +239,7 @@ WARMUP=${PODSHAPER_KERNEL_WARMUP:-1.5}
 MEASURE=${PODSHAPER_KERNEL_MEASURE:-3.5}
 LISTEN_WAIT=${PODSHAPER_KERNEL_LISTEN_WAIT:-0.8}
 TRIES=${PODSHAPER_KERNEL_TRIES:-1}
+case $TRIES in '' | *[!0-9]* | 0) TRIES=1 ;; esac
 # policer_high BITS: the upper bound of the policer alone (`podshaper run
 # --ingress` over TCP) at BITS per second. It lets retransmissions and a
 # flow's packet after a drop borrow, down to max(200 ms of the rate, two

@@ -206,17 +206,16 @@ impl TestDaemon {
     /// value is `value_type`, as an upgrade that changed its layout leaves
     /// it (`tag` names the compiled object); its map id and value size.
     pub fn pin_another_sk_storage(&self, map: &str, tag: &str, value_type: &str) -> (u32, u32) {
-        let bytes = super::compiled_bpf(
-            &format!("old_{map}_{tag}"),
-            &format!(
-                "struct {{ __uint(type, BPF_MAP_TYPE_SK_STORAGE); \
-                 __uint(map_flags, BPF_F_NO_PREALLOC); __type(key, int); \
-                 __type(value, {value_type}); }} {map} SEC(\".maps\");"
-            ),
-        );
+        self.pin_sk_storage(map, &another_sk_storage(map, tag, value_type))
+    }
+
+    /// Pins the socket storage `map` of the compiled object `object`
+    /// ([`another_sk_storage`]) in the (stopped) daemon's place for it; its
+    /// map id and value size.
+    pub fn pin_sk_storage(&self, map: &str, object: &[u8]) -> (u32, u32) {
         let pin = self.bpffs.join("maps").join(map);
         fs::remove_file(&pin).unwrap_or_else(|e| panic!("cannot unpin the daemon's {map}: {e}"));
-        let loaded = aya::EbpfLoader::new().map_pin_path(map, &pin).load(&bytes);
+        let loaded = aya::EbpfLoader::new().map_pin_path(map, &pin).load(object);
         drop(loaded.unwrap_or_else(|e| panic!("cannot pin another {map}: {e}")));
         let info = aya::maps::MapInfo::from_pin(&pin)
             .unwrap_or_else(|e| panic!("cannot read the pinned {map}: {e}"));
@@ -303,4 +302,18 @@ pub fn put_in_place_of_the_daemons(
     let ours = aya::programs::links::PinnedLink::from_pin(link_pin).expect("the daemon's link pin");
     drop(ours.unpin().expect("unpin the daemon's link"));
     drop(link.pin(link_pin).expect("pin the older build's link"));
+}
+
+/// An object with another build's socket storage `map` (`sock_states`,
+/// `rcv_windows`) whose value is `value_type`, as an upgrade that changed
+/// its layout brings it (`tag` names the compiled object).
+pub fn another_sk_storage(map: &str, tag: &str, value_type: &str) -> Vec<u8> {
+    super::compiled_bpf(
+        &format!("old_{map}_{tag}"),
+        &format!(
+            "struct {{ __uint(type, BPF_MAP_TYPE_SK_STORAGE); \
+             __uint(map_flags, BPF_F_NO_PREALLOC); __type(key, int); \
+             __type(value, {value_type}); }} {map} SEC(\".maps\");"
+        ),
+    )
 }

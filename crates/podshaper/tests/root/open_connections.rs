@@ -14,7 +14,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::common;
-use crate::common::daemon::{put_in_place_of_the_daemons, TestDaemon, TestRoot};
+use crate::common::daemon::{
+    another_sk_storage, put_in_place_of_the_daemons, TestDaemon, TestRoot,
+};
 use crate::common::{traffic_turn, unique_port, ChildGuard, Proto};
 use podshaper_netlab::meter::Seconds;
 use podshaper_netlab::traffic::{self, Until};
@@ -72,8 +74,8 @@ impl Cell {
 }
 
 /// The receiver's rate in each second after the attach, the limit being in
-/// force from the attach request's return (a debug daemon takes 0.04-0.6 s
-/// to pace 16 open flows and attach). Going out, the seconds are counted
+/// force from the attach request's return (a debug daemon takes 0.02-0.18 s
+/// to pace up to 16 open flows and attach on a quiet machine). Going out, the seconds are counted
 /// from that return; coming in, they are the receiver's own, from the one
 /// the attach returned in. Counted from the request, a slow attach moved
 /// the flows' way down to the limit into the second checked first.
@@ -108,8 +110,9 @@ fn seconds_after_attach(
         (Proto::Udp, true) => "udp-send",
         (Proto::Udp, false) => "udp-recv",
     };
-    // the limited side outlasts the measurement: it ends the run
-    let runs = if cell.egress { total + 1 } else { total };
+    // the limited side outlasts the measurement (going out, AFTER seconds
+    // from the attach's return): it ends the run
+    let runs = if cell.egress { total + 2 } else { total };
     cmd.args(["traffic", verb, "--seconds", &runs.to_string()]);
     if !cell.host {
         cmd.args(["--netns", lab.a()]);
@@ -118,7 +121,7 @@ fn seconds_after_attach(
     if cell.egress {
         // the limited side sends; we receive and count, second by second
         let meter = Meter::default();
-        let until = Until::after(Duration::from_secs(total + 2));
+        let until = Until::after(Duration::from_secs(total + 3));
         let sink = {
             let (meter, until, proto) = (meter.clone(), until.clone(), cell.proto);
             let bind = SocketAddr::new(peer_addr, port);
@@ -143,12 +146,13 @@ fn seconds_after_attach(
         // seconds counted from the attach's return, when the limit is in
         // force
         let mut seconds = Seconds::start(&meter);
+        let attached = Instant::now();
         eprintln!(
             "{}: the attach took {} ms",
             cell.name(),
-            (start.elapsed() - Duration::from_secs(BEFORE)).as_millis()
+            (attached - start - Duration::from_secs(BEFORE)).as_millis()
         );
-        while start.elapsed() < Duration::from_secs(total) + Duration::from_millis(50) {
+        while attached.elapsed() < Duration::from_secs(AFTER) + Duration::from_millis(50) {
             seconds.poll(&meter);
             thread::sleep(Duration::from_millis(5));
         }
@@ -595,8 +599,10 @@ fn restart_step<'a>(
 /// `rcv_windows`) of another layout, which the new build starts afresh.
 struct OlderBuild {
     egress: bool,
-    /// the older build's object, compiled before the flows start
+    /// the older build's objects, compiled before the flows start: its
+    /// program, and its `sock_states` and `rcv_windows`
     object: Vec<u8>,
+    socket_maps: [(&'static str, Vec<u8>); 2],
 }
 
 impl OlderBuild {
@@ -615,7 +621,13 @@ impl OlderBuild {
             name,
             &format!("SEC(\"{section}\") int {name}(struct __sk_buff *skb) {{ return 1; }}"),
         );
-        Self { egress, object }
+        let socket_maps = [("sock_states", "__u64[13]"), ("rcv_windows", "__u64[3]")]
+            .map(|(map, value)| (map, another_sk_storage(map, "open", value)));
+        Self {
+            egress,
+            object,
+            socket_maps,
+        }
     }
 
     /// kill -9; the older build's program and socket maps in place; this
@@ -636,8 +648,9 @@ impl OlderBuild {
             .join(cgroup.id().to_string())
             .join(hook);
         put_in_place_of_the_daemons(old, name, cgroup, attach_type, &link_pin);
-        daemon.pin_another_sk_storage("sock_states", "open", "__u64[13]");
-        daemon.pin_another_sk_storage("rcv_windows", "open", "__u64[3]");
+        for (map, object) in &self.socket_maps {
+            daemon.pin_sk_storage(map, object);
+        }
         daemon.restart();
     }
 
