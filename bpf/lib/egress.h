@@ -20,8 +20,11 @@
 /* the congestion window of a paced socket is clamped to twice its share's
  * bandwidth-delay product plus this many segments */
 #define CWND_CLAMP_SLACK 8
-/* ... and to at least this long at the share */
-#define CWND_CLAMP_MIN_US 2000
+/* ... and to at least this long at the share: a TSO packet is at most half
+ * the window (tcp_cwnd_test), so a flow's packets may carry 10 ms of its
+ * share, and every flow shows up in each steering window (10 ms at the
+ * shortest). 2 ms kept 16 flows at 1G to packets of 5 segments */
+#define CWND_CLAMP_MIN_US 20000
 #define CWND_UNCLAMPED 0x7fffffff
 /* the share of a lone bulk flow may exceed the rate by 1/4: paced at exactly
  * the rate, one flow falls short of it (BBR's gain cycle and late pacing
@@ -225,18 +228,22 @@ static __always_inline void pass_on_credit(struct ps_credit *c, struct sock_stat
 static __always_inline void clamp_cwnd(void *sock, struct sock_state *p, __u64 srtt_us, __u64 mss,
 				       __u32 ssthresh)
 {
-	__u64 want, floor;
+	__u64 want, floor, bdp2 = 0;
 	__u32 clamp, tolerance = p->cwnd_clamp >> 3;
+	int cut, floored = 0;
 
 	if (p->applied == 0 || mss == 0) {
 		clamp = CWND_UNCLAMPED;
 	} else {
-		want = 2 * p->applied * srtt_us / 1000000 / mss + CWND_CLAMP_SLACK;
+		bdp2 = 2 * p->applied * srtt_us / 1000000 / mss;
+		want = bdp2 + CWND_CLAMP_SLACK;
 		/* never below CWND_CLAMP_MIN_US of the share: at high rates the
 		 * clamp would only cost CPU (smaller packets, same rate) */
 		floor = p->applied * CWND_CLAMP_MIN_US / 1000000 / mss;
-		if (want < floor)
+		if (want < floor) {
 			want = floor;
+			floored = 1;
+		}
 		clamp = want > CWND_UNCLAMPED ? CWND_UNCLAMPED : (__u32)want;
 	}
 	if (p->cwnd_clamp == 0 && clamp == CWND_UNCLAMPED)
@@ -249,9 +256,18 @@ static __always_inline void clamp_cwnd(void *sock, struct sock_state *p, __u64 s
 	 * from the window itself, and the window becomes that threshold when
 	 * the cut ends. The clamp's setsockopt sets the threshold to the
 	 * clamp too, so the window ends the cut at the clamp.
+	 *
+	 * Where the floor sets the clamp (a short round trip), a congestion
+	 * notification's cut is undone the same way: there the window carries
+	 * many times the share over the round trip, so the cut slows nothing
+	 * and only shrinks packets, and a paced flow never grows its window
+	 * back (16 flows at 1G: windows of 8-13 segments, packets of 5, the
+	 * machine 26-32% busy against tbf's 6%). Where the round trip sets it,
+	 * the cut stays, as a brake.
 	 */
+	cut = floored && ssthresh + (clamp >> 3) < clamp && ssthresh >= bdp2;
 	if (p->cwnd_clamp && clamp <= p->cwnd_clamp + tolerance &&
-	    clamp + tolerance >= p->cwnd_clamp && ssthresh <= p->cwnd_clamp)
+	    clamp + tolerance >= p->cwnd_clamp && ssthresh <= p->cwnd_clamp && !cut)
 		return;
 	if (bpf_setsockopt(sock, SOL_TCP, TCP_BPF_SNDCWND_CLAMP, &clamp, sizeof(clamp)) == 0)
 		p->cwnd_clamp = clamp;

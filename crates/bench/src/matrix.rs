@@ -257,6 +257,8 @@ pub fn run_cell(
         retransmitted_segments: retrans.map(|r| r.0),
         sent_segments: retrans.map(|r| r.1),
         cpu_busy,
+        cpu_percent_per_gbit: (measured.achieved > 0.0)
+            .then(|| cpu_busy * 100.0 / (measured.achieved / 1e9)),
         jain_index: jain,
         flow_bytes: measured.flow_bytes,
         rtt_p50_ms: rtt.map(|r| ms(r.0)),

@@ -51,6 +51,9 @@ pub struct Cell {
     pub sent_segments: Option<u64>,
     /// the busy fraction of the whole machine's CPUs during the run
     pub cpu_busy: f64,
+    /// `cpu_busy` in percent per delivered Gbit/s: what a mechanism costs
+    /// the machine for what it lets through (None when nothing arrived)
+    pub cpu_percent_per_gbit: Option<f64>,
     /// Jain's index over the flows' bytes after the warm-up (TCP, more
     /// than one flow)
     pub jain_index: Option<f64>,
@@ -424,7 +427,7 @@ impl Report {
         }
         writeln!(
             out,
-            "ratio: goodput at the receiver / target (unlimited: / the target it would have had)"
+            "ratio: goodput at the receiver / target (unlimited: / the target it would have had); cpu: the whole machine busy through the cell (the JSON's cpu_percent_per_gbit: per delivered Gbit/s)"
         )?;
         if self.with_rtt() {
             writeln!(

@@ -20,6 +20,7 @@ fn cell(mechanism: Mechanism, achieved_bps: f64) -> Cell {
         retransmitted_segments: Some(3),
         sent_segments: Some(1000),
         cpu_busy: 0.25,
+        cpu_percent_per_gbit: Some(25.0 / (achieved_bps / 1e9)),
         jain_index: Some(0.998),
         flow_bytes: vec![1, 2, 3, 4],
         rtt_p50_ms: Some(1.5),
@@ -77,7 +78,7 @@ TCP congestion control: cubic
 ECN: not asked for
 dir          target  traffic    podshaper (ratio/retr%/cpu)     tbf (ratio/retr%/cpu)
 egress    100Mbit/s  tcp x4           0.950 / 0.30 / 25%        0.930 / 0.30 / 25%
-ratio: goodput at the receiver / target (unlimited: / the target it would have had)
+ratio: goodput at the receiver / target (unlimited: / the target it would have had); cpu: the whole machine busy through the cell (the JSON's cpu_percent_per_gbit: per delivered Gbit/s)
 
 dir          target  traffic    podshaper (rtt p99/jain)      tbf (rtt p99/jain)  bpf ns/pkt (empty)
 egress    100Mbit/s  tcp x4             4.25ms / 0.998          4.25ms / 0.998            412 (61)
@@ -166,7 +167,7 @@ ECN: not asked for
 dir          target  traffic         podshaper (ratio/retr%/cpu)     tbf (ratio/retr%/cpu)
 egress    100Mbit/s  tcp x4                0.950 / 0.30 / 25%        0.930 / 0.30 / 25%
 egress    100Mbit/s  short 64KiB:32        0.991 / 0.30 / 25%        0.957 / 0.30 / 25%
-ratio: goodput at the receiver / target (unlimited: / the target it would have had)
+ratio: goodput at the receiver / target (unlimited: / the target it would have had); cpu: the whole machine busy through the cell (the JSON's cpu_percent_per_gbit: per delivered Gbit/s)
 
 dir          target  traffic         podshaper (rtt p99/jain)      tbf (rtt p99/jain)  bpf ns/pkt (empty)
 egress    100Mbit/s  tcp x4                  4.25ms / 0.998          4.25ms / 0.998            412 (61)
