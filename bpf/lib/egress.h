@@ -22,8 +22,7 @@
 #define CWND_CLAMP_SLACK 8
 /* ... and to at least this long at the share: a TSO packet is at most half
  * the window (tcp_cwnd_test), so a flow's packets may carry 10 ms of its
- * share, and every flow shows up in each steering window (10 ms at the
- * shortest). 2 ms kept 16 flows at 1G to packets of 5 segments */
+ * share, as long as the shortest steering window */
 #define CWND_CLAMP_MIN_US 20000
 #define CWND_UNCLAMPED 0x7fffffff
 /* the share of a lone bulk flow may exceed the rate by 1/4: paced at exactly
@@ -237,8 +236,9 @@ static __always_inline void clamp_cwnd(void *sock, struct sock_state *p, __u64 s
 	} else {
 		bdp2 = 2 * p->applied * srtt_us / 1000000 / mss;
 		want = bdp2 + CWND_CLAMP_SLACK;
-		/* never below CWND_CLAMP_MIN_US of the share: at high rates the
-		 * clamp would only cost CPU (smaller packets, same rate) */
+		/* never below CWND_CLAMP_MIN_US of the share: where the round
+		 * trip is short, a smaller clamp only makes smaller packets, at
+		 * the same rate and more CPU */
 		floor = p->applied * CWND_CLAMP_MIN_US / 1000000 / mss;
 		if (want < floor) {
 			want = floor;
@@ -257,15 +257,17 @@ static __always_inline void clamp_cwnd(void *sock, struct sock_state *p, __u64 s
 	 * the cut ends. The clamp's setsockopt sets the threshold to the
 	 * clamp too, so the window ends the cut at the clamp.
 	 *
-	 * Where the floor sets the clamp (a short round trip), a congestion
-	 * notification's cut is undone the same way: there the window carries
-	 * many times the share over the round trip, so the cut slows nothing
-	 * and only shrinks packets, and a paced flow never grows its window
-	 * back (16 flows at 1G: windows of 8-13 segments, packets of 5, the
-	 * machine 26-32% busy against tbf's 6%). Where the round trip sets it,
-	 * the cut stays, as a brake.
+	 * Where the floor sets the clamp (a short round trip), a cut of the
+	 * threshold that leaves it at least twice the share's bandwidth-delay
+	 * product is undone the same way, whatever made it (a congestion
+	 * notification, a loss): such a window still carries twice the share
+	 * over the round trip, so the cut slows nothing and only shrinks
+	 * packets, and a paced flow never grows its window back. Undone at
+	 * the socket's next ACK if its callback is on; otherwise when the
+	 * senders iterator next runs. A cut below twice the BDP, or where the
+	 * round trip sets the clamp, stays, as a brake.
 	 */
-	cut = floored && ssthresh + (clamp >> 3) < clamp && ssthresh >= bdp2;
+	cut = floored && ssthresh < clamp - (clamp >> 3) && ssthresh >= bdp2;
 	if (p->cwnd_clamp && clamp <= p->cwnd_clamp + tolerance &&
 	    clamp + tolerance >= p->cwnd_clamp && ssthresh <= p->cwnd_clamp && !cut)
 		return;

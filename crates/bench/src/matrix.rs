@@ -208,10 +208,11 @@ pub fn run_cell(
     let bpf_host_class = runs_of("podshaper_host_");
     let bpf_flow_class = runs_of("podshaper_flow_");
     drop(empty);
-    let cpu_busy = lab::cpu_times()
+    // None when /proc/stat could not be read
+    let cpu = lab::cpu_times()
         .zip(before_cpu)
-        .map(|((b1, t1), (b0, t0))| (b1 - b0) as f64 / (t1 - t0).max(1) as f64)
-        .unwrap_or(0.0);
+        .map(|((b1, t1), (b0, t0))| (b1 - b0) as f64 / (t1 - t0).max(1) as f64);
+    let cpu_busy = cpu.unwrap_or(0.0);
     let retrans = match (before_tcp, netns::tcp_segments(sender_ns), traffic) {
         (Some(b), Some(a), Traffic::Tcp(_) | Traffic::Short(_)) => Some((a.0 - b.0, a.1 - b.1)),
         _ => None,
@@ -257,8 +258,9 @@ pub fn run_cell(
         retransmitted_segments: retrans.map(|r| r.0),
         sent_segments: retrans.map(|r| r.1),
         cpu_busy,
-        cpu_percent_per_gbit: (measured.achieved > 0.0)
-            .then(|| cpu_busy * 100.0 / (measured.achieved / 1e9)),
+        cpu_percent_per_gbit: cpu
+            .filter(|_| measured.achieved > 0.0)
+            .map(|busy| busy * 100.0 / (measured.achieved / 1e9)),
         jain_index: jain,
         flow_bytes: measured.flow_bytes,
         rtt_p50_ms: rtt.map(|r| ms(r.0)),
