@@ -52,7 +52,8 @@ pub struct Cell {
     /// the busy fraction of the whole machine's CPUs during the run
     pub cpu_busy: f64,
     /// `cpu_busy` in percent per delivered Gbit/s: what a mechanism costs
-    /// the machine for what it lets through (None when nothing arrived)
+    /// the machine for what it lets through (None when nothing arrived or
+    /// /proc/stat could not be read)
     pub cpu_percent_per_gbit: Option<f64>,
     /// Jain's index over the flows' bytes after the warm-up (TCP, more
     /// than one flow)
