@@ -22,7 +22,9 @@ readonly CACHE=/var/cache/podshaper/kernels
 # The modules the checks load (with what they depend on).
 readonly MODULES=(veth ifb sch_htb sch_ingress cls_u32 cls_bpf act_mirred sch_fq sch_netem)
 readonly PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils kmod iproute2)
-# A guest's whole run, boot to power-off (about 2 minutes each here).
+# A guest's whole run, boot to power-off (about 2 minutes each here). The
+# guests run side by side: each is one host thread (thread=single), so each
+# has a core of its own, as it would alone; the host's checks run after.
 readonly GUEST_TIMEOUT=900
 
 WORK=$(mktemp -d /var/tmp/podshaper-kernels.XXXXXX)
@@ -87,8 +89,9 @@ copy_with_libs() {
 
 # initramfs KERNEL_DIR BINARY OUT: the guest's root file system.
 initramfs() {
-  local kdir=$1 binary=$2 out=$3 root=$WORK/root release mod path
+  local kdir=$1 binary=$2 out=$3 root release mod path
   release=$(ls "$kdir/lib/modules")
+  root=$WORK/root-$release
   rm -rf "$root"
   mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,run,etc,modules,usr/local/bin}
   cp /bin/busybox "$root/bin/busybox"
@@ -163,11 +166,11 @@ summary() {
 run_guest() {
   local kdir=$1 binary=$2 log=$3 release
   release=$(ls "$kdir/lib/modules")
-  initramfs "$kdir" "$binary" "$WORK/initrd.gz"
+  initramfs "$kdir" "$binary" "$WORK/initrd-$release.gz"
   # one host thread for both vCPUs: with a thread each (MTTCG), 6.12's boot
   # met a stale int3 from its own text patching one time in three
   timeout "$GUEST_TIMEOUT" qemu-system-x86_64 -accel tcg,thread=single -cpu max -smp 2 -m 2048 \
-    -kernel "$kdir/boot/vmlinuz-$release" -initrd "$WORK/initrd.gz" \
+    -kernel "$kdir/boot/vmlinuz-$release" -initrd "$WORK/initrd-$release.gz" \
     -append "console=ttyS0 panic=-1 quiet rdinit=/init" \
     -nographic -no-reboot -nic none </dev/null >"$log" 2>&1 || true
   echo "kernel $release: $(summary "$log")"
@@ -221,17 +224,27 @@ table() {
 
 main() {
   install_missing_packages "${PACKAGES[@]}" >/dev/null
-  local binary results=() failed=0 pkg kdir line log
+  local binary results=() failed=0 pkg kdir line log pid
   binary=$(podshaper_binary)
   local logs=${PODSHAPER_KERNELS_LOG:-$WORK/logs}
   mkdir -p "$logs"
-  for pkg in $(kernel_packages); do
+  local pkgs=() guests=()
+  mapfile -t pkgs < <(kernel_packages)
+  for pkg in "${pkgs[@]}"; do
     log=$logs/$pkg.log
     if kdir=$(fetch "$pkg"); then
-      line=$(run_guest "$kdir" "$binary" "$log")
+      run_guest "$kdir" "$binary" "$log" >"$WORK/$pkg.line" &
+      guests+=($!)
     else
-      line="kernel ${pkg#linux-image-}: FAIL cannot download $pkg"
+      echo "kernel ${pkg#linux-image-}: FAIL cannot download $pkg" >"$WORK/$pkg.line"
     fi
+  done
+  for pid in "${guests[@]}"; do
+    wait "$pid" || true
+  done
+  for pkg in "${pkgs[@]}"; do
+    line=$(cat "$WORK/$pkg.line")
+    [ -n "$line" ] || line="kernel ${pkg#linux-image-}: FAIL its guest did not start"
     echo "$line"
     results+=("$line")
   done

@@ -9,19 +9,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
+# each step's end, with the seconds since the start, on stderr
+step() { echo "[test.sh ${SECONDS}s] $1 done" >&2; }
+
 failed=0
 cargo test --workspace --no-fail-fast "$@" || failed=1
+step "cargo test"
 
 # Kubernetes quantities: podshaper's parsers against Go's ParseQuantity
 # (Kubernetes v1.20.2), on 100,000 generated inputs.
 bash scripts/quantity-differential.sh 100000 || failed=1
+step "quantity differential"
 
 # The kernel-dependent checks on Debian 12's 6.1 and 6.12 under QEMU, and on
 # this machine's kernel.
 bash scripts/kernels.sh || failed=1
+step kernels
 
 # The node's tests share one kubelet and one DaemonSet: they take turns.
 bash scripts/kube-node.sh up
+step "node up"
 # The DaemonSet's pins outlive the node (as on a real one): an uninstall's
 # `podshaper cleanup` removes them once its daemon is gone.
 trap 'bash scripts/kube-node.sh down; cargo run --quiet -p podshaper -- cleanup' EXIT
