@@ -412,14 +412,12 @@ int podshaper_unpace(struct bpf_iter__tcp *ctx)
  * established since): when a cgroup gets an ingress limit, user space writes
  * its id into `receivers_target` and runs this iterator over every TCP
  * socket, which, for those whose cgroup is that one or below it (a pod's
- * limit covers its containers), shortens the delayed ACK and, if a queue
- * is in front of the cgroup, arms the receive-window clamp (it runs again
- * when a queue comes later). Without the first, a pod limited live, as an
- * operator adding the annotation to a running pod does, kept the kernel's
- * delayed ACK on its open connections, and a cubic download through the
- * policer alone got 0.5-0.9 of the limit (docs/design/ingress.md, "The receiver's delayed
- * ACK"); without the
- * second, its open connections kept windows the queue's FIFOs cannot hold.
+ * limit covers its containers), shortens the delayed ACK (without it a cubic
+ * download through the policer alone gets 0.5-0.9 of the limit,
+ * docs/design/ingress.md, "The receiver's delayed ACK") and, if a queue is
+ * in front of the cgroup, arms the receive-window clamp, so that open
+ * connections keep no window the queue's FIFOs cannot hold (it runs again
+ * when a queue comes later).
  *
  * Before a queue is built in front of open flows, user space runs it with
  * the queue's rate (RECEIVERS_RATE: clamp_rcv_window_ahead), and with
@@ -461,19 +459,13 @@ int podshaper_receivers(struct bpf_iter__tcp *ctx)
  * share at the limit divided among them), then to pace each at the limit,
  * clamp its congestion window, and turn on the callback, so that every ACK
  * from then on applies the share the egress program steers, as for a socket
- * opened under the limit. The first packet of such a socket is as large as
- * the window it grew before the limit (the clamp bounds the window's growth,
- * not what it is: podshaper_egress cuts it), and pacing spaces the next one
- * by that packet's time at the pacing rate: at the limit, not at a share of
- * it, which kept 16 flows at 10M silent for most of a second. It runs
- * before the limit is in force: flows sending at tens of Gbit/s met a
- * bucket of 128 KiB for the few milliseconds until it ran, lost most of
- * what they sent then, and took two seconds to come back to 10M. Without
- * it, such a socket stayed unpaced: it emptied the bucket, its segments
- * were dropped with nothing in flight, and it waited for the zero-window
- * probe timer each time (a third of 30M, one cubic
- * flow; 0.60 of 100M, docs/design/state-and-upgrades.md, "Connections open
- * before the limit").
+ * opened under the limit. Pacing at the limit, not a share, spaces the first
+ * packet (as large as the window grown before the limit) by its time at the
+ * limit. It runs before the limit is in force, so flows sending at tens of
+ * Gbit/s never meet a 128 KiB bucket unpaced; an unpaced socket empties the
+ * bucket, loses what it sends with nothing in flight and waits for the
+ * zero-window probe timer (0.60 of 100M, docs/design/state-and-upgrades.md,
+ * "Connections open before the limit").
  */
 SEC("iter/tcp")
 int podshaper_senders(struct bpf_iter__tcp *ctx)

@@ -71,6 +71,8 @@ pub enum BenchError {
     },
     #[error("{0}")]
     Proc(&'static str),
+    #[error("bench pods: {0}")]
+    Pods(String),
     #[error("cannot draw the plot: {0}")]
     Plot(String),
     #[error(

@@ -34,8 +34,13 @@ pub fn check_stop(stop: &AtomicBool) -> Result<()> {
 /// kernel worker), and a cell that starts meanwhile measures that too (5G x1
 /// right after an unlimited cell: 0.65-0.78, alone 0.987-0.999; tbf as well).
 pub fn settle() {
+    settle_within(Duration::from_secs(5));
+}
+
+/// [`settle`], waiting `limit` at most.
+pub fn settle_within(limit: Duration) {
     const IDLE_ENOUGH: f64 = 0.15;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + limit;
     let mut before = cpu_times();
     while Instant::now() < deadline {
         thread::sleep(Duration::from_millis(200));
@@ -154,6 +159,9 @@ pub fn unlimit(shaper: &mut Shaper, cgroup_id: u64, attachment: Attachment) -> R
     Ok(())
 }
 
+/// How long a sink is given to listen before its senders start.
+pub const LISTEN_WAIT: Duration = Duration::from_millis(200);
+
 /// A sink in namespace B that counts what it receives.
 pub struct Sink {
     pub meter: Meter,
@@ -170,6 +178,14 @@ impl Sink {
 
     /// [`Sink::start`] until `until`.
     pub fn start_until(lab: &NetnsPair, traffic: Traffic, at: SocketAddr, until: Until) -> Self {
+        let sink = Self::spawn(lab, traffic, at, until);
+        thread::sleep(LISTEN_WAIT);
+        sink
+    }
+
+    /// [`Sink::start_until`] without the moment to listen: for many sinks
+    /// started together, which then wait [`LISTEN_WAIT`] once.
+    pub fn spawn(lab: &NetnsPair, traffic: Traffic, at: SocketAddr, until: Until) -> Self {
         let meter = Meter::default();
         let handle = {
             let (meter, until) = (meter.clone(), until.clone());
@@ -181,7 +197,6 @@ impl Sink {
                 }
             })
         };
-        thread::sleep(Duration::from_millis(200));
         Self {
             meter,
             until,

@@ -10,6 +10,8 @@
 //! - [`change`]: how long a halved limit takes to hold;
 //! - [`open`]: a limit put on flows already running;
 //! - [`daemon`]: the daemon's attach latency, scale and memory;
+//! - [`pods`]: many pods sending at once, each at its own limit, against
+//!   tbf on the same veths;
 //! - [`demo`]: shaping shown live, a limit set and changed on a running flow;
 //! - [`lab`]: the set-up they share. The traffic runs in children of this
 //!   process's binary (its `traffic` subcommand) started inside the limited
@@ -30,6 +32,7 @@ pub mod matrix;
 pub mod open;
 pub mod options;
 pub mod plot;
+pub mod pods;
 pub mod report;
 
 pub use error::{BenchError, Result};

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crate::netns::{ip, ip_output, mac, neighbours, NetnsError, NetnsPair};
+use crate::netns::{self, ip, mac, neighbours, NetnsError, NetnsPair};
 use crate::traffic;
 use crate::tun::{self, Counters};
 
@@ -279,33 +279,9 @@ fn open_tuns(router: &str) -> Result<(File, File), NetnsError> {
     }
 }
 
-/// One interface's counters in `ip -json -s link show`, as far as read.
-#[derive(serde::Deserialize)]
-struct LinkStats {
-    stats64: Stats64,
-}
-
-#[derive(serde::Deserialize)]
-struct Stats64 {
-    tx: TxStats,
-}
-
-#[derive(serde::Deserialize)]
-struct TxStats {
-    dropped: u64,
-}
-
 /// Packets the kernel dropped on their way out of `dev` in `ns`.
 fn tx_dropped(ns: &str, dev: &str) -> Option<u64> {
-    let out = ip_output(&["-json", "-s", "-n", ns, "link", "show", dev]).ok()?;
-    parse_tx_dropped(&out)
-}
-
-fn parse_tx_dropped(json: &str) -> Option<u64> {
-    serde_json::from_str::<Vec<LinkStats>>(json)
-        .ok()?
-        .first()
-        .map(|l| l.stats64.tx.dropped)
+    netns::tx_counts(ns, dev).map(|tx| tx.dropped)
 }
 
 #[cfg(test)]
@@ -329,7 +305,11 @@ mod tests {
     fn reads_tx_drops_from_ip_json() {
         // iproute2 6.1's `ip -json -s link show dla`, shortened
         let json = r#"[{"ifindex":5,"ifname":"dla","flags":["POINTOPOINT","UP"],"mtu":1500,"qdisc":"fq_codel","txqlen":10000,"link_type":"none","stats64":{"rx":{"bytes":0,"packets":0,"errors":0,"dropped":0,"over_errors":0,"multicast":0},"tx":{"bytes":84,"packets":1,"errors":0,"dropped":3,"carrier_errors":0,"collisions":0}}}]"#;
-        assert_eq!(parse_tx_dropped(json), Some(3));
-        assert_eq!(parse_tx_dropped("[]"), None);
+        let tx = netns::parse_tx_counts(json);
+        assert_eq!(
+            tx.map(|t| (t.bytes, t.packets, t.dropped)),
+            Some((84, 1, 3))
+        );
+        assert_eq!(netns::parse_tx_counts("[]").map(|t| t.packets), None);
     }
 }

@@ -320,6 +320,40 @@ pub(crate) fn ip_output(args: &[&str]) -> Result<String, NetnsError> {
     }
 }
 
+/// What an interface has sent: bytes, packets, and packets the kernel
+/// dropped on their way out.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub struct TxCounts {
+    pub bytes: u64,
+    pub packets: u64,
+    pub dropped: u64,
+}
+
+/// One interface's counters in `ip -json -s link show`, as far as read.
+#[derive(serde::Deserialize)]
+struct LinkStats {
+    stats64: Stats64,
+}
+
+#[derive(serde::Deserialize)]
+struct Stats64 {
+    tx: TxCounts,
+}
+
+/// What `dev` in the namespace `ns` has sent since it was made. None if it
+/// cannot be read.
+pub fn tx_counts(ns: &str, dev: &str) -> Option<TxCounts> {
+    let out = ip_output(&["-json", "-s", "-n", ns, "link", "show", dev]).ok()?;
+    parse_tx_counts(&out)
+}
+
+pub(crate) fn parse_tx_counts(json: &str) -> Option<TxCounts> {
+    serde_json::from_str::<Vec<LinkStats>>(json)
+        .ok()?
+        .first()
+        .map(|l| l.stats64.tx)
+}
+
 /// (TcpRetransSegs, TcpOutSegs) of the namespace `ns`: the segments its TCP
 /// sockets resent and sent, since it was made. None if they cannot be read.
 pub fn tcp_segments(ns: &str) -> Option<(u64, u64)> {

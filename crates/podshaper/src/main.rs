@@ -59,7 +59,8 @@ enum Command {
     /// Show shaping live between two network namespaces (no cluster, no network).
     Demo(cli::demo::DemoArgs),
     /// Shaping accuracy against tc tbf and no limit, side by side
-    /// (`bench daemon`: the daemon's attach latency, scale and memory).
+    /// (`bench daemon`: the daemon's attach latency, scale and memory;
+    /// `bench pods`: many pods at once, each at its own limit).
     #[command(args_conflicts_with_subcommands = true)]
     Bench {
         #[command(subcommand)]
@@ -86,6 +87,9 @@ enum Command {
 enum BenchCommand {
     /// Attach latency, time to limit many cgroups, RSS, concurrent clients.
     Daemon(cli::bench::BenchDaemonArgs),
+    /// Many pods sending at once, each at its own limit, against tbf on the
+    /// same veths: each pod's rate and the node's CPU per delivered Gbit.
+    Pods(cli::bench::BenchPodsArgs),
 }
 
 fn main() -> ExitCode {
@@ -138,6 +142,10 @@ fn main() -> ExitCode {
             command: Some(BenchCommand::Daemon(a)),
             ..
         } => cli::bench::run_daemon(a, signals.stop_flag("bench daemon")),
+        Command::Bench {
+            command: Some(BenchCommand::Pods(a)),
+            ..
+        } => cli::bench::run_pods(a, signals.stop_flag("bench pods")),
         Command::Bench {
             command: None,
             args,

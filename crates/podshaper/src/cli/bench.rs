@@ -1,6 +1,6 @@
-//! `podshaper bench` and `podshaper bench daemon`: the flags, parsed into
-//! the bench library's options (`podshaper_bench`), and its report printed
-//! as a table or as JSON.
+//! `podshaper bench`, `podshaper bench daemon` and `podshaper bench pods`:
+//! the flags, parsed into the bench library's options (`podshaper_bench`),
+//! and its report printed as a table or as JSON.
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::Args;
 use podshaper_bench::daemon::DaemonOptions;
+use podshaper_bench::pods::PodsOptions;
 use podshaper_bench::Options;
 
 #[derive(Debug, Args)]
@@ -166,6 +167,55 @@ pub fn run(args: BenchArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
     })?;
     if json {
         println!("{}", report.to_json()?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct BenchPodsArgs {
+    /// Pods, each a cgroup and a network namespace with a veth of its own,
+    /// sending one TCP flow at once.
+    #[arg(long, default_value_t = 100)]
+    pods: usize,
+    /// The lowest pod's limit; the others spread evenly up to --max.
+    #[arg(long, default_value = "1M")]
+    min: String,
+    /// The highest pod's limit.
+    #[arg(long, default_value = "50M")]
+    max: String,
+    /// Mechanisms, each in turn on the same pods: podshaper's egress limit
+    /// on each pod's cgroup, tbf on each pod's veth.
+    #[arg(long, value_delimiter = ',', default_value = "podshaper,tbf")]
+    mechanisms: Vec<String>,
+    /// Seconds of traffic, the warm-up included.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Seconds at the start left out of the measurement.
+    #[arg(long, default_value_t = 4.0)]
+    warmup: f64,
+    /// One JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_pods(args: BenchPodsArgs, stop: Arc<AtomicBool>) -> Result<ExitCode> {
+    let options = PodsOptions {
+        pods: args.pods,
+        min: args.min.parse()?,
+        max: args.max.parse()?,
+        seconds: args.seconds,
+        warmup: args.warmup,
+        mechanisms: args
+            .mechanisms
+            .iter()
+            .map(|m| m.parse())
+            .collect::<Result<_, _>>()?,
+    };
+    let report = podshaper_bench::pods::run(&options, &stop)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{}", report.table());
     }

@@ -108,6 +108,8 @@ impl ApiServer {
         let controller_kubeconfig = dir.join("controller.kubeconfig");
         fs::write(&admin_kubeconfig, kubeconfig(ADMIN_TOKEN)).expect("write kubeconfig");
         fs::write(&controller_kubeconfig, kubeconfig(CONTROLLER_TOKEN)).expect("write kubeconfig");
+        // etcd and the API server starting take both cores for seconds
+        let starting = super::busy_turn();
         let mut s = Self {
             dir,
             port,
@@ -133,6 +135,7 @@ impl ApiServer {
             "-f",
             &repo_file("deploy/rbac.yaml").display().to_string(),
         ]);
+        drop(starting);
         s
     }
 

@@ -199,7 +199,7 @@ fn an_annotation_added_to_a_sending_pod_limits_its_open_connection() {
 }
 
 /// The time from an annotation's change on the API server to the new limit
-/// in force on the node, over 100 changes (docs/benchmarks.md).
+/// in force on the node, over 100 changes (docs/benchmarks-control-plane.md).
 #[test]
 fn an_annotation_change_is_in_force_on_the_node_within_a_second() {
     let _turn = exclusive();

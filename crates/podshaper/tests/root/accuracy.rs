@@ -129,7 +129,8 @@ macro_rules! tcp_cases {
 tcp_cases! {
     tcp_egress_10m_1_flow: CUBIC "--egress" "10M" 10e6, flows 1, true, EGRESS;
     tcp_egress_10m_8_flows: CUBIC "--egress" "10M" 10e6, flows 8, true, EGRESS;
-    tcp_egress_100m_1_flow: CUBIC "--egress" "100M" 100e6, flows 1, true, EGRESS;
+    // a tc-style rate, as operators write them
+    tcp_egress_100m_1_flow: CUBIC "--egress" "100mbit" 100e6, flows 1, true, EGRESS;
     tcp_egress_100m_8_flows: CUBIC "--egress" "100M" 100e6, flows 8, true, EGRESS;
     tcp_egress_1g_1_flow: CUBIC "--egress" "1G" 1e9, flows 1, true, EGRESS;
     tcp_egress_1g_8_flows: CUBIC "--egress" "1G" 1e9, flows 8, true, EGRESS;

@@ -112,6 +112,14 @@ fn bench_compares_podshaper_with_tbf_and_no_limit() {
         podshaper_change.is_some_and(|ms| ms < 1000.0),
         "podshaper's new limit did not take hold: {changes:?}"
     );
+    // a limit put on the flow while it runs: podshaper as the daemon puts
+    // it, tbf added to the veth, and podshaper on the flow started under it
+    let open = report["open_flows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(open.len(), 3, "{open:?}");
+    for run in open.iter().filter(|r| r["mechanism"] == "podshaper") {
+        let held = run["held_mean_ratio"].as_f64().unwrap_or(0.0);
+        assert!((0.90..=1.05).contains(&held), "{run}");
+    }
     let ratio = |mechanism: &str, traffic: &str| -> f64 {
         rows.iter()
             .find(|r| r["mechanism"] == mechanism && r["traffic"] == traffic)
@@ -308,7 +316,15 @@ fn one_ingress_cell(extra: &[&str]) -> (serde_json::Value, u32) {
         .args(["bench", "--rates", "50M", "--flows", "4"])
         .args(["--directions", "ingress", "--mechanisms", "podshaper"])
         .args(["--udp", "false", "--change", "false", "--probe", "false"])
-        .args(["--seconds", "4", "--warmup", "2", "--json"])
+        .args([
+            "--open",
+            "false",
+            "--seconds",
+            "4",
+            "--warmup",
+            "2",
+            "--json",
+        ])
         .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -325,4 +341,69 @@ fn one_ingress_cell(extra: &[&str]) -> (serde_json::Value, u32) {
     );
     let report = serde_json::from_slice(&out.stdout).expect("json");
     (report, pid)
+}
+
+/// `bench pods`: pods sending at once, each at its own limit, podshaper then
+/// tbf on the same veths. Each pod's rate is near its limit, the node's CPU
+/// per delivered Gbit is reported beside tbf's, and nothing is left behind.
+#[test]
+fn bench_pods_limits_each_pod_at_its_own_rate_beside_tbf() {
+    require_root!();
+    let mut command = common::podshaper();
+    command
+        .args([
+            "bench", "pods", "--pods", "6", "--min", "5M", "--max", "30M",
+        ])
+        .args(["--seconds", "6", "--warmup", "2", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let (out, pid) = {
+        let _turn = common::traffic_turn();
+        let child = command.spawn().expect("start the bench");
+        let pid = child.id();
+        (child.wait_with_output().expect("bench output"), pid)
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let limits = report["limits_bps"].as_array().cloned().unwrap_or_default();
+    assert_eq!(limits.len(), 6, "{report}");
+    assert_eq!(limits[0].as_u64(), Some(5_000_000), "{report}");
+    assert_eq!(limits[5].as_u64(), Some(30_000_000), "{report}");
+    let runs = report["runs"].as_array().cloned().unwrap_or_default();
+    let mechanisms: Vec<_> = runs.iter().map(|r| r["mechanism"].clone()).collect();
+    assert_eq!(mechanisms, ["podshaper", "tbf"], "{report}");
+    for run in &runs {
+        let ratios = run["ratios"].as_array().cloned().unwrap_or_default();
+        assert_eq!(ratios.len(), 6, "{run}");
+        for r in &ratios {
+            let r = r.as_f64().unwrap_or(0.0);
+            assert!(
+                (0.85..=1.05).contains(&r),
+                "a pod at {r:.3} of its limit: {run}"
+            );
+        }
+        assert!(
+            run["cpu_percent_per_gbit"]
+                .as_f64()
+                .is_some_and(|c| c > 0.0),
+            "{run}"
+        );
+    }
+    let tag = format!("ps-pods-{pid}-");
+    let left = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&tag))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(left, 0, "the bench left network namespaces");
+    let cgroup = podshaper_shaper::cgroup::cgroup2_mount()
+        .expect("a cgroup2 mount")
+        .join(format!("podshaper-pods-{pid}"));
+    assert!(!cgroup.exists(), "{} left behind", cgroup.display());
 }

@@ -25,6 +25,8 @@ fn attach_request(cgroup: &str, egress_bits: u64) -> pb::AttachRequest {
 #[test]
 fn attach_detach_cycles_and_concurrent_clients_leak_nothing() {
     require_root!();
+    // 300 cycles and 100 clients keep both cores busy
+    let _busy = common::busy_turn();
     let root = TestRoot::new("cycles");
     let cgroups: Vec<String> = (0..100)
         .map(|i| root.make(&format!("c{i}")).path().display().to_string())

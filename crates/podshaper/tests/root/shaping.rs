@@ -1,25 +1,9 @@
 //! Real traffic through a limited cgroup, between two network namespaces
-//! joined by a veth pair, with `podshaper run` applying the limit.
+//! joined by a veth pair, with `podshaper run` applying the limit: IPv6,
+//! a BBR sender against the policer, a direction left unlimited, and the
+//! host's namespace. tests/root/accuracy.rs measures TCP and UDP at 10M-1G.
 
 use crate::common::{assert_ratio, measure, Flow};
-
-#[test]
-fn tcp_egress_one_flow_at_100mbit() {
-    require_root!();
-    let rate = measure(&["--egress", "100mbit"], &Flow::tcp(true));
-    assert_ratio("TCP egress 100mbit", rate, 100e6, 0.90, 1.05);
-}
-
-#[test]
-fn tcp_egress_eight_flows_share_200m() {
-    require_root!();
-    let flow = Flow {
-        flows: 8,
-        ..Flow::tcp(true)
-    };
-    let rate = measure(&["--egress", "200M"], &flow);
-    assert_ratio("TCP egress 8 flows 200M", rate, 200e6, 0.90, 1.05);
-}
 
 #[test]
 fn tcp_egress_over_ipv6() {
@@ -53,21 +37,6 @@ fn tcp_ingress_one_flow_at_50m() {
     };
     let rate = measure(&["--ingress", "50M"], &flow);
     assert_ratio("TCP ingress 50M", rate, 50e6, 0.85, 1.05);
-}
-
-#[test]
-fn udp_egress_offered_at_four_times_the_limit() {
-    require_root!();
-    let rate = measure(&["--egress", "40M"], &Flow::udp(true, 160_000_000));
-    // payload of 1400-byte datagrams; the limit counts IP packets (1428 bytes)
-    assert_ratio("UDP egress 40M offered 160M", rate, 40e6, 0.90, 1.05);
-}
-
-#[test]
-fn udp_ingress_offered_at_four_times_the_limit() {
-    require_root!();
-    let rate = measure(&["--ingress", "40M"], &Flow::udp(false, 160_000_000));
-    assert_ratio("UDP ingress 40M offered 160M", rate, 40e6, 0.90, 1.05);
 }
 
 #[test]

@@ -50,6 +50,9 @@ fn listed(daemon: &TestDaemon) -> Model {
 #[test]
 fn soak_random_operations_and_traffic() {
     require_root!();
+    // unmeasured traffic, restarts and a stream of requests: a measurement
+    // beside it would measure them
+    let _busy = common::busy_turn();
     let seconds: u64 = std::env::var("PODSHAPER_SOAK_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
