@@ -24,11 +24,12 @@ readonly MODULES=(veth ifb sch_htb sch_ingress cls_u32 cls_bpf act_mirred sch_fq
 readonly PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils kmod iproute2)
 # A guest's whole run, boot to power-off (about 2 minutes each here). The
 # guests run side by side: each is one host thread (thread=single), so each
-# has a core of its own, as it would alone; the host's checks run after.
+# has a core of its own once both are booting; the host's checks run after.
 readonly GUEST_TIMEOUT=900
 
 WORK=$(mktemp -d /var/tmp/podshaper-kernels.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+# a guest still running (the script interrupted) goes with its files
+trap 'pkill -f -- "$WORK/initrd-" || true; rm -rf "$WORK"' EXIT
 
 # shellcheck source=scripts/lib/packages.sh
 source "$REPO/scripts/lib/packages.sh"

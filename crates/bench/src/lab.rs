@@ -45,10 +45,8 @@ pub fn settle_within(limit: Duration) {
     while Instant::now() < deadline {
         thread::sleep(Duration::from_millis(200));
         let now = cpu_times();
-        if let (Some((b1, t1)), Some((b0, t0))) = (now, before) {
-            if ((b1 - b0) as f64 / (t1 - t0).max(1) as f64) < IDLE_ENOUGH {
-                return;
-            }
+        if cpu_busy_between(before, now).is_some_and(|busy| busy < IDLE_ENOUGH) {
+            return;
         }
         before = now;
     }
@@ -67,6 +65,20 @@ pub fn cpu_times() -> Option<(u64, u64)> {
     let total: u64 = cpu.iter().sum();
     let idle = cpu.get(3)? + cpu.get(4).unwrap_or(&0);
     Some((total - idle, total))
+}
+
+/// The share of the time between two [`cpu_times`] readings the CPUs were
+/// busy (0-1); None if either could not be read.
+pub fn cpu_busy_between(earlier: Option<(u64, u64)>, later: Option<(u64, u64)>) -> Option<f64> {
+    let ((b0, t0), (b1, t1)) = (earlier?, later?);
+    Some(b1.saturating_sub(b0) as f64 / t1.saturating_sub(t0).max(1) as f64)
+}
+
+/// `tc qdisc del` of what [`tbf_args`] added.
+pub fn tbf_del_args() -> Vec<String> {
+    ["qdisc", "del", "dev", "veth0", "root"]
+        .map(String::from)
+        .to_vec()
 }
 
 /// `tc qdisc add|change` of a tbf on veth0 with the CNI bandwidth plugin's

@@ -209,9 +209,7 @@ pub fn run_cell(
     let bpf_flow_class = runs_of("podshaper_flow_");
     drop(empty);
     // None when /proc/stat could not be read
-    let cpu = lab::cpu_times()
-        .zip(before_cpu)
-        .map(|((b1, t1), (b0, t0))| (b1 - b0) as f64 / (t1 - t0).max(1) as f64);
+    let cpu = lab::cpu_busy_between(before_cpu, lab::cpu_times());
     let cpu_busy = cpu.unwrap_or(0.0);
     let retrans = match (before_tcp, netns::tcp_segments(sender_ns), traffic) {
         (Some(b), Some(a), Traffic::Tcp(_) | Traffic::Short(_)) => Some((a.0 - b.0, a.1 - b.1)),

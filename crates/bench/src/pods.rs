@@ -22,7 +22,7 @@ use crate::error::{BenchError, Result};
 use crate::lab::{self, check_stop, tbf_args, Sink};
 use crate::options::{Mechanism, Traffic};
 
-/// Where a pod's rate counts as held: the bounds for each pod.
+/// Where a pod's rate counts as held, as a fraction of its limit.
 pub const HELD: (f64, f64) = (0.95, 1.02);
 
 /// What `podshaper bench pods` runs.
@@ -41,7 +41,10 @@ pub struct PodsOptions {
 
 impl PodsOptions {
     pub fn check(&self) -> Result<()> {
-        if !(self.warmup >= 0.0 && self.seconds >= self.warmup + 1.0) {
+        if !(self.warmup >= 0.0
+            && self.seconds >= self.warmup + 1.0
+            && self.seconds <= RUN_AT_MOST.as_secs_f64())
+        {
             return Err(BenchError::Window {
                 seconds: self.seconds,
                 warmup: self.warmup,
@@ -76,6 +79,10 @@ impl PodsOptions {
             .collect()
     }
 }
+
+/// The longest run: the senders and sinks are stopped after the window, and
+/// end by themselves after this (should the bench not get to stop them).
+const RUN_AT_MOST: Duration = Duration::from_secs(600);
 
 /// Namespaces and cgroups are made for each pod: a thousand is far beyond
 /// what one node runs (kubelet's default is 110 pods).
@@ -129,19 +136,14 @@ pub fn run(options: &PodsOptions, stop: &AtomicBool) -> Result<PodsReport> {
     options.check()?;
     let limits = options.limits();
     let mut shaper = Shaper::load()?;
-    let node = TransientCgroup::create(&format!("podshaper-pods-{}", std::process::id()))?;
+    let node_name = format!("podshaper-pods-{}", std::process::id());
+    let node = TransientCgroup::create(&node_name)?;
     let mut pods = Vec::with_capacity(limits.len());
     for (i, bits) in limits.iter().enumerate() {
         check_stop(stop)?;
         let lab = NetnsPair::create("pods")?;
         lab.set_congestion_control("cubic")?;
-        let name = format!(
-            "{}/pod{i}",
-            node.cgroup().path().file_name().map_or_else(
-                || "podshaper-pods".into(),
-                |n| n.to_string_lossy().into_owned()
-            )
-        );
+        let name = format!("{node_name}/pod{i}");
         let cgroup = TransientCgroup::create(&name)?;
         let container = TransientCgroup::create(&format!("{name}/container"))?;
         pods.push(Pod {
@@ -204,8 +206,7 @@ fn run_mechanism(
         off = off.and(lab::unlimit(shaper, id, attachment));
     }
     for ns in tbf_on {
-        let del = ["qdisc", "del", "dev", "veth0", "root"].map(String::from);
-        off = off.and(lab::tc(ns, &del));
+        off = off.and(lab::tc(ns, &lab::tbf_del_args()));
     }
     let measured = measured?;
     off?;
@@ -254,13 +255,11 @@ struct Measured {
 /// stopped, after the window.
 fn measure(pods: &[Pod], options: &PodsOptions) -> Result<Measured> {
     const PORT: u16 = 5303;
-    // far beyond the run: the senders and sinks are stopped after the window
-    const AT_MOST: Duration = Duration::from_secs(600);
     let total = Duration::from_secs_f64(options.seconds);
     let to = SocketAddr::new(NetnsPair::addr_b(false), PORT);
     let sinks: Vec<Sink> = pods
         .iter()
-        .map(|pod| Sink::spawn(&pod.lab, Traffic::Tcp(1), to, Until::after(AT_MOST)))
+        .map(|pod| Sink::spawn(&pod.lab, Traffic::Tcp(1), to, Until::after(RUN_AT_MOST)))
         .collect();
     std::thread::sleep(lab::LISTEN_WAIT);
     let before_tcp: Vec<_> = pods
@@ -272,7 +271,7 @@ fn measure(pods: &[Pod], options: &PodsOptions) -> Result<Measured> {
         .map(|p| netns::tx_counts(p.lab.a(), "veth0"))
         .collect();
     let mut senders = Vec::with_capacity(pods.len());
-    let seconds = AT_MOST.as_secs().to_string();
+    let seconds = RUN_AT_MOST.as_secs().to_string();
     for pod in pods {
         let sender = lab::start_senders(
             &pod.lab,
@@ -295,7 +294,7 @@ fn measure(pods: &[Pod], options: &PodsOptions) -> Result<Measured> {
     sleep_until(started + Duration::from_secs_f64(options.warmup));
     let first: Vec<_> = sinks.iter().map(|s| s.meter.read()).collect();
     let cpu_first = lab::cpu_times();
-    // the window ends a little before the senders do
+    // the window ends, then the senders are stopped
     sleep_until(started + total - Duration::from_millis(100));
     let last: Vec<_> = sinks.iter().map(|s| s.meter.read()).collect();
     let cpu_last = lab::cpu_times();
@@ -323,9 +322,7 @@ fn measure(pods: &[Pod], options: &PodsOptions) -> Result<Measured> {
             .zip(&first)
             .map(|(l, f)| l.bits_per_sec_since(f))
             .collect(),
-        cpu_busy: cpu_last
-            .zip(cpu_first)
-            .map(|((b1, t1), (b0, t0))| (b1 - b0) as f64 / (t1 - t0).max(1) as f64),
+        cpu_busy: lab::cpu_busy_between(cpu_first, cpu_last),
         segments,
         veth_bytes_per_packet: (packets > 0).then(|| bytes as f64 / packets as f64),
     })

@@ -176,6 +176,8 @@ impl ApiServer {
 
     /// Starts kube-apiserver and waits until /readyz answers.
     pub fn start_apiserver(&mut self) {
+        // as at the first start (the restart tests start it again)
+        let _starting = super::busy_turn();
         let d = |f: &str| self.dir.join(f).display().to_string();
         let mut cmd = Command::new(apiserver_binary());
         cmd.args([

