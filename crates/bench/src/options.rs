@@ -176,6 +176,15 @@ macro_rules! serialize_as_shown {
 }
 serialize_as_shown!(Mechanism, Direction, Traffic);
 
+/// A run of `seconds` whose first `warmup` are not measured leaves at least
+/// a second to measure.
+pub fn check_window(seconds: f64, warmup: f64) -> Result<()> {
+    if !(warmup >= 0.0 && seconds >= warmup + 1.0) {
+        return Err(BenchError::Window { seconds, warmup });
+    }
+    Ok(())
+}
+
 /// A bench run (`podshaper bench`'s flags; the defaults are its defaults).
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -219,12 +228,7 @@ pub struct Options {
 impl Options {
     /// Refuses a run that would measure nothing, before anything is built.
     pub fn check(&self) -> Result<()> {
-        if !(self.warmup >= 0.0 && self.seconds >= self.warmup + 1.0) {
-            return Err(BenchError::Window {
-                seconds: self.seconds,
-                warmup: self.warmup,
-            });
-        }
+        check_window(self.seconds, self.warmup)?;
         if self.plot.is_some() && !cfg!(feature = "plot") {
             return Err(BenchError::PlotNotBuilt);
         }

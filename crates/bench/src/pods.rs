@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::error::{BenchError, Result};
 use crate::lab::{self, check_stop, tbf_args, Sink};
-use crate::options::{Mechanism, Traffic};
+use crate::options::{check_window, Mechanism, Traffic};
 
 /// Where a pod's rate counts as held, as a fraction of its limit.
 pub const HELD: (f64, f64) = (0.95, 1.02);
@@ -41,14 +41,13 @@ pub struct PodsOptions {
 
 impl PodsOptions {
     pub fn check(&self) -> Result<()> {
-        if !(self.warmup >= 0.0
-            && self.seconds >= self.warmup + 1.0
-            && self.seconds <= RUN_AT_MOST.as_secs_f64())
-        {
-            return Err(BenchError::Window {
-                seconds: self.seconds,
-                warmup: self.warmup,
-            });
+        check_window(self.seconds, self.warmup)?;
+        if self.seconds > RUN_AT_MOST.as_secs_f64() {
+            return Err(BenchError::Pods(format!(
+                "--seconds {} is above {}",
+                self.seconds,
+                RUN_AT_MOST.as_secs()
+            )));
         }
         if !(1..=MAX_PODS).contains(&self.pods) {
             return Err(BenchError::Pods(format!(
@@ -434,6 +433,18 @@ mod tests {
         let mut none = options(5, "1M", "50M");
         none.mechanisms.push(Mechanism::Unlimited);
         assert!(err(none).contains("podshaper and tbf"));
+        for seconds in [601.0, f64::INFINITY] {
+            let long = PodsOptions {
+                seconds,
+                ..options(5, "1M", "50M")
+            };
+            assert!(err(long).contains("is above 600"));
+        }
+        let nan = PodsOptions {
+            seconds: f64::NAN,
+            ..options(5, "1M", "50M")
+        };
+        assert!(err(nan).contains("--seconds"));
         assert!(options(100, "1M", "50M").check().is_ok());
     }
 }

@@ -325,7 +325,14 @@ fn one_ingress_cell(extra: &[&str]) -> (serde_json::Value, u32) {
             "2",
             "--json",
         ])
-        .args(extra)
+        .args(extra);
+    json_report_in_turn(&mut command)
+}
+
+/// Runs a bench with `--json` in its turn: its report, and its pid (the
+/// tag of what it made).
+fn json_report_in_turn(command: &mut std::process::Command) -> (serde_json::Value, u32) {
+    command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let (out, pid) = {
@@ -354,21 +361,8 @@ fn bench_pods_limits_each_pod_at_its_own_rate_beside_tbf() {
         .args([
             "bench", "pods", "--pods", "6", "--min", "5M", "--max", "30M",
         ])
-        .args(["--seconds", "6", "--warmup", "2", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let (out, pid) = {
-        let _turn = common::traffic_turn();
-        let child = command.spawn().expect("start the bench");
-        let pid = child.id();
-        (child.wait_with_output().expect("bench output"), pid)
-    };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        .args(["--seconds", "6", "--warmup", "2", "--json"]);
+    let (report, pid) = json_report_in_turn(&mut command);
     let limits = report["limits_bps"].as_array().cloned().unwrap_or_default();
     assert_eq!(limits.len(), 6, "{report}");
     assert_eq!(limits[0].as_u64(), Some(5_000_000), "{report}");
