@@ -144,6 +144,18 @@ struct rcv_window {
 	/* the governing cgroup's ingress rate, bytes per second, if a queue is
 	 * in front of it (queued_ingress); 0 = none */
 	__u64 rate;
+	/* the ramp (rcv_window.h, ramped_window): when the round trip being
+	 * counted started, and the flow's sequence then */
+	__u64 mark_ns;
+	__u32 mark_nxt;
+	/* the sequence at the socket's last segment sent */
+	__u32 last_nxt;
+	/* the most the window may reach in this round trip, and what it is */
+	__u32 target;
+	__u32 allowed;
+	/* what the flow delivered in the last round trip */
+	__u32 round_bytes;
+	__u32 unused;
 };
 
 struct {

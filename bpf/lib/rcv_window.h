@@ -126,6 +126,82 @@ static __always_inline __u32 rcv_window_clamp(__u64 rate, __u64 srtt_us)
 }
 
 /*
+ * The window a flow may have now, up to rcv_window_clamp: it grows with what
+ * the flow delivers, so that a sender's slow start never overflows its FIFO.
+ * A sender that doubles its window each round trip sends at twice the rate
+ * it is acknowledged at, for half a round trip: behind a window of twice the
+ * bandwidth-delay product, one cubic flow at 1G behind 50 ms overflowed its
+ * 250 kB FIFO by megabytes, lost 1,300-1,500 segments and read 0.21-0.30 of
+ * the limit (docs/benchmarks-round-trips.md). A clamp of one such product
+ * does not help: the window is reached while the path holds the doubled
+ * burst. Here the window follows what arrives instead:
+ * - once a round trip (the handshake's, at least RAMP_MIN_NS), the most it
+ *   may reach is twice what the flow delivered in the last one, never more
+ *   than the bandwidth-delay product at the whole limit, plus 7/8 of the
+ *   FIFO: doubling only while twice the flow's rate is under the limit, so
+ *   the queue holds only what the FIFO takes;
+ * - on each segment the socket sends, it grows by what arrived since the
+ *   last one at most, so the sender's doubling is spread over the round trip
+ *   as its acknowledgements come, not sent at once.
+ * It starts at 7/8 of the FIFO, which is also where a flow idle for a round
+ * trip goes back to.
+ */
+#define RAMP_MIN_NS (1ULL * 1000 * 1000)
+
+/* How much the window grows for `newly` bytes arrived, when the flow
+ * delivered `delivered` in its last round trip: the sender then sends
+ * newly plus that, so it sends at (1 + g) times the rate it is acknowledged
+ * at. g is what keeps that at the limit's bandwidth-delay product `bdp` per
+ * round trip ((bdp - delivered) / delivered, at most 1: the queue does not
+ * grow), and at least the FIFO's share of it, so that the window still
+ * reaches the FIFO above the product in a round trip or so. */
+static __always_inline __u64 grown(__u32 newly, __u64 delivered, __u64 bdp, __u64 fifo)
+{
+	__u64 room = bdp > delivered ? bdp - delivered : 0;
+
+	if (delivered == 0 || room >= delivered)
+		return newly;
+	if (bdp && room * bdp < fifo * delivered)
+		return (__u64)newly * fifo / bdp;
+	return (__u64)newly * room / delivered;
+}
+
+static __always_inline __u32 ramped_window(struct rcv_window *w, __u64 rate, __u64 srtt_us,
+					   __u32 rcv_nxt)
+{
+	__u64 now = bpf_ktime_get_ns(), fifo = flow_queue_bytes(rate) * 7 / 8;
+	__u64 most = rcv_window_clamp(rate, srtt_us), bdp = rate * srtt_us / 1000000;
+	__u64 round = srtt_us * 1000, allowed;
+
+	if (round < RAMP_MIN_NS)
+		round = RAMP_MIN_NS;
+	if (w->mark_ns == 0) {
+		w->mark_ns = now;
+		w->mark_nxt = rcv_nxt;
+		w->last_nxt = rcv_nxt;
+		w->target = fifo < most ? fifo : most;
+		w->allowed = w->target;
+	}
+	if (now - w->mark_ns >= round) {
+		/* per round trip; no overflow: 4 GB x a round trip of up to 4 s
+		 * in ns */
+		__u64 per_round =
+			(__u64)(rcv_nxt - w->mark_nxt) * (srtt_us * 1000) / (now - w->mark_ns);
+		__u64 target = 2 * per_round < bdp ? 2 * per_round : bdp;
+
+		target += fifo;
+		w->target = target < most ? target : most;
+		w->round_bytes = per_round < 0xffffffff ? per_round : 0xffffffff;
+		w->mark_ns = now;
+		w->mark_nxt = rcv_nxt;
+	}
+	allowed = (__u64)w->allowed + grown(rcv_nxt - w->last_nxt, w->round_bytes, bdp, fifo);
+	w->last_nxt = rcv_nxt;
+	w->allowed = allowed < w->target ? allowed : w->target;
+	return w->allowed;
+}
+
+/*
  * Clamps an open socket's window for a queue at `rate` that is about to be
  * built in front of it, from an iterator, as the sockops program would once
  * the socket is armed (no round trip measured, no clamp): the senders' next
@@ -173,7 +249,7 @@ static __always_inline void clamp_rcv_window(struct bpf_sock_ops *skops)
 	 * and a FIFO-deep window could hold a long path under the limit */
 	if (w->rate == 0 || srtt_us == 0)
 		return;
-	set = rcv_window_clamp(w->rate, srtt_us);
+	set = ramped_window(w, w->rate, srtt_us, skops->rcv_nxt);
 	/* looked at on every segment, as autotuning may have raised it since;
 	 * read first (a load from the socket the kernel is sending on), as it
 	 * is mostly unchanged and the option's call chain costs more */

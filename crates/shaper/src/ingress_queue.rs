@@ -160,6 +160,34 @@ pub fn flow_queue_bytes(limit: &DirectionLimit) -> u64 {
         .max(FLOW_QUEUE_MIN_BYTES.into())
 }
 
+/// A flow FIFO's drop line holds this long at the whole rate ...
+const FIFO_DROP_US: u64 = 32_000;
+/// ... and at least this many times the FIFO's depth ...
+const FIFO_DROP_DEPTHS: u64 = 4;
+/// ... and at most this many bytes (13 ms at 5 Gbit/s).
+const FIFO_DROP_CAP_BYTES: u64 = 8 << 20;
+
+/// How many bytes a flow's FIFO takes before it drops.
+///
+/// [`flow_queue_bytes`] is what a receive window counts on (the sockops
+/// program keeps a receiving socket's window within 7/8 of it above the
+/// path's bandwidth-delay product); the drop line is deeper, for what comes
+/// in faster than the rate for a moment: a long path delivers a sender's
+/// burst at once, as the lab's delay line does when it catches up. With the
+/// drop line at the depth, one cubic flow at 1G behind 50 ms read 0.18-0.58
+/// of the limit (the FIFO dropped whole GRO packets of 30 KB while the
+/// window was under the path's product); at 4 MB it reads 0.999, 0.00%
+/// resent, and 16 flows 0.996-0.997 with 0.48-0.69%
+/// (docs/benchmarks-round-trips.md). The window keeps what stands in the
+/// FIFO at the depth, so a queue's delay is what it was; only bursts reach
+/// the drop line.
+pub fn flow_fifo_limit_bytes(limit: &DirectionLimit) -> u64 {
+    let at_rate = limit.rate.bytes_per_sec().saturating_mul(FIFO_DROP_US) / 1_000_000;
+    at_rate
+        .max(flow_queue_bytes(limit).saturating_mul(FIFO_DROP_DEPTHS))
+        .min(FIFO_DROP_CAP_BYTES)
+}
+
 /// Puts (or updates, live) the queue in front of the network namespace `ns`.
 /// `flow_classifier` is where the shaper's flow classifier is pinned
 /// ([`crate::Shaper::pin_flow_classifier`]). `adopting`: the queue may have
@@ -357,7 +385,7 @@ pub(crate) fn queue_classes(
     let bulk_rate = rate - small_rate;
     let flow_rate = (rate / 1000).max(125);
     let burst = (limit.burst.bytes() / 4).max(MIN_HTB_BURST);
-    let flow_queue = flow_queue_bytes(limit);
+    let flow_fifo = flow_fifo_limit_bytes(limit);
     let quantum = (rate / 1000).clamp(1514, 65535);
     let class = |id: u32, parent: u32, assured: u64, prio: u32| {
         // the assured rate's burst: a flow class's is one quantum, or the
@@ -390,7 +418,7 @@ pub(crate) fn queue_classes(
     ];
     for id in ids.flow_classes() {
         commands.push(class(id, ids.bulk, flow_rate, 1));
-        commands.push(fifo(id, flow_queue));
+        commands.push(fifo(id, flow_fifo));
     }
     commands
 }
@@ -487,6 +515,15 @@ mod tests {
     }
 
     #[test]
+    fn a_flow_fifo_drops_beyond_32_ms_at_the_rate_4_depths_at_least_8_mib_at_most() {
+        let limit = |s: &str| DirectionLimit::new(s.parse::<Rate>().expect("rate"), None);
+        assert_eq!(flow_fifo_limit_bytes(&limit("10M")), 64 * 1024);
+        assert_eq!(flow_fifo_limit_bytes(&limit("100M")), 500_000);
+        assert_eq!(flow_fifo_limit_bytes(&limit("1G")), 4_000_000);
+        assert_eq!(flow_fifo_limit_bytes(&limit("5G")), 8 << 20);
+    }
+
+    #[test]
     fn the_queue_bursts_a_quarter_of_the_limits_burst() {
         let root_class = |rate: &str| {
             let limit = DirectionLimit::new(rate.parse::<Rate>().expect("rate"), None);
@@ -507,7 +544,7 @@ mod tests {
             .any(|c| c.contains("parent 1:20 classid 1:100 ")));
         assert!(commands
             .iter()
-            .any(|c| c.contains("parent 1:10f handle 10f: bfifo limit 16384")));
+            .any(|c| c.contains("parent 1:10f handle 10f: bfifo limit 65536")));
         // the root class hangs from the qdisc itself
         assert!(commands[0].contains("parent 1:0 classid 1:1 "));
     }
