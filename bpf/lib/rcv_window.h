@@ -19,11 +19,11 @@
  * The receive window (docs/design/ingress.md, "A receive window no deeper than the
  * flow's FIFO"). A socket of a cgroup with an ingress limit and a queue in
  * front of it never advertises more window than 7/8 of its flow's FIFO in
- * the queue plus twice the
- * bandwidth-delay product at the whole limit over the handshake's round trip
- * (on a longer path than a veth, the window the rate needs). So its sender
- * never has more in flight than the FIFO takes, and the queue loses nothing:
- * no resends, and no data held out of order at the receiver behind a hole.
+ * the queue plus the bandwidth-delay product at the whole limit over the
+ * handshake's round trip (on a longer path than a veth, the window the rate
+ * needs), reached by a ramp (ramped_window). So its sender never has more in
+ * flight than the FIFO takes, and the queue loses nothing: no resends, and
+ * no data held out of order at the receiver behind a hole.
  *
  * Set with TCP_WINDOW_CLAMP before every segment the socket sends, ACKs
  * included (BPF_SOCK_OPS_HDR_OPT_LEN_CB runs in the kernel's option sizing,
@@ -117,7 +117,9 @@ static __always_inline void release_rcv_window(void *sock, struct tcp_sock *tp)
 
 /* The clamp for a socket behind a queue at `rate` (bytes per second) over a
  * round trip of `srtt_us`: 7/8 of its flow's FIFO plus twice the
- * bandwidth-delay product at the whole limit. */
+ * bandwidth-delay product at the whole limit. What an open socket gets
+ * before its queue is built, and the bound of the ramp (ramped_window,
+ * which stays within one product). */
 static __always_inline __u32 rcv_window_clamp(__u64 rate, __u64 srtt_us)
 {
 	__u64 clamp = flow_queue_bytes(rate) * 7 / 8 + 2 * rate * srtt_us / 1000000;
@@ -127,24 +129,21 @@ static __always_inline __u32 rcv_window_clamp(__u64 rate, __u64 srtt_us)
 
 /*
  * The window a flow may have now, up to rcv_window_clamp: it grows with what
- * the flow delivers, so that a sender's slow start never overflows its FIFO.
- * A sender that doubles its window each round trip sends at twice the rate
- * it is acknowledged at, for half a round trip: behind a window of twice the
+ * the flow delivers. A sender in slow start doubles its window each round
+ * trip, so it sends at twice the rate it is acknowledged at, and a long path
+ * delivers that burst at once: behind a fixed clamp of twice the
  * bandwidth-delay product, one cubic flow at 1G behind 50 ms overflowed its
- * 250 kB FIFO by megabytes, lost 1,300-1,500 segments and read 0.21-0.30 of
- * the limit (docs/benchmarks-round-trips.md). A clamp of one such product
- * does not help: the window is reached while the path holds the doubled
- * burst. Here the window follows what arrives instead:
- * - once a round trip (the handshake's, at least RAMP_MIN_NS), the most it
- *   may reach is twice what the flow delivered in the last one, never more
- *   than the bandwidth-delay product at the whole limit, plus 7/8 of the
- *   FIFO: doubling only while twice the flow's rate is under the limit, so
- *   the queue holds only what the FIFO takes;
- * - on each segment the socket sends, it grows by what arrived since the
- *   last one at most, so the sender's doubling is spread over the round trip
- *   as its acknowledgements come, not sent at once.
- * It starts at 7/8 of the FIFO, which is also where a flow idle for a round
- * trip goes back to.
+ * FIFO and read 0.21-0.30 of the limit; one product did no better, as the
+ * path then holds the doubled burst (docs/decisions/0048-*). So:
+ * - once a round trip (the handshake's, at least RAMP_MIN_NS) the window may
+ *   reach twice what the flow delivered in the last one, never more than
+ *   the product at the whole limit, plus 7/8 of the FIFO;
+ * - on each segment the socket sends it grows by at most what arrived since
+ *   the last one, less near the product (grown), so the sender's growth is
+ *   spread over the round trip as its acknowledgements come.
+ * It starts at 7/8 of the FIFO, where a flow idle for a round trip goes back
+ * to. The FIFO drops only well above its depth (flow_fifo_limit_bytes in
+ * ingress_queue.rs), for what still comes in bursts.
  */
 #define RAMP_MIN_NS (1ULL * 1000 * 1000)
 
