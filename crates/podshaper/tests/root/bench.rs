@@ -290,6 +290,27 @@ fn bench_reports_the_ingress_queues_classifier() {
     assert!(cell["bpf_host_class_runs"].is_null(), "{cell}");
 }
 
+/// One flow into a pod through its queue, behind a round trip of 50 ms (the
+/// lab's delay line): the window ramps with what the flow delivers and the
+/// FIFO takes the path's bursts, so slow start ends near the limit. With a
+/// fixed window clamp and FIFOs that dropped at their depth, this cell read
+/// 0.67 of the limit (docs/decisions/0048-*); now 0.996-0.998.
+#[test]
+fn bench_ingress_behind_a_long_round_trip_reaches_the_limit() {
+    require_root!();
+    let mut command = common::podshaper();
+    command
+        .args(["bench", "--rtt", "50ms", "--rates", "100M", "--flows", "1"])
+        .args(["--directions", "ingress", "--mechanisms", "podshaper"])
+        .args(["--udp", "false", "--change", "false", "--probe", "false"])
+        .args(["--open", "false", "--json"]);
+    let (report, _) = json_report_in_turn(&mut command);
+    let cell = &report["cells"][0];
+    assert_eq!(cell["rtt_ms"].as_f64(), Some(50.0), "{cell}");
+    let ratio = cell["achieved_ratio"].as_f64().unwrap_or(0.0);
+    assert!((0.90..=1.05).contains(&ratio), "{cell}");
+}
+
 /// A warm-up as long as the run would leave nothing to measure: refused
 /// before anything is built, naming both flags.
 #[test]
