@@ -151,9 +151,9 @@ static __always_inline __u32 rcv_window_clamp(__u64 rate, __u64 srtt_us)
  * delivered `delivered` in its last round trip: the sender then sends
  * newly plus that, so it sends at (1 + g) times the rate it is acknowledged
  * at. g is what keeps that at the limit's bandwidth-delay product `bdp` per
- * round trip ((bdp - delivered) / delivered, at most 1: the queue does not
- * grow), and at least the FIFO's share of it, so that the window still
- * reaches the FIFO above the product in a round trip or so. */
+ * round trip ((bdp - delivered) / delivered: the queue does not grow), and
+ * at least the FIFO's share of it, so that the window still reaches the
+ * FIFO above the product in a round trip or so; at most 1. */
 static __always_inline __u64 grown(__u32 newly, __u64 delivered, __u64 bdp, __u64 fifo)
 {
 	__u64 room = bdp > delivered ? bdp - delivered : 0;
@@ -161,7 +161,7 @@ static __always_inline __u64 grown(__u32 newly, __u64 delivered, __u64 bdp, __u6
 	if (delivered == 0 || room >= delivered)
 		return newly;
 	if (bdp && room * bdp < fifo * delivered)
-		return (__u64)newly * fifo / bdp;
+		return fifo >= bdp ? newly : (__u64)newly * fifo / bdp;
 	return (__u64)newly * room / delivered;
 }
 
@@ -182,10 +182,10 @@ static __always_inline __u32 ramped_window(struct rcv_window *w, __u64 rate, __u
 		w->allowed = w->target;
 	}
 	if (now - w->mark_ns >= round) {
-		/* per round trip; no overflow: 4 GB x a round trip of up to 4 s
-		 * in ns */
+		/* per round trip; no overflow: 4 GB x srtt_us (under 2^29),
+		 * over at least RAMP_MIN_NS in us */
 		__u64 per_round =
-			(__u64)(rcv_nxt - w->mark_nxt) * (srtt_us * 1000) / (now - w->mark_ns);
+			(__u64)(rcv_nxt - w->mark_nxt) * srtt_us / ((now - w->mark_ns) / 1000);
 		__u64 target = 2 * per_round < bdp ? 2 * per_round : bdp;
 
 		target += fifo;
@@ -232,7 +232,13 @@ static __always_inline void clamp_rcv_window(struct bpf_sock_ops *skops)
 	if (!w || !tp)
 		return;
 	if (w->seen != seen) {
-		w->rate = queued_ingress_rate_of(tp);
+		__u64 rate = queued_ingress_rate_of(tp);
+
+		/* a new rate: the ramp starts again from its FIFO, so a
+		 * lower limit does not keep the old one's window */
+		if (rate != w->rate)
+			w->mark_ns = 0;
+		w->rate = rate;
 		w->seen = seen;
 		if (w->rate == 0) {
 			/* the limit or the queue went: stop running before

@@ -179,7 +179,7 @@ const FIFO_DROP_CAP_BYTES: u64 = 8 << 20;
 /// window was under the path's product); at 4 MB it reads 0.999, 0.00%
 /// resent, and 16 flows 0.996-0.997 with 0.48-0.69%
 /// (docs/benchmarks-round-trips.md). The window keeps what stands in the
-/// FIFO at the depth, so a queue's delay is what it was; only bursts reach
+/// FIFO at the depth, so a queue's delay is the depth's; only bursts reach
 /// the drop line.
 pub fn flow_fifo_limit_bytes(limit: &DirectionLimit) -> u64 {
     let at_rate = limit.rate.bytes_per_sec().saturating_mul(FIFO_DROP_US) / 1_000_000;

@@ -292,9 +292,9 @@ fn bench_reports_the_ingress_queues_classifier() {
 
 /// One flow into a pod through its queue, behind a round trip of 50 ms (the
 /// lab's delay line): the window ramps with what the flow delivers and the
-/// FIFO takes the path's bursts, so slow start ends near the limit. With a
-/// fixed window clamp and FIFOs that dropped at their depth, this cell read
-/// 0.67 of the limit (docs/decisions/0048-*); now 0.996-0.998.
+/// FIFO takes the path's bursts, so slow start ends near the limit: 0.996
+/// of it here, 0.655-0.684 with a fixed window clamp and FIFOs that drop at
+/// their depth (docs/decisions/0048-*).
 #[test]
 fn bench_ingress_behind_a_long_round_trip_reaches_the_limit() {
     require_root!();

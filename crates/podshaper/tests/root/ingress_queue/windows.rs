@@ -40,7 +40,9 @@ fn window_clamp_after(daemon: &TestDaemon, app: &Cgroup, change: Option<&[&str]>
 
 /// The most window a receiving socket may offer under an ingress limit of
 /// 10M behind the queue: 7/8 of its flow's FIFO plus twice the
-/// bandwidth-delay product over a round trip of at most 10 ms.
+/// bandwidth-delay product over a round trip of at most 10 ms (what the
+/// daemon's iterator sets on an open socket; the sockops program's ramp
+/// stays within one product).
 fn clamp_at_most_10m() -> u64 {
     let rate: Rate = "10M"
         .parse()
@@ -54,8 +56,8 @@ fn clamp_at_most_10m() -> u64 {
 const UNCLAMPED_AT_LEAST: u64 = 64 * 1024;
 
 /// A receiving socket's window clamp, set from the sockops program while
-/// its cgroup has an ingress limit: within 7/8 of its flow's FIFO plus twice
-/// the bandwidth-delay product over the handshake's round trip (bounded
+/// its cgroup has an ingress limit: within 7/8 of its flow's FIFO plus at
+/// most twice the bandwidth-delay product over the handshake's round trip (bounded
 /// here by 10 ms, for a loaded machine). Set on connections open before the
 /// limit came too (the daemon's TCP iterator), and given back, the window
 /// the socket's buffer makes, when the limit goes, by a change of limits
